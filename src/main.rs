@@ -1,0 +1,47 @@
+//! The `lpl` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lpl",
+    version,
+    about = "Latent diffusion training with the latent perceptual loss"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// libtorch version and path, CUDA and cuDNN availability, devices, CPU threads.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Doctor => {
+            let report = lpl::doctor::Report::collect();
+            println!("{report}");
+            if report.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                for problem in &report.problems {
+                    eprintln!("error: {problem}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Running cargo itself: the test suite, lints and `lpl doctor`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::setup::workspace_root;
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("could not start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn nextest_available() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The whole workspace test suite. With cargo-nextest the unit and integration tests run
+/// under nextest and the doc tests, first, under `cargo test --doc` (nextest cannot run them).
+pub fn test(extra: &[String]) -> Result<()> {
+    if nextest_available() {
+        // Doc tests first, so the run closes with nextest's summary of the whole suite.
+        if extra.is_empty() {
+            let mut doc = cargo();
+            doc.args(["test", "--workspace", "--doc", "--quiet"]);
+            run(doc, "cargo test --doc")?;
+        }
+        let mut cmd = cargo();
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(extra);
+        run(cmd, "cargo nextest run")?;
+    } else {
+        let mut cmd = cargo();
+        cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
+        run(cmd, "cargo test")?;
+    }
+    Ok(())
+}
+
+/// `cargo fmt --check` and clippy with warnings denied.
+pub fn lint() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt, "cargo fmt --check")?;
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run(clippy, "cargo clippy")
+}
+
+/// `lpl doctor` through cargo, so it is built with the libtorch that setup chose.
+pub fn doctor() -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "--package", "lpl", "--", "doctor"]);
+    run(cmd, "lpl doctor")
+}
+
+/// `cargo clean -p torch-sys`: forces torch-sys to rebuild against a libtorch that replaced
+/// the previous one behind the same `.libtorch` path.
+pub fn clean_torch_sys(root: &Path) -> Result<()> {
+    if !root.join("target").exists() {
+        return Ok(());
+    }
+    let mut cmd = cargo();
+    cmd.args(["clean", "--quiet", "--package", "torch-sys"]);
+    run(cmd, "cargo clean -p torch-sys")
+}

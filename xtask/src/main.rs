@@ -1,0 +1,60 @@
+//! `cargo xtask <command>`: everything a fresh machine needs beyond Rust and Python 3.
+//!
+//! - `setup`: find or install libtorch 2.11.0 and make it visible to plain cargo commands;
+//! - `doctor`: setup, then `lpl doctor`;
+//! - `test [ARGS...]`: setup, then the whole workspace test suite (nextest when installed);
+//! - `lint`: `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`;
+//! - `ablate`, `bench`: the main job and the benchmarks (not implemented yet).
+//!
+//! xtask does not depend on `tch`, so it builds and runs before libtorch exists.
+
+mod cargo;
+mod python;
+mod setup;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <command> [args]
+
+commands:
+  setup            find or install libtorch 2.11.0 (LIBTORCH, else a managed venv under
+                   $LPL_HOME, default ~/.cache/lpl) and link it as .libtorch
+  doctor           setup, then `lpl doctor`
+  test [ARGS..]    setup, then the workspace tests (cargo-nextest if installed, else
+                   cargo test); ARGS are forwarded to the test runner
+  lint             cargo fmt --check and cargo clippy --workspace --all-targets -D warnings
+  ablate           the MSE vs MSE+LPL ablation (not implemented yet)
+  bench            the benchmarks (not implemented yet)";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let Some(command) = args.next() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest: Vec<String> = args.collect();
+    let result = match command.as_str() {
+        "setup" => setup::run().map(|_| ()),
+        "doctor" => setup::run().and_then(|_| cargo::doctor()),
+        "test" => setup::run().and_then(|_| cargo::test(&rest)),
+        "lint" => cargo::lint(),
+        "ablate" | "bench" => setup::run().and_then(|_| {
+            anyhow::bail!("`cargo xtask {command}` is not implemented yet (see the open issues)")
+        }),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprintln!("unknown command `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
