@@ -1,0 +1,37 @@
+//! The one error type of this crate.
+
+use crate::Parameterization;
+
+/// What can go wrong when configuring or using a schedule or sampler.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScheduleError {
+    /// A configuration field has an invalid value; `field` is its name as written in TOML.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+    /// A parameterisation that has no meaning on this kind of schedule (e.g. `flow` velocity
+    /// on a discrete VP schedule, or `v` on rectified flow where alpha^2 + sigma^2 != 1).
+    #[error("parameterization `{parameterization}` is not defined on a {schedule} schedule")]
+    Unsupported { parameterization: Parameterization, schedule: &'static str },
+    /// A sampler that needs the other kind of schedule (e.g. DDIM on rectified flow).
+    #[error("sampler `{sampler}` needs a {needs} schedule")]
+    SamplerMismatch { sampler: &'static str, needs: &'static str },
+    /// An unknown preset name; lists the known ones.
+    #[error("unknown preset `{name}`; known presets: {known}")]
+    UnknownPreset { name: String, known: String },
+    /// A libtorch error while computing.
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for ScheduleError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e.to_string())
+    }
+}
+
+/// `Result` with [`ScheduleError`].
+pub type Result<T, E = ScheduleError> = std::result::Result<T, E>;
+
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> ScheduleError {
+    ScheduleError::InvalidConfig { field, reason: reason.into() }
+}
