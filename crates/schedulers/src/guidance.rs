@@ -43,7 +43,10 @@ impl Guidance {
         if let Some([lo, hi]) = self.interval
             && !(lo.is_finite() && hi.is_finite() && lo <= hi)
         {
-            return Err(invalid("interval", format!("must be [lo, hi] with lo <= hi, got [{lo}, {hi}]")));
+            return Err(invalid(
+                "interval",
+                format!("must be [lo, hi] with lo <= hi, got [{lo}, {hi}]"),
+            ));
         }
         Ok(())
     }

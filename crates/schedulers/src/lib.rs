@@ -49,11 +49,12 @@ pub use guidance::Guidance;
 pub use parameterization::{NoiseLevel, Parameterization};
 pub use rng::Rng;
 pub use sampling::{
-    FixedNoise, NoiseSource, PreviousTimestep, Sampler, SamplerConfig, SamplerKind, TimestepSpacing,
-    TorchNoise,
+    FixedNoise, NoiseSource, PreviousTimestep, Sampler, SamplerConfig, SamplerKind,
+    TimestepSpacing, TorchNoise,
 };
 pub use schedule::{
-    BetaSchedule, DiscreteConfig, DiscreteSchedule, FlowConfig, FlowSchedule, NoiseSchedule, ScheduleConfig,
+    BetaSchedule, DiscreteConfig, DiscreteSchedule, FlowConfig, FlowSchedule, NoiseSchedule,
+    ScheduleConfig,
 };
 pub use time_sampling::{TimeSampler, TimeSampling};
 pub use weighting::{min_snr_weights, snr_gate, timestep_gate};

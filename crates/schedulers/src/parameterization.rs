@@ -10,7 +10,8 @@
 //! | `flow` | eps - z_0 | z - t p | z + (1 - t) p |
 //!
 //! `v` needs `alpha^2 + sigma^2 = 1` (VP schedules only); `flow` is the velocity of rectified
-//! flow (flow schedules only). All conversions compute in f32, whatever the model dtype.
+//! flow (flow schedules only). All conversions compute in f32 whatever the model dtype (f64
+//! inputs stay f64).
 
 use std::fmt;
 
@@ -54,11 +55,20 @@ pub struct NoiseLevel {
     pub variance_preserving: bool,
 }
 
+/// f64 stays f64; everything else (f16, bf16, f32) computes in f32.
+fn compute_kind(x: &Tensor) -> Kind {
+    if x.kind() == Kind::Double { Kind::Double } else { Kind::Float }
+}
+
 impl NoiseLevel {
     /// The noise level of `schedule` at t `(B,)`.
     pub fn at(schedule: &NoiseSchedule, t: &Tensor) -> Result<Self> {
         let (alpha, sigma) = schedule.alpha_sigma(t)?;
-        Ok(Self { alpha, sigma, variance_preserving: matches!(schedule, NoiseSchedule::Discrete(_)) })
+        Ok(Self {
+            alpha,
+            sigma,
+            variance_preserving: matches!(schedule, NoiseSchedule::Discrete(_)),
+        })
     }
 }
 
@@ -84,8 +94,14 @@ impl Parameterization {
         }
     }
 
-    /// The training target for `(z0, eps)` at t: `(B, ...)` f32.
-    pub fn target(self, schedule: &NoiseSchedule, z0: &Tensor, eps: &Tensor, t: &Tensor) -> Result<Tensor> {
+    /// The training target for `(z0, eps)` at t: `(B, ...)` f32 (f64 for f64 inputs).
+    pub fn target(
+        self,
+        schedule: &NoiseSchedule,
+        z0: &Tensor,
+        eps: &Tensor,
+        t: &Tensor,
+    ) -> Result<Tensor> {
         let level = NoiseLevel::at(schedule, t)?;
         self.target_at(&level, z0, eps)
     }
@@ -93,8 +109,9 @@ impl Parameterization {
     /// [`Self::target`] at a given noise level.
     pub fn target_at(self, level: &NoiseLevel, z0: &Tensor, eps: &Tensor) -> Result<Tensor> {
         self.check_kind(level.variance_preserving)?;
-        let z0 = z0.f_to_kind(Kind::Float)?;
-        let eps = eps.f_to_kind(Kind::Float)?;
+        let kind = compute_kind(z0);
+        let z0 = z0.f_to_kind(kind)?;
+        let eps = eps.f_to_kind(kind)?;
         Ok(match self {
             Self::Eps => eps,
             Self::X0 => z0,
@@ -103,17 +120,36 @@ impl Parameterization {
         })
     }
 
+    /// Checks the level's kind and returns `(pred, z_t, alpha, sigma)` in the compute dtype,
+    /// alpha and sigma shaped `(B, 1, ..., 1)`.
+    fn operands(
+        self,
+        level: &NoiseLevel,
+        pred: &Tensor,
+        z_t: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        self.check_kind(level.variance_preserving)?;
+        let kind = compute_kind(z_t);
+        let (p, z) = (pred.f_to_kind(kind)?, z_t.f_to_kind(kind)?);
+        let a = per_sample(&level.alpha, &z)?;
+        let s = per_sample(&level.sigma, &z)?;
+        Ok((p, z, a, s))
+    }
+
     /// The clean sample implied by prediction `pred` at the noisy `z_t`: `(B, ...)` f32.
-    pub fn to_x0(self, schedule: &NoiseSchedule, pred: &Tensor, z_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+    pub fn to_x0(
+        self,
+        schedule: &NoiseSchedule,
+        pred: &Tensor,
+        z_t: &Tensor,
+        t: &Tensor,
+    ) -> Result<Tensor> {
         self.to_x0_at(&NoiseLevel::at(schedule, t)?, pred, z_t)
     }
 
     /// [`Self::to_x0`] at a given noise level.
     pub fn to_x0_at(self, level: &NoiseLevel, pred: &Tensor, z_t: &Tensor) -> Result<Tensor> {
-        self.check_kind(level.variance_preserving)?;
-        let (p, z) = (pred.f_to_kind(Kind::Float)?, z_t.f_to_kind(Kind::Float)?);
-        let a = per_sample(&level.alpha, &z)?;
-        let s = per_sample(&level.sigma, &z)?;
+        let (p, z, a, s) = self.operands(level, pred, z_t)?;
         Ok(match self {
             Self::Eps => (z - s * p) / a,
             Self::V => a * z - s * p,
@@ -123,16 +159,19 @@ impl Parameterization {
     }
 
     /// The noise implied by prediction `pred` at the noisy `z_t`: `(B, ...)` f32.
-    pub fn to_eps(self, schedule: &NoiseSchedule, pred: &Tensor, z_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+    pub fn to_eps(
+        self,
+        schedule: &NoiseSchedule,
+        pred: &Tensor,
+        z_t: &Tensor,
+        t: &Tensor,
+    ) -> Result<Tensor> {
         self.to_eps_at(&NoiseLevel::at(schedule, t)?, pred, z_t)
     }
 
     /// [`Self::to_eps`] at a given noise level.
     pub fn to_eps_at(self, level: &NoiseLevel, pred: &Tensor, z_t: &Tensor) -> Result<Tensor> {
-        self.check_kind(level.variance_preserving)?;
-        let (p, z) = (pred.f_to_kind(Kind::Float)?, z_t.f_to_kind(Kind::Float)?);
-        let a = per_sample(&level.alpha, &z)?;
-        let s = per_sample(&level.sigma, &z)?;
+        let (p, z, a, s) = self.operands(level, pred, z_t)?;
         Ok(match self {
             Self::Eps => p,
             Self::V => a * p + s * z,

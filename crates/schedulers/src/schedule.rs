@@ -75,7 +75,10 @@ impl DiscreteConfig {
     /// Checks every field; the error names the first offending one.
     pub fn validate(&self) -> Result<()> {
         if self.num_train_timesteps < 2 {
-            return Err(invalid("num_train_timesteps", format!("must be >= 2, got {}", self.num_train_timesteps)));
+            return Err(invalid(
+                "num_train_timesteps",
+                format!("must be >= 2, got {}", self.num_train_timesteps),
+            ));
         }
         if self.beta_schedule != BetaSchedule::SquaredcosCapV2 {
             for (field, v) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
@@ -117,7 +120,10 @@ impl FlowConfig {
     /// Checks every field; the error names the first offending one.
     pub fn validate(&self) -> Result<()> {
         if self.num_train_timesteps < 1 {
-            return Err(invalid("num_train_timesteps", format!("must be >= 1, got {}", self.num_train_timesteps)));
+            return Err(invalid(
+                "num_train_timesteps",
+                format!("must be >= 1, got {}", self.num_train_timesteps),
+            ));
         }
         if !(self.shift.is_finite() && self.shift > 0.0) {
             return Err(invalid("shift", format!("must be a positive number, got {}", self.shift)));
@@ -244,7 +250,8 @@ impl DiscreteSchedule {
     /// Builds the tables on the CPU; [`Self::to_device`] moves them.
     pub fn new(config: &DiscreteConfig) -> Result<Self> {
         let betas = betas(config)?;
-        let alphas_cumprod = (1f64 - &betas).f_cumprod(0, Kind::Float)?;
+        // Clamped to [0, 1]: the zero-SNR rescale leaves -0.0 or -1e-10 at t = N-1.
+        let alphas_cumprod = (1f64 - &betas).f_cumprod(0, Kind::Float)?.f_clamp(0.0, 1.0)?;
         let host_alphas_cumprod = Vec::<f32>::try_from(&alphas_cumprod)?;
         Ok(Self { config: config.clone(), betas, alphas_cumprod, host_alphas_cumprod })
     }
@@ -299,10 +306,10 @@ impl DiscreteSchedule {
         let hi_i = (&lo_i + 1).f_clamp_max(n - 1)?;
         let ab_lo = table.f_index_select(0, &lo_i)?;
         let ab_hi = table.f_index_select(0, &hi_i)?;
-        let k_sigma = |ab: &Tensor| ((1f64 - ab) / ab).sqrt();
+        let k_sigma = |ab: &Tensor| ((1f64 - ab) / ab.clamp_min(1e-30)).sqrt();
         let s = k_sigma(&ab_lo) * (1f64 - &w) + k_sigma(&ab_hi) * &w;
         let interpolated = (s.square() + 1.0).reciprocal();
-        Ok(w.f_eq(0.0)?.f_where_self(&ab_lo, &interpolated)?)
+        Ok(ab_lo.f_where_self(&w.f_eq(0.0)?, &interpolated)?)
     }
 }
 

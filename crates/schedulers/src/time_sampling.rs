@@ -8,11 +8,12 @@ use crate::rng::Rng;
 use crate::schedule::NoiseSchedule;
 
 /// The distribution of training t.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TimeSampling {
     /// Discrete schedules: an integer index uniform in `[0, N)`. Flow: `t = k / N` for k
     /// uniform in `[1, N]`.
+    #[default]
     UniformDiscrete,
     /// u uniform in `(0, 1)`. Discrete schedules: `t = u (N - 1)` (continuous position);
     /// flow: `t = shift(u)`.
@@ -20,12 +21,6 @@ pub enum TimeSampling {
     /// `u = sigmoid(mean + std n)`, n standard normal (SD3's logit-normal); mapped as
     /// `UniformContinuous` maps u.
     LogitNormal { mean: f64, std: f64 },
-}
-
-impl Default for TimeSampling {
-    fn default() -> Self {
-        Self::UniformDiscrete
-    }
 }
 
 impl TimeSampling {
@@ -68,16 +63,21 @@ impl TimeSampler {
 
     /// t for `batch` samples on `device`: `(B,)`, Int64 for `UniformDiscrete` on a discrete
     /// schedule, f32 otherwise. Values are drawn on the host and copied once.
-    pub fn sample(&mut self, schedule: &NoiseSchedule, batch: usize, device: Device) -> Result<Tensor> {
+    pub fn sample(
+        &mut self,
+        schedule: &NoiseSchedule,
+        batch: usize,
+        device: Device,
+    ) -> Result<Tensor> {
         let n = schedule.num_train_timesteps();
         let t = match (schedule, &self.kind) {
             (NoiseSchedule::Discrete(_), TimeSampling::UniformDiscrete) => {
                 let idx: Vec<i64> = (0..batch).map(|_| self.rng.below(n as u64) as i64).collect();
                 return Ok(Tensor::from_slice(&idx).f_to_device(device)?);
             }
-            (NoiseSchedule::Flow(_), TimeSampling::UniformDiscrete) => {
-                (0..batch).map(|_| (self.rng.below(n as u64) + 1) as f64 / n as f64).collect::<Vec<_>>()
-            }
+            (NoiseSchedule::Flow(_), TimeSampling::UniformDiscrete) => (0..batch)
+                .map(|_| (self.rng.below(n as u64) + 1) as f64 / n as f64)
+                .collect::<Vec<_>>(),
             (_, kind) => {
                 let u: Vec<f64> = (0..batch)
                     .map(|_| match kind {

@@ -9,7 +9,13 @@ use crate::parameterization::Parameterization;
 use crate::schedule::FlowSchedule;
 
 /// The velocity implied by the model's prediction at time `s`.
-fn velocity(model: &mut Model<'_>, p: Parameterization, x: &Tensor, s: f32, n: f32) -> Result<Tensor> {
+fn velocity(
+    model: &mut Model<'_>,
+    p: Parameterization,
+    x: &Tensor,
+    s: f32,
+    n: f32,
+) -> Result<Tensor> {
     let out = call(model, x, s * n)?;
     if p == Parameterization::Flow {
         return Ok(out);

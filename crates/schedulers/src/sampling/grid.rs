@@ -37,7 +37,12 @@ fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 }
 
 /// DDPM / DDIM timesteps (integers, descending).
-pub fn ddpm_timesteps(n_train: i64, steps: usize, spacing: TimestepSpacing, offset: i64) -> Vec<i64> {
+pub fn ddpm_timesteps(
+    n_train: i64,
+    steps: usize,
+    spacing: TimestepSpacing,
+    offset: i64,
+) -> Vec<i64> {
     match spacing {
         TimestepSpacing::Linspace => np_linspace(0.0, (n_train - 1) as f64, steps)
             .into_iter()
@@ -48,35 +53,46 @@ pub fn ddpm_timesteps(n_train: i64, steps: usize, spacing: TimestepSpacing, offs
             let ratio = n_train / steps as i64;
             (0..steps as i64).rev().map(|i| i * ratio + offset).collect()
         }
-        TimestepSpacing::Trailing => {
-            np_arange(n_train as f64, 0.0, -(n_train as f64 / steps as f64))
-                .into_iter()
-                .map(|t| t.round_ties_even() as i64 - 1)
-                .collect()
-        }
+        TimestepSpacing::Trailing => trailing(n_train, steps).map(|t| t as i64).collect(),
     }
 }
 
+/// Trailing spacing: `round(arange(N, 0, -N / steps)) - 1`.
+fn trailing(n_train: i64, steps: usize) -> impl Iterator<Item = f64> {
+    np_arange(n_train as f64, 0.0, -(n_train as f64 / steps as f64))
+        .into_iter()
+        .map(|t| t.round_ties_even() - 1.0)
+}
+
 /// Euler / Heun discrete timesteps (f32, possibly fractional for `Linspace`, descending).
-pub fn euler_timesteps(n_train: i64, steps: usize, spacing: TimestepSpacing, offset: i64) -> Vec<f32> {
+pub fn euler_timesteps(
+    n_train: i64,
+    steps: usize,
+    spacing: TimestepSpacing,
+    offset: i64,
+) -> Vec<f32> {
     match spacing {
-        TimestepSpacing::Linspace => {
-            np_linspace(0.0, (n_train - 1) as f64, steps).into_iter().rev().map(|t| t as f32).collect()
-        }
+        TimestepSpacing::Linspace => np_linspace(0.0, (n_train - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .map(|t| t as f32)
+            .collect(),
         TimestepSpacing::Leading => {
             let ratio = n_train / steps as i64;
             (0..steps as i64).rev().map(|i| (i * ratio) as f32 + offset as f32).collect()
         }
-        TimestepSpacing::Trailing => np_arange(n_train as f64, 0.0, -(n_train as f64 / steps as f64))
-            .into_iter()
-            .map(|t| t.round_ties_even() as f32 - 1.0)
-            .collect(),
+        TimestepSpacing::Trailing => trailing(n_train, steps).map(|t| t as f32).collect(),
     }
 }
 
 /// DPM-Solver multistep timesteps (integers, descending): `steps + 1` points with the last
 /// dropped for `Linspace` and `Leading`.
-pub fn dpm_timesteps(n_train: i64, steps: usize, spacing: TimestepSpacing, offset: i64) -> Vec<i64> {
+pub fn dpm_timesteps(
+    n_train: i64,
+    steps: usize,
+    spacing: TimestepSpacing,
+    offset: i64,
+) -> Vec<i64> {
     match spacing {
         TimestepSpacing::Linspace => {
             let mut v: Vec<i64> = np_linspace(0.0, (n_train - 1) as f64, steps + 1)
@@ -91,10 +107,7 @@ pub fn dpm_timesteps(n_train: i64, steps: usize, spacing: TimestepSpacing, offse
             let ratio = n_train / (steps as i64 + 1);
             (1..=steps as i64).rev().map(|i| i * ratio + offset).collect()
         }
-        TimestepSpacing::Trailing => np_arange(n_train as f64, 0.0, -(n_train as f64 / steps as f64))
-            .into_iter()
-            .map(|t| t.round_ties_even() as i64 - 1)
-            .collect(),
+        TimestepSpacing::Trailing => trailing(n_train, steps).map(|t| t as i64).collect(),
     }
 }
 

@@ -144,7 +144,10 @@ impl SamplerConfig {
             return Err(invalid("steps", "must be >= 1"));
         }
         if !self.sampler.is_flow() && self.steps as i64 > n {
-            return Err(invalid("steps", format!("must be <= num_train_timesteps ({n}), got {}", self.steps)));
+            return Err(invalid(
+                "steps",
+                format!("must be <= num_train_timesteps ({n}), got {}", self.steps),
+            ));
         }
         if !(self.eta.is_finite() && self.eta >= 0.0) {
             return Err(invalid("eta", format!("must be >= 0, got {}", self.eta)));
@@ -155,15 +158,19 @@ impl SamplerConfig {
             return Err(invalid("clip_x0", format!("must be positive, got {c}")));
         }
         if self.steps_offset < 0 {
-            return Err(invalid("steps_offset", format!("must be >= 0, got {}", self.steps_offset)));
+            return Err(invalid(
+                "steps_offset",
+                format!("must be >= 0, got {}", self.steps_offset),
+            ));
         }
         match (self.sampler.is_flow(), schedule) {
             (true, NoiseSchedule::Discrete(_)) => {
                 Err(ScheduleError::SamplerMismatch { sampler: self.sampler.name(), needs: "flow" })
             }
-            (false, NoiseSchedule::Flow(_)) => {
-                Err(ScheduleError::SamplerMismatch { sampler: self.sampler.name(), needs: "discrete" })
-            }
+            (false, NoiseSchedule::Flow(_)) => Err(ScheduleError::SamplerMismatch {
+                sampler: self.sampler.name(),
+                needs: "discrete",
+            }),
             _ => Ok(()),
         }
     }
@@ -247,10 +254,16 @@ impl<'s> Sampler<'s> {
         let n = self.schedule.num_train_timesteps();
         match (self.schedule, c.sampler) {
             (NoiseSchedule::Discrete(_), SamplerKind::Ddpm | SamplerKind::Ddim) => {
-                grid::ddpm_timesteps(n, c.steps, c.spacing(), c.steps_offset).iter().map(|&t| t as f32).collect()
+                grid::ddpm_timesteps(n, c.steps, c.spacing(), c.steps_offset)
+                    .iter()
+                    .map(|&t| t as f32)
+                    .collect()
             }
             (NoiseSchedule::Discrete(_), SamplerKind::DpmSolverPp2m) => {
-                grid::dpm_timesteps(n, c.steps, c.spacing(), c.steps_offset).iter().map(|&t| t as f32).collect()
+                grid::dpm_timesteps(n, c.steps, c.spacing(), c.steps_offset)
+                    .iter()
+                    .map(|&t| t as f32)
+                    .collect()
             }
             (NoiseSchedule::Discrete(_), SamplerKind::Euler | SamplerKind::Heun) => {
                 let ts = grid::euler_timesteps(n, c.steps, c.spacing(), c.steps_offset);
@@ -305,7 +318,9 @@ impl<'s> Sampler<'s> {
                 SamplerKind::Ddpm => vp::ddpm(d, c, p, &noise, model, noise_source, &mut report),
                 SamplerKind::Ddim => vp::ddim(d, c, p, &noise, model, noise_source, &mut report),
                 SamplerKind::DpmSolverPp2m => vp::dpmpp_2m(d, c, p, &noise, model, &mut report),
-                SamplerKind::Euler | SamplerKind::Heun => karras::run(d, c, p, &noise, model, &mut report),
+                SamplerKind::Euler | SamplerKind::Heun => {
+                    karras::run(d, c, p, &noise, model, &mut report)
+                }
                 _ => unreachable_kind(c.sampler),
             },
             NoiseSchedule::Flow(f) => flow::run(f, c, p, &noise, model, &mut report),
@@ -324,7 +339,12 @@ pub(crate) fn call(model: &mut Model<'_>, x: &Tensor, t_model: f32) -> Result<Te
 }
 
 /// A noise level with the same alpha and sigma for the whole batch.
-pub(crate) fn level(alpha: f64, sigma: f64, x: &Tensor, variance_preserving: bool) -> Result<NoiseLevel> {
+pub(crate) fn level(
+    alpha: f64,
+    sigma: f64,
+    x: &Tensor,
+    variance_preserving: bool,
+) -> Result<NoiseLevel> {
     let b = [x.size()[0]];
     let opts = (Kind::Float, x.device());
     Ok(NoiseLevel {
