@@ -3,12 +3,14 @@
 //! - `setup`: find or install libtorch 2.11.0 and make it visible to plain cargo commands;
 //! - `doctor`: setup, then `lpl doctor`;
 //! - `test [ARGS...]`: setup, then the whole workspace test suite (nextest when installed);
+//! - `fixtures`: regenerate golden fixtures with the pinned Python references;
 //! - `lint`: `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`;
 //! - `ablate`, `bench`: the main job and the benchmarks (not implemented yet).
 //!
 //! xtask does not depend on `tch`, so it builds and runs before libtorch exists.
 
 mod cargo;
+mod fixtures;
 mod python;
 mod setup;
 
@@ -22,6 +24,7 @@ commands:
   doctor           setup, then `lpl doctor`
   test [ARGS..]    setup, then the workspace tests (cargo-nextest if installed, else
                    cargo test); ARGS are forwarded to the test runner
+  fixtures         regenerate the golden fixtures with the pinned Python references
   lint             cargo fmt --check and cargo clippy --workspace --all-targets -D warnings
   ablate           the MSE vs MSE+LPL ablation (not implemented yet)
   bench            the benchmarks (not implemented yet)";
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         "doctor" => setup::run().and_then(|_| cargo::doctor()),
         "test" => setup::run().and_then(|_| cargo::test(&rest)),
         "lint" => cargo::lint(),
+        "fixtures" => setup::run().and_then(|_| fixtures::run()),
         "ablate" | "bench" => setup::run().and_then(|_| {
             anyhow::bail!("`cargo xtask {command}` is not implemented yet (see the open issues)")
         }),

@@ -7,17 +7,37 @@ use crate::Parameterization;
 pub enum ScheduleError {
     /// A configuration field has an invalid value; `field` is its name as written in TOML.
     #[error("invalid `{field}`: {reason}")]
-    InvalidConfig { field: &'static str, reason: String },
+    InvalidConfig {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// A parameterisation that has no meaning on this kind of schedule (e.g. `flow` velocity
     /// on a discrete VP schedule, or `v` on rectified flow where alpha^2 + sigma^2 != 1).
     #[error("parameterization `{parameterization}` is not defined on a {schedule} schedule")]
-    Unsupported { parameterization: Parameterization, schedule: &'static str },
+    Unsupported {
+        /// The parameterisation asked for.
+        parameterization: Parameterization,
+        /// `"discrete"` or `"flow"`.
+        schedule: &'static str,
+    },
     /// A sampler that needs the other kind of schedule (e.g. DDIM on rectified flow).
     #[error("sampler `{sampler}` needs a {needs} schedule")]
-    SamplerMismatch { sampler: &'static str, needs: &'static str },
+    SamplerMismatch {
+        /// The sampler's config name.
+        sampler: &'static str,
+        /// The schedule kind it needs.
+        needs: &'static str,
+    },
     /// An unknown preset name; lists the known ones.
     #[error("unknown preset `{name}`; known presets: {known}")]
-    UnknownPreset { name: String, known: String },
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
     /// A libtorch error while computing.
     #[error("libtorch: {0}")]
     Torch(String),

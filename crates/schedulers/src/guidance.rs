@@ -31,6 +31,7 @@ impl Default for Guidance {
 }
 
 impl Guidance {
+    /// Guidance with `scale` at every time.
     pub fn new(scale: f64) -> Self {
         Self { scale, interval: None }
     }

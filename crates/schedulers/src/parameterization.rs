@@ -49,7 +49,9 @@ impl fmt::Display for Parameterization {
 /// The coefficients of one noise level, `(B,)` f32 each: enough to convert any prediction.
 #[derive(Debug)]
 pub struct NoiseLevel {
+    /// `(B,)` f32: the coefficient of z_0.
     pub alpha: Tensor,
+    /// `(B,)` f32: the coefficient of eps.
     pub sigma: Tensor,
     /// Whether `alpha^2 + sigma^2 = 1` (VP) rather than `alpha + sigma = 1` (flow).
     pub variance_preserving: bool,

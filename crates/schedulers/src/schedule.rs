@@ -49,10 +49,13 @@ pub struct DiscreteConfig {
     #[serde(default = "default_train_steps")]
     pub num_train_timesteps: i64,
     #[serde(default = "default_beta_start")]
+    /// First beta (ignored by the cosine schedule).
     pub beta_start: f64,
     #[serde(default = "default_beta_end")]
+    /// Last beta (ignored by the cosine schedule).
     pub beta_end: f64,
     #[serde(default = "default_beta_schedule")]
+    /// How betas go from `beta_start` to `beta_end`.
     pub beta_schedule: BetaSchedule,
     /// Rescale to zero terminal SNR (Lin et al. 2023); use with v-prediction.
     #[serde(default)]
@@ -137,7 +140,9 @@ impl FlowConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ScheduleConfig {
+    /// A discrete variance-preserving schedule.
     Discrete(DiscreteConfig),
+    /// Rectified flow.
     Flow(FlowConfig),
 }
 
@@ -265,6 +270,7 @@ impl DiscreteSchedule {
         }
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &DiscreteConfig {
         &self.config
     }
@@ -320,11 +326,13 @@ pub struct FlowSchedule {
 }
 
 impl FlowSchedule {
+    /// Validates `config`.
     pub fn new(config: &FlowConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self { config: config.clone() })
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &FlowConfig {
         &self.config
     }
@@ -343,7 +351,9 @@ pub fn shift_time(shift: f64, t: f64) -> f64 {
 /// Either kind of schedule, with the per-sample quantities every loss and sampler needs.
 #[derive(Debug, Clone)]
 pub enum NoiseSchedule {
+    /// A discrete variance-preserving schedule.
     Discrete(DiscreteSchedule),
+    /// Rectified flow.
     Flow(FlowSchedule),
 }
 

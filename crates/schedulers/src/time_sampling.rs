@@ -20,7 +20,12 @@ pub enum TimeSampling {
     UniformContinuous,
     /// `u = sigmoid(mean + std n)`, n standard normal (SD3's logit-normal); mapped as
     /// `UniformContinuous` maps u.
-    LogitNormal { mean: f64, std: f64 },
+    LogitNormal {
+        /// Mean of the normal before the sigmoid.
+        mean: f64,
+        /// Standard deviation of the normal before the sigmoid.
+        std: f64,
+    },
 }
 
 impl TimeSampling {
@@ -46,6 +51,7 @@ pub struct TimeSampler {
 }
 
 impl TimeSampler {
+    /// A sampler drawing from `kind`, seeded.
     pub fn new(kind: TimeSampling, seed: u64) -> Result<Self> {
         kind.validate()?;
         Ok(Self { kind, rng: Rng::new(seed) })

@@ -86,6 +86,7 @@ fn default_steps() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerConfig {
+    /// The algorithm.
     pub sampler: SamplerKind,
     /// Number of steps (model evaluations for first-order samplers).
     #[serde(default = "default_steps")]
@@ -122,11 +123,13 @@ impl SamplerConfig {
         }
     }
 
+    /// Sets the timestep spacing.
     pub fn with_spacing(mut self, spacing: TimestepSpacing) -> Self {
         self.spacing = Some(spacing);
         self
     }
 
+    /// Sets DDIM's eta.
     pub fn with_eta(mut self, eta: f64) -> Self {
         self.eta = eta;
         self
@@ -199,6 +202,7 @@ pub struct FixedNoise {
 }
 
 impl FixedNoise {
+    /// Replays `draws` in order; each must have the shape asked for.
     pub fn new(draws: Vec<Tensor>) -> Self {
         Self { draws: draws.into() }
     }

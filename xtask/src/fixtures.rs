@@ -1,0 +1,74 @@
+//! `cargo xtask fixtures`: regenerate the golden fixtures of every crate with the reference
+//! Python implementations (diffusers and friends) beside the same torch 2.11.0.
+//!
+//! Uses the managed environment's Python (`LPL_FIXTURE_PYTHON` overrides it), installs the
+//! pinned reference packages into it when missing, then runs every
+//! `crates/*/tests/fixtures/make_fixtures.py` from the workspace root.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::setup::{lpl_home, workspace_root};
+
+/// Reference packages the fixture scripts import, pinned.
+const REFERENCE_PACKAGES: [&str; 2] = ["diffusers==0.42.0", "safetensors"];
+
+fn python() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LPL_FIXTURE_PYTHON").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let install = lpl_home()?.join(format!("torch-{}", lpl_torch_build::REQUIRED_TORCH_VERSION));
+    let exe = crate::python::venv_python(&install.join("venv"));
+    if !exe.exists() {
+        bail!(
+            "no managed Python at {}; run `cargo xtask setup` without LIBTORCH, or set \
+             LPL_FIXTURE_PYTHON to a Python with torch {}",
+            exe.display(),
+            lpl_torch_build::REQUIRED_TORCH_VERSION
+        );
+    }
+    Ok(exe)
+}
+
+pub fn run() -> Result<()> {
+    let python = python()?;
+    let has_reference = Command::new(&python)
+        .args(["-c", "import diffusers, safetensors; assert diffusers.__version__ == '0.42.0'"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_reference {
+        let status = Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
+            .args(REFERENCE_PACKAGES)
+            .status()
+            .with_context(|| format!("could not run {}", python.display()))?;
+        if !status.success() {
+            bail!("pip install {} failed ({status})", REFERENCE_PACKAGES.join(" "));
+        }
+    }
+    let root = workspace_root();
+    let mut scripts = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates"))?.flatten() {
+        let script = entry.path().join("tests/fixtures/make_fixtures.py");
+        if script.exists() {
+            scripts.push(script);
+        }
+    }
+    scripts.sort();
+    for script in scripts {
+        eprintln!("running {}", script.display());
+        let status = Command::new(&python)
+            .arg(&script)
+            .current_dir(&root)
+            .status()
+            .with_context(|| format!("could not run {}", script.display()))?;
+        if !status.success() {
+            bail!("{} failed ({status})", script.display());
+        }
+    }
+    Ok(())
+}
