@@ -1,0 +1,118 @@
+//! The [`Autoencoder`] trait every autoencoder implements (ours, TAESD, a user's own), and the
+//! latent distribution encoders return.
+
+use tch::{Kind, Tensor};
+
+use crate::codec::LatentCodec;
+use crate::error::{AutoencoderError, Result};
+
+/// A diagonal Gaussian over decoder latents (deterministic when `logvar` is `None`).
+#[derive(Debug)]
+pub struct LatentDistribution {
+    /// `(B, C, h, w)`.
+    pub mean: Tensor,
+    /// `(B, C, h, w)`, clamped to `[-30, 20]` as diffusers does; `None` for deterministic
+    /// encoders.
+    pub logvar: Option<Tensor>,
+}
+
+impl LatentDistribution {
+    /// The mean (what `lpl ae encode` writes unless `--sample`).
+    pub fn mode(&self) -> Tensor {
+        self.mean.shallow_clone()
+    }
+
+    /// `mean + exp(logvar / 2) * n`, n standard normal (libtorch's generator).
+    pub fn sample(&self) -> Tensor {
+        match &self.logvar {
+            Some(logvar) => &self.mean + (logvar * 0.5).exp() * self.mean.randn_like(),
+            None => self.mean.shallow_clone(),
+        }
+    }
+
+    /// `KL(q || N(0, I))` per sample, `(B,)` f32: `0.5 * sum(mean^2 + var - 1 - logvar)`
+    /// over C, h, w (diffusers' `DiagonalGaussianDistribution.kl`). Zero when deterministic.
+    pub fn kl(&self) -> Tensor {
+        let dims = [1i64, 2, 3];
+        match &self.logvar {
+            Some(logvar) => (self.mean.square() + logvar.exp() - 1.0 - logvar)
+                .sum_dim_intlist(&dims[..], false, Kind::Float)
+                * 0.5,
+            None => Tensor::zeros([self.mean.size()[0]], (Kind::Float, self.mean.device())),
+        }
+    }
+}
+
+/// One decoder layer that [`Autoencoder::decode_features`] can tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureLayer {
+    /// The module name (`mid_block`, `up_blocks.0`, ... or TAESD's stage index).
+    pub name: String,
+    /// Channels of the feature map.
+    pub channels: i64,
+    /// Its spatial size relative to the latent grid (1 for the mid block, then 2, 4, ...).
+    pub upscale: i64,
+}
+
+/// What the trainer, the latent cache and the latent perceptual loss need of an autoencoder.
+///
+/// Images are `(B, image_channels, H, W)` in the codec's input range with H and W multiples
+/// of `downsample_factor`; decoder latents are `(B, latent_channels, H / f, W / f)`.
+pub trait Autoencoder {
+    /// Channels of the images it encodes and decodes.
+    fn image_channels(&self) -> i64;
+    /// Channels of its latents.
+    fn latent_channels(&self) -> i64;
+    /// Spatial downsampling factor f between images and latents.
+    fn downsample_factor(&self) -> i64;
+    /// Its latent constants.
+    fn codec(&self) -> &LatentCodec;
+    /// Images to the latent distribution (decoder space).
+    fn encode(&self, images: &Tensor) -> Result<LatentDistribution>;
+    /// Decoder latents to images (including `post_quant_conv` where there is one).
+    fn decode(&self, z: &Tensor) -> Result<Tensor>;
+    /// The tappable decoder layers in order: the mid block, then each up block / stage.
+    fn feature_layers(&self) -> Vec<FeatureLayer>;
+    /// The decoder's feature maps of decoder latents `z`: the mid-block output followed by
+    /// the outputs of the first `depth` up blocks (`depth + 1` maps), each equal to the
+    /// corresponding intermediate of [`Self::decode`]. Layers past the deepest requested one
+    /// are not run. `post_quant_conv = false` skips that convolution (the diffusers LPL
+    /// port's behaviour); autoencoders without one ignore the flag.
+    fn decode_features(&self, z: &Tensor, depth: usize, post_quant_conv: bool) -> Result<Vec<Tensor>>;
+    /// Whether the decoder starts with a `post_quant_conv`.
+    fn has_post_quant_conv(&self) -> bool {
+        false
+    }
+}
+
+/// Checks `images` `(B, C, H, W)` against an autoencoder's channel count and factor.
+pub fn check_images(images: &Tensor, channels: i64, factor: i64) -> Result<()> {
+    let size = images.size();
+    if size.len() != 4 || size[1] != channels || size[2] % factor != 0 || size[3] % factor != 0 {
+        return Err(AutoencoderError::Input(format!(
+            "images must be (B, {channels}, H, W) with H and W multiples of {factor}, got {size:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks latents `(B, C, h, w)` against an autoencoder's latent channels.
+pub fn check_latents(z: &Tensor, channels: i64) -> Result<()> {
+    let size = z.size();
+    if size.len() != 4 || size[1] != channels {
+        return Err(AutoencoderError::Input(format!(
+            "latents must be (B, {channels}, h, w), got {size:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a requested feature depth against the number of up stages.
+pub fn check_depth(depth: usize, up_stages: usize) -> Result<()> {
+    if depth > up_stages {
+        return Err(AutoencoderError::Input(format!(
+            "feature depth {depth} exceeds the decoder's {up_stages} up blocks"
+        )));
+    }
+    Ok(())
+}
