@@ -9,6 +9,7 @@
 //!
 //! xtask does not depend on `tch`, so it builds and runs before libtorch exists.
 
+mod assets;
 mod cargo;
 mod fixtures;
 mod python;
@@ -22,7 +23,7 @@ commands:
   setup            find or install libtorch 2.11.0 (LIBTORCH, else a managed venv under
                    $LPL_HOME, default ~/.cache/lpl) and link it as .libtorch
   doctor           setup, then `lpl doctor`
-  test [ARGS..]    setup, then the workspace tests (cargo-nextest if installed, else
+  test [ARGS..]    setup and test assets, then the workspace tests (cargo-nextest if installed, else
                    cargo test); ARGS are forwarded to the test runner
   fixtures         regenerate the golden fixtures with the pinned Python references
   lint             cargo fmt --check and cargo clippy --workspace --all-targets -D warnings
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "setup" => setup::run().map(|_| ()),
         "doctor" => setup::run().and_then(|_| cargo::doctor()),
-        "test" => setup::run().and_then(|_| cargo::test(&rest)),
+        "test" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::test(&rest)),
         "lint" => cargo::lint(),
         "fixtures" => setup::run().and_then(|_| fixtures::run()),
         "ablate" | "bench" => setup::run().and_then(|_| {

@@ -35,9 +35,13 @@ impl LatentDistribution {
     pub fn kl(&self) -> Tensor {
         let dims = [1i64, 2, 3];
         match &self.logvar {
-            Some(logvar) => (self.mean.square() + logvar.exp() - 1.0 - logvar)
-                .sum_dim_intlist(&dims[..], false, Kind::Float)
-                * 0.5,
+            Some(logvar) => {
+                (self.mean.square() + logvar.exp() - 1.0 - logvar).sum_dim_intlist(
+                    &dims[..],
+                    false,
+                    Kind::Float,
+                ) * 0.5
+            }
             None => Tensor::zeros([self.mean.size()[0]], (Kind::Float, self.mean.device())),
         }
     }
@@ -78,7 +82,12 @@ pub trait Autoencoder {
     /// corresponding intermediate of [`Self::decode`]. Layers past the deepest requested one
     /// are not run. `post_quant_conv = false` skips that convolution (the diffusers LPL
     /// port's behaviour); autoencoders without one ignore the flag.
-    fn decode_features(&self, z: &Tensor, depth: usize, post_quant_conv: bool) -> Result<Vec<Tensor>>;
+    fn decode_features(
+        &self,
+        z: &Tensor,
+        depth: usize,
+        post_quant_conv: bool,
+    ) -> Result<Vec<Tensor>>;
     /// Whether the decoder starts with a `post_quant_conv`.
     fn has_post_quant_conv(&self) -> bool {
         false

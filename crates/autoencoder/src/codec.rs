@@ -51,7 +51,10 @@ fn channel_tensor(values: &[f64], z: &Tensor) -> Result<Tensor> {
             z.size()
         )));
     }
-    Ok(Tensor::from_slice(values).f_to_kind(z.kind())?.f_to_device(z.device())?.f_view([1, -1, 1, 1])?)
+    Ok(Tensor::from_slice(values)
+        .f_to_kind(z.kind())?
+        .f_to_device(z.device())?
+        .f_view([1, -1, 1, 1])?)
 }
 
 /// Names accepted by [`LatentCodec::preset`].
@@ -122,7 +125,10 @@ impl LatentCodec {
         match &self.normalization {
             LatentNormalization::Affine { scale, shift } => {
                 if !(scale.is_finite() && *scale != 0.0) {
-                    return Err(invalid("scale", format!("must be finite and non-zero, got {scale}")));
+                    return Err(invalid(
+                        "scale",
+                        format!("must be finite and non-zero, got {scale}"),
+                    ));
                 }
                 if !shift.is_finite() {
                     return Err(invalid("shift", format!("must be finite, got {shift}")));

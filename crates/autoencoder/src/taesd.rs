@@ -129,7 +129,7 @@ impl Module for Block {
 #[derive(Debug)]
 enum Layer {
     Conv(nn::Conv2D),
-    Block(Block),
+    Block(Box<Block>),
     Relu,
     /// `tanh(x / 3) * 3`.
     Clamp,
@@ -153,12 +153,18 @@ impl Module for Layer {
 }
 
 fn encoder_layers(p: &nn::Path, v: TaesdVariant) -> Vec<Layer> {
-    let mut layers = vec![Layer::Conv(conv3(p / "0", 3, WIDTH, 1, true)), Layer::Block(Block::new(p / "1", false))];
+    let mut layers = vec![
+        Layer::Conv(conv3(p / "0", 3, WIDTH, 1, true)),
+        Layer::Block(Box::new(Block::new(p / "1", false))),
+    ];
     for stage in 0..3 {
         let base = 2 + 4 * stage;
         layers.push(Layer::Conv(conv3(p / base, WIDTH, WIDTH, 2, false)));
         for j in 1..=3 {
-            layers.push(Layer::Block(Block::new(p / (base + j), stage == 2 && v.has_pool())));
+            layers.push(Layer::Block(Box::new(Block::new(
+                p / (base + j),
+                stage == 2 && v.has_pool(),
+            ))));
         }
     }
     layers.push(Layer::Conv(conv3(p / "14", WIDTH, v.latent_channels(), 1, true)));
@@ -173,7 +179,7 @@ fn decoder_layers(p: &nn::Path, v: TaesdVariant) -> (Vec<Layer>, [usize; 4]) {
         Layer::Relu,
     ];
     for j in 3..=5 {
-        layers.push(Layer::Block(Block::new(p / j, v.has_pool())));
+        layers.push(Layer::Block(Box::new(Block::new(p / j, v.has_pool()))));
     }
     for stage in 0..3 {
         let base = 6 + 5 * stage;
@@ -181,7 +187,7 @@ fn decoder_layers(p: &nn::Path, v: TaesdVariant) -> (Vec<Layer>, [usize; 4]) {
         layers.push(Layer::Conv(conv3(p / (base + 1), WIDTH, WIDTH, 1, false)));
         let blocks = if stage == 2 { 1 } else { 3 };
         for j in 0..blocks {
-            layers.push(Layer::Block(Block::new(p / (base + 2 + j), false)));
+            layers.push(Layer::Block(Box::new(Block::new(p / (base + 2 + j), false))));
         }
     }
     layers.push(Layer::Conv(conv3(p / "19", WIDTH, 3, 1, true)));
@@ -209,7 +215,8 @@ impl Taesd {
         let (decoder, stage_ends) = decoder_layers(&decoder_vs.root(), variant);
         encoder_vs.set_kind(kind);
         decoder_vs.set_kind(kind);
-        let codec = LatentCodec::preset("taesd").unwrap_or_else(|_| unreachable!("taesd is a preset"));
+        let codec =
+            LatentCodec::preset("taesd").unwrap_or_else(|_| unreachable!("taesd is a preset"));
         Self { variant, codec, encoder_vs, decoder_vs, encoder, decoder, stage_ends }
     }
 
@@ -251,8 +258,10 @@ impl Taesd {
 
 /// The TAESD encoder/decoder pair in `dir`.
 pub fn find_pair(dir: &Path) -> Result<(TaesdVariant, PathBuf, PathBuf)> {
-    let entries = std::fs::read_dir(dir).map_err(|source| AutoencoderError::Io { path: dir.to_path_buf(), source })?;
-    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    let entries = std::fs::read_dir(dir)
+        .map_err(|source| AutoencoderError::Io { path: dir.to_path_buf(), source })?;
+    let mut names: Vec<String> =
+        entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
     names.sort();
     for ext in ["safetensors", "pth"] {
         for (variant, stem) in TaesdVariant::ALL {
@@ -313,11 +322,20 @@ impl Autoencoder for Taesd {
         self.stage_ends
             .iter()
             .enumerate()
-            .map(|(i, end)| FeatureLayer { name: end.to_string(), channels: WIDTH, upscale: 1 << i })
+            .map(|(i, end)| FeatureLayer {
+                name: end.to_string(),
+                channels: WIDTH,
+                upscale: 1 << i,
+            })
             .collect()
     }
 
-    fn decode_features(&self, z: &Tensor, depth: usize, _post_quant_conv: bool) -> Result<Vec<Tensor>> {
+    fn decode_features(
+        &self,
+        z: &Tensor,
+        depth: usize,
+        _post_quant_conv: bool,
+    ) -> Result<Vec<Tensor>> {
         check_latents(z, self.latent_channels())?;
         check_depth(depth, self.stage_ends.len() - 1)?;
         let mut h = z.f_to_kind(self.compute_kind())?;

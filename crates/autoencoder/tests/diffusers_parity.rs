@@ -15,7 +15,10 @@ fn fixtures_dir() -> PathBuf {
 }
 
 fn golden() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures_dir().join("diffusers_vae.safetensors")).unwrap().into_iter().collect()
+    Tensor::read_safetensors(fixtures_dir().join("diffusers_vae.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
@@ -25,7 +28,9 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 
 fn check(name: &str, dir: &str) {
     let g = golden();
-    let vae = AutoencoderKl::from_diffusers_dir(&fixtures_dir().join(dir), Device::Cpu, Kind::Float).unwrap();
+    let vae =
+        AutoencoderKl::from_diffusers_dir(&fixtures_dir().join(dir), Device::Cpu, Kind::Float)
+            .unwrap();
     let dist = vae.encode(&g[&format!("{name}/images")]).unwrap();
     let mut errors = vec![
         ("mean", max_abs(&dist.mean, &g[&format!("{name}/mean")])),
@@ -59,9 +64,16 @@ fn sd_like_vae_matches_diffusers() {
 #[test]
 fn flux_like_vae_from_f16_file_matches_diffusers() {
     check("flux_small", "vae_flux_small");
-    let vae = AutoencoderKl::from_diffusers_dir(&fixtures_dir().join("vae_flux_small"), Device::Cpu, Kind::Float)
-        .unwrap();
-    assert!(vae.var_store().variables().values().all(|v| v.kind() == Kind::Float), "dtype follows the caller");
+    let vae = AutoencoderKl::from_diffusers_dir(
+        &fixtures_dir().join("vae_flux_small"),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    assert!(
+        vae.var_store().variables().values().all(|v| v.kind() == Kind::Float),
+        "dtype follows the caller"
+    );
     assert!(!vae.has_post_quant_conv());
     let codec = vae.codec();
     let z = Tensor::from_slice(&[1.0f32]).view([1, 1, 1, 1]);
@@ -71,8 +83,12 @@ fn flux_like_vae_from_f16_file_matches_diffusers() {
 
 #[test]
 fn caller_chooses_the_dtype() {
-    let vae = AutoencoderKl::from_diffusers_dir(&fixtures_dir().join("vae_sd_small"), Device::Cpu, Kind::BFloat16)
-        .unwrap();
+    let vae = AutoencoderKl::from_diffusers_dir(
+        &fixtures_dir().join("vae_sd_small"),
+        Device::Cpu,
+        Kind::BFloat16,
+    )
+    .unwrap();
     assert!(vae.var_store().variables().values().all(|v| v.kind() == Kind::BFloat16));
     let g = golden();
     let decoded = vae.decode(&g["sd_small/mean"]).unwrap();
@@ -85,7 +101,8 @@ fn scratch_copy(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lpl-ae-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixtures_dir().join("vae_sd_small/config.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(fixtures_dir().join("vae_sd_small/config.json"), dir.join("config.json"))
+        .unwrap();
     dir
 }
 
@@ -93,7 +110,8 @@ fn write_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
     let src = fixtures_dir().join("vae_sd_small/diffusion_pytorch_model.safetensors");
     let mut tensors = Tensor::read_safetensors(src).unwrap();
     edit(&mut tensors);
-    let refs: Vec<(&str, Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v.shallow_clone())).collect();
+    let refs: Vec<(&str, Tensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v.shallow_clone())).collect();
     Tensor::write_safetensors(&refs, dir.join("diffusion_pytorch_model.safetensors")).unwrap();
 }
 
@@ -108,7 +126,10 @@ fn wrong_shape_names_key_and_both_shapes() {
     let err = AutoencoderKl::from_diffusers_dir(&dir, Device::Cpu, Kind::Float).unwrap_err();
     assert!(matches!(&err, AutoencoderError::ShapeMismatch { key: k, .. } if k == key));
     let msg = err.to_string();
-    assert!(msg.contains(key) && msg.contains("[32, 4, 1, 1]") && msg.contains("[32, 4, 3, 3]"), "{msg}");
+    assert!(
+        msg.contains(key) && msg.contains("[32, 4, 1, 1]") && msg.contains("[32, 4, 3, 3]"),
+        "{msg}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -116,10 +137,18 @@ fn wrong_shape_names_key_and_both_shapes() {
 fn missing_and_unexpected_tensors_are_named() {
     let dir = scratch_copy("missing");
     write_weights(&dir, |t| t.retain(|(k, _)| k != "encoder.mid_block.attentions.0.to_q.bias"));
-    let msg = AutoencoderKl::from_diffusers_dir(&dir, Device::Cpu, Kind::Float).unwrap_err().to_string();
-    assert!(msg.contains("missing tensor `encoder.mid_block.attentions.0.to_q.bias`") && msg.contains("[32]"), "{msg}");
-    write_weights(&dir, |t| t.push(("encoder.extra.weight".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu)))));
-    let msg = AutoencoderKl::from_diffusers_dir(&dir, Device::Cpu, Kind::Float).unwrap_err().to_string();
+    let msg =
+        AutoencoderKl::from_diffusers_dir(&dir, Device::Cpu, Kind::Float).unwrap_err().to_string();
+    assert!(
+        msg.contains("missing tensor `encoder.mid_block.attentions.0.to_q.bias`")
+            && msg.contains("[32]"),
+        "{msg}"
+    );
+    write_weights(&dir, |t| {
+        t.push(("encoder.extra.weight".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))))
+    });
+    let msg =
+        AutoencoderKl::from_diffusers_dir(&dir, Device::Cpu, Kind::Float).unwrap_err().to_string();
     assert!(msg.contains("unexpected tensor `encoder.extra.weight`"), "{msg}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -128,9 +157,13 @@ fn missing_and_unexpected_tensors_are_named() {
 fn unknown_config_field_is_named() {
     let dir = scratch_copy("config");
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), text.replacen("\"act_fn\"", "\"activation\": \"silu\",\n  \"act_fn\"", 1))
-        .unwrap();
-    let msg = AutoencoderKl::from_diffusers_dir(&dir, Device::Cpu, Kind::Float).unwrap_err().to_string();
+    std::fs::write(
+        dir.join("config.json"),
+        text.replacen("\"act_fn\"", "\"activation\": \"silu\",\n  \"act_fn\"", 1),
+    )
+    .unwrap();
+    let msg =
+        AutoencoderKl::from_diffusers_dir(&dir, Device::Cpu, Kind::Float).unwrap_err().to_string();
     assert!(msg.contains("unknown field `activation`") && msg.contains("config.json"), "{msg}");
     let bad = AutoencoderKlConfig { norm_num_groups: 5, ..AutoencoderKlConfig::default() };
     assert!(bad.validate().unwrap_err().to_string().contains("`block_out_channels`"));
@@ -139,7 +172,9 @@ fn unknown_config_field_is_named() {
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let vae = AutoencoderKl::new(&AutoencoderKlConfig::preset("tiny").unwrap(), Device::Cpu, Kind::Float).unwrap();
+    let vae =
+        AutoencoderKl::new(&AutoencoderKlConfig::preset("tiny").unwrap(), Device::Cpu, Kind::Float)
+            .unwrap();
     let odd = Tensor::zeros([1, 3, 15, 16], (Kind::Float, Device::Cpu));
     assert!(matches!(vae.encode(&odd), Err(AutoencoderError::Input(_))));
     let wrong_channels = Tensor::zeros([1, 5, 8, 8], (Kind::Float, Device::Cpu));

@@ -2,8 +2,8 @@
 //! dict keys match): `ResnetBlock2D`, the mid-block `Attention`, `UNetMidBlock2D`,
 //! `DownEncoderBlock2D` and `UpDecoderBlock2D`.
 
-use tch::nn::{self, Module};
 use tch::Tensor;
+use tch::nn::{self, Module};
 
 /// GroupNorm with diffusers' VAE epsilon (1e-6).
 pub(crate) fn group_norm(p: nn::Path, groups: i64, channels: i64) -> nn::GroupNorm {
@@ -11,7 +11,14 @@ pub(crate) fn group_norm(p: nn::Path, groups: i64, channels: i64) -> nn::GroupNo
 }
 
 /// A 2-D convolution with square kernel `k`, stride and padding.
-pub(crate) fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+pub(crate) fn conv(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
+    stride: i64,
+    padding: i64,
+) -> nn::Conv2D {
     nn::conv2d(p, c_in, c_out, k, nn::ConvConfig { stride, padding, ..Default::default() })
 }
 
@@ -33,7 +40,8 @@ impl ResnetBlock2D {
             conv1: conv(&p / "conv1", c_in, c_out, 3, 1, 1),
             norm2: group_norm(&p / "norm2", groups, c_out),
             conv2: conv(&p / "conv2", c_out, c_out, 3, 1, 1),
-            conv_shortcut: (c_in != c_out).then(|| conv(&p / "conv_shortcut", c_in, c_out, 1, 1, 0)),
+            conv_shortcut: (c_in != c_out)
+                .then(|| conv(&p / "conv_shortcut", c_in, c_out, 1, 1, 0)),
         }
     }
 }
@@ -107,7 +115,8 @@ impl MidBlock {
         let resnets = &p / "resnets";
         Self {
             resnet0: ResnetBlock2D::new(&resnets / "0", channels, channels, groups),
-            attention: add_attention.then(|| Attention::new(&p / "attentions" / "0", channels, groups)),
+            attention: add_attention
+                .then(|| Attention::new(&p / "attentions" / "0", channels, groups)),
             resnet1: ResnetBlock2D::new(&resnets / "1", channels, channels, groups),
         }
     }
@@ -132,11 +141,26 @@ pub(crate) struct DownEncoderBlock2D {
 }
 
 impl DownEncoderBlock2D {
-    pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, layers: i64, groups: i64, downsample: bool) -> Self {
+    pub(crate) fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        layers: i64,
+        groups: i64,
+        downsample: bool,
+    ) -> Self {
         let resnets = (0..layers)
-            .map(|i| ResnetBlock2D::new(&p / "resnets" / i, if i == 0 { c_in } else { c_out }, c_out, groups))
+            .map(|i| {
+                ResnetBlock2D::new(
+                    &p / "resnets" / i,
+                    if i == 0 { c_in } else { c_out },
+                    c_out,
+                    groups,
+                )
+            })
             .collect();
-        let downsample = downsample.then(|| conv(&p / "downsamplers" / "0" / "conv", c_out, c_out, 3, 2, 0));
+        let downsample =
+            downsample.then(|| conv(&p / "downsamplers" / "0" / "conv", c_out, c_out, 3, 2, 0));
         Self { resnets, downsample }
     }
 }
@@ -162,11 +186,26 @@ pub(crate) struct UpDecoderBlock2D {
 }
 
 impl UpDecoderBlock2D {
-    pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, layers: i64, groups: i64, upsample: bool) -> Self {
+    pub(crate) fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        layers: i64,
+        groups: i64,
+        upsample: bool,
+    ) -> Self {
         let resnets = (0..layers)
-            .map(|i| ResnetBlock2D::new(&p / "resnets" / i, if i == 0 { c_in } else { c_out }, c_out, groups))
+            .map(|i| {
+                ResnetBlock2D::new(
+                    &p / "resnets" / i,
+                    if i == 0 { c_in } else { c_out },
+                    c_out,
+                    groups,
+                )
+            })
             .collect();
-        let upsample = upsample.then(|| conv(&p / "upsamplers" / "0" / "conv", c_out, c_out, 3, 1, 1));
+        let upsample =
+            upsample.then(|| conv(&p / "upsamplers" / "0" / "conv", c_out, c_out, 3, 1, 1));
         Self { resnets, upsample }
     }
 

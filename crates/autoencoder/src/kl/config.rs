@@ -119,7 +119,9 @@ impl AutoencoderKlConfig {
     pub fn preset(name: &str) -> Result<Self> {
         let base = Self::default();
         Ok(match name {
-            "sd" => Self { block_out_channels: vec![128, 256, 512, 512], layers_per_block: 2, ..base },
+            "sd" => {
+                Self { block_out_channels: vec![128, 256, 512, 512], layers_per_block: 2, ..base }
+            }
             "tiny" => Self { block_out_channels: vec![8, 16], norm_num_groups: 4, ..base },
             "fmnist" => Self {
                 in_channels: 1,
@@ -130,7 +132,10 @@ impl AutoencoderKlConfig {
                 ..base
             },
             _ => {
-                return Err(invalid("preset", format!("unknown `{name}`; known: {}", KL_PRESETS.join(", "))));
+                return Err(invalid(
+                    "preset",
+                    format!("unknown `{name}`; known: {}", KL_PRESETS.join(", ")),
+                ));
             }
         })
     }
@@ -139,9 +144,8 @@ impl AutoencoderKlConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| AutoencoderError::Io { path: path.to_path_buf(), source })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| AutoencoderError::ConfigFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        let config: Self = serde_json::from_str(&text).map_err(|e| {
+            AutoencoderError::ConfigFile { path: path.to_path_buf(), message: e.to_string() }
         })?;
         config.validate()?;
         Ok(config)
@@ -149,9 +153,11 @@ impl AutoencoderKlConfig {
 
     /// Checks every field; the error names the first offending one.
     pub fn validate(&self) -> Result<()> {
-        for (field, v) in
-            [("in_channels", self.in_channels), ("out_channels", self.out_channels), ("latent_channels", self.latent_channels)]
-        {
+        for (field, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("latent_channels", self.latent_channels),
+        ] {
             if v < 1 {
                 return Err(invalid(field, format!("must be >= 1, got {v}")));
             }
@@ -160,19 +166,33 @@ impl AutoencoderKlConfig {
             return Err(invalid("block_out_channels", "must have at least one entry"));
         }
         if self.norm_num_groups < 1 {
-            return Err(invalid("norm_num_groups", format!("must be >= 1, got {}", self.norm_num_groups)));
+            return Err(invalid(
+                "norm_num_groups",
+                format!("must be >= 1, got {}", self.norm_num_groups),
+            ));
         }
-        if let Some(c) = self.block_out_channels.iter().find(|c| **c < 1 || **c % self.norm_num_groups != 0) {
+        if let Some(c) =
+            self.block_out_channels.iter().find(|c| **c < 1 || **c % self.norm_num_groups != 0)
+        {
             return Err(invalid(
                 "block_out_channels",
-                format!("{c} is not a positive multiple of norm_num_groups ({})", self.norm_num_groups),
+                format!(
+                    "{c} is not a positive multiple of norm_num_groups ({})",
+                    self.norm_num_groups
+                ),
             ));
         }
         if self.layers_per_block < 1 {
-            return Err(invalid("layers_per_block", format!("must be >= 1, got {}", self.layers_per_block)));
+            return Err(invalid(
+                "layers_per_block",
+                format!("must be >= 1, got {}", self.layers_per_block),
+            ));
         }
         if self.act_fn != "silu" {
-            return Err(invalid("act_fn", format!("only `silu` is supported, got `{}`", self.act_fn)));
+            return Err(invalid(
+                "act_fn",
+                format!("only `silu` is supported, got `{}`", self.act_fn),
+            ));
         }
         let levels = self.block_out_channels.len();
         for (field, types, expected) in [
@@ -181,15 +201,24 @@ impl AutoencoderKlConfig {
         ] {
             if let Some(types) = types {
                 if types.len() != levels {
-                    return Err(invalid(field, format!("has {} entries, block_out_channels {levels}", types.len())));
+                    return Err(invalid(
+                        field,
+                        format!("has {} entries, block_out_channels {levels}", types.len()),
+                    ));
                 }
                 if let Some(t) = types.iter().find(|t| *t != expected) {
-                    return Err(invalid(field, format!("only `{expected}` is supported, got `{t}`")));
+                    return Err(invalid(
+                        field,
+                        format!("only `{expected}` is supported, got `{t}`"),
+                    ));
                 }
             }
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor != 0.0) {
-            return Err(invalid("scaling_factor", format!("must be finite and non-zero, got {}", self.scaling_factor)));
+            return Err(invalid(
+                "scaling_factor",
+                format!("must be finite and non-zero, got {}", self.scaling_factor),
+            ));
         }
         Ok(())
     }
@@ -202,6 +231,10 @@ impl AutoencoderKlConfig {
     /// The codec diffusers pipelines use with this VAE: `[-1, 1]` input,
     /// `(z - shift_factor) * scaling_factor`.
     pub fn codec(&self) -> LatentCodec {
-        LatentCodec::affine(InputRange::MinusOneToOne, self.scaling_factor, self.shift_factor.unwrap_or(0.0))
+        LatentCodec::affine(
+            InputRange::MinusOneToOne,
+            self.scaling_factor,
+            self.shift_factor.unwrap_or(0.0),
+        )
     }
 }

@@ -37,7 +37,14 @@ impl Encoder {
             .map(|i| {
                 let c_in = if i == 0 { boc[0] } else { boc[i - 1] };
                 let last = i + 1 == boc.len();
-                DownEncoderBlock2D::new(&p / "down_blocks" / i, c_in, boc[i], c.layers_per_block, g, !last)
+                DownEncoderBlock2D::new(
+                    &p / "down_blocks" / i,
+                    c_in,
+                    boc[i],
+                    c.layers_per_block,
+                    g,
+                    !last,
+                )
             })
             .collect();
         let top = boc[boc.len() - 1];
@@ -152,10 +159,20 @@ impl AutoencoderKl {
         let l = config.latent_channels;
         let encoder = Encoder::new(&root / "encoder", config);
         let decoder = Decoder::new(&root / "decoder", config);
-        let quant_conv = config.use_quant_conv.then(|| conv(&root / "quant_conv", 2 * l, 2 * l, 1, 1, 0));
-        let post_quant_conv = config.use_post_quant_conv.then(|| conv(&root / "post_quant_conv", l, l, 1, 1, 0));
+        let quant_conv =
+            config.use_quant_conv.then(|| conv(&root / "quant_conv", 2 * l, 2 * l, 1, 1, 0));
+        let post_quant_conv =
+            config.use_post_quant_conv.then(|| conv(&root / "post_quant_conv", l, l, 1, 1, 0));
         vs.set_kind(kind);
-        Ok(Self { config: config.clone(), codec: config.codec(), vs, encoder, decoder, quant_conv, post_quant_conv })
+        Ok(Self {
+            config: config.clone(),
+            codec: config.codec(),
+            vs,
+            encoder,
+            decoder,
+            quant_conv,
+            post_quant_conv,
+        })
     }
 
     /// Loads a diffusers `vae/` folder: `config.json` plus `diffusion_pytorch_model.safetensors`
@@ -223,7 +240,10 @@ impl Autoencoder for AutoencoderKl {
             moments = q.forward(&moments);
         }
         let halves = moments.f_chunk(2, 1)?;
-        Ok(LatentDistribution { mean: halves[0].shallow_clone(), logvar: Some(halves[1].f_clamp(-30.0, 20.0)?) })
+        Ok(LatentDistribution {
+            mean: halves[0].shallow_clone(),
+            logvar: Some(halves[1].f_clamp(-30.0, 20.0)?),
+        })
     }
 
     /// `(B, latent, h, w)` -> `(B, out, h * f, w * f)` in `[-1, 1]` (not clamped).
@@ -249,7 +269,12 @@ impl Autoencoder for AutoencoderKl {
             .collect()
     }
 
-    fn decode_features(&self, z: &Tensor, depth: usize, post_quant_conv: bool) -> Result<Vec<Tensor>> {
+    fn decode_features(
+        &self,
+        z: &Tensor,
+        depth: usize,
+        post_quant_conv: bool,
+    ) -> Result<Vec<Tensor>> {
         check_latents(z, self.config.latent_channels)?;
         check_depth(depth, self.decoder.up_blocks.len())?;
         let mut z = z.f_to_kind(self.compute_kind())?;

@@ -1,7 +1,8 @@
 //! Reading weights files and loading them into a `VarStore` with every name and shape
 //! checked. safetensors are read directly; `.pth` / `.pt` / `.bin` zip state dicts (as written
-//! by `torch.save(state_dict)`) through libtorch's unpickler, which only rebuilds tensors and
-//! never executes Python code.
+//! by `torch.save(state_dict)`) by [`pth`], which interprets the pickle without executing it.
+
+pub mod pth;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
     let tensors = match ext {
         "safetensors" => Tensor::read_safetensors(path),
-        "pth" | "pt" | "bin" | "ckpt" => Tensor::loadz_multi(path),
+        "pth" | "pt" | "bin" | "ckpt" => return pth::read(path),
         other => {
             return Err(AutoencoderError::Input(format!(
                 "{}: unknown weights format `.{other}` (expected .safetensors, .pth, .pt or .bin)",
