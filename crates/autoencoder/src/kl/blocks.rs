@@ -132,6 +132,25 @@ impl Module for MidBlock {
     }
 }
 
+/// `resnets.0 .. resnets.{layers-1}`, the first taking `c_in` channels.
+fn resnet_stack(
+    p: &nn::Path,
+    c_in: i64,
+    c_out: i64,
+    layers: i64,
+    groups: i64,
+) -> Vec<ResnetBlock2D> {
+    (0..layers)
+        .map(|i| {
+            ResnetBlock2D::new(p / "resnets" / i, if i == 0 { c_in } else { c_out }, c_out, groups)
+        })
+        .collect()
+}
+
+fn run_resnets(resnets: &[ResnetBlock2D], x: &Tensor) -> Tensor {
+    resnets.iter().fold(x.shallow_clone(), |h, r| r.forward(&h))
+}
+
 /// `resnets` then an optional stride-2 `downsamplers.0.conv` (zero padding right and bottom,
 /// then a 3x3 convolution without padding).
 #[derive(Debug)]
@@ -149,16 +168,7 @@ impl DownEncoderBlock2D {
         groups: i64,
         downsample: bool,
     ) -> Self {
-        let resnets = (0..layers)
-            .map(|i| {
-                ResnetBlock2D::new(
-                    &p / "resnets" / i,
-                    if i == 0 { c_in } else { c_out },
-                    c_out,
-                    groups,
-                )
-            })
-            .collect();
+        let resnets = resnet_stack(&p, c_in, c_out, layers, groups);
         let downsample =
             downsample.then(|| conv(&p / "downsamplers" / "0" / "conv", c_out, c_out, 3, 2, 0));
         Self { resnets, downsample }
@@ -167,10 +177,7 @@ impl DownEncoderBlock2D {
 
 impl Module for DownEncoderBlock2D {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let mut h = x.shallow_clone();
-        for r in &self.resnets {
-            h = r.forward(&h);
-        }
+        let h = run_resnets(&self.resnets, x);
         match &self.downsample {
             Some(c) => c.forward(&h.constant_pad_nd([0, 1, 0, 1])),
             None => h,
@@ -194,16 +201,7 @@ impl UpDecoderBlock2D {
         groups: i64,
         upsample: bool,
     ) -> Self {
-        let resnets = (0..layers)
-            .map(|i| {
-                ResnetBlock2D::new(
-                    &p / "resnets" / i,
-                    if i == 0 { c_in } else { c_out },
-                    c_out,
-                    groups,
-                )
-            })
-            .collect();
+        let resnets = resnet_stack(&p, c_in, c_out, layers, groups);
         let upsample =
             upsample.then(|| conv(&p / "upsamplers" / "0" / "conv", c_out, c_out, 3, 1, 1));
         Self { resnets, upsample }
@@ -223,10 +221,7 @@ pub(crate) fn upsample_nearest_2x(x: &Tensor) -> Tensor {
 
 impl Module for UpDecoderBlock2D {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let mut h = x.shallow_clone();
-        for r in &self.resnets {
-            h = r.forward(&h);
-        }
+        let h = run_resnets(&self.resnets, x);
         match &self.upsample {
             Some(c) => c.forward(&upsample_nearest_2x(&h)),
             None => h,
