@@ -29,36 +29,9 @@ pub enum AutoencoderError {
         /// What is wrong with its value.
         reason: String,
     },
-    /// A weights file lacks a tensor the model needs.
-    #[error("{}: missing tensor `{key}` (expected shape {expected:?})", file.display())]
-    MissingTensor {
-        /// The weights file.
-        file: PathBuf,
-        /// The state-dict key.
-        key: String,
-        /// The shape the model needs.
-        expected: Vec<i64>,
-    },
-    /// A tensor in a weights file has the wrong shape.
-    #[error("{}: tensor `{key}` has shape {found:?}, expected {expected:?}", file.display())]
-    ShapeMismatch {
-        /// The weights file.
-        file: PathBuf,
-        /// The state-dict key.
-        key: String,
-        /// The shape the model needs.
-        expected: Vec<i64>,
-        /// The shape in the file.
-        found: Vec<i64>,
-    },
-    /// A weights file holds a tensor the model does not have.
-    #[error("{}: unexpected tensor `{key}` (not part of this model)", file.display())]
-    UnexpectedTensor {
-        /// The weights file.
-        file: PathBuf,
-        /// The state-dict key.
-        key: String,
-    },
+    /// Reading, checking or writing a weights file failed (names the file and key).
+    #[error(transparent)]
+    Weights(#[from] lpl_tensor_io::TensorIoError),
     /// An input tensor of the wrong rank, channel count, size or range.
     #[error("bad input: {0}")]
     Input(String),

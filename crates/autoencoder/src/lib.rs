@@ -37,7 +37,6 @@ pub mod codec;
 mod error;
 pub mod kl;
 pub mod taesd;
-pub mod weights;
 
 pub use autoencoder::{Autoencoder, FeatureLayer, LatentDistribution};
 pub use codec::{InputRange, LatentCodec, LatentNormalization};

@@ -13,7 +13,6 @@ use crate::autoencoder::{
 };
 use crate::codec::LatentCodec;
 use crate::error::{AutoencoderError, Result, invalid};
-use crate::weights;
 
 /// Width of every TAESD layer.
 const WIDTH: i64 = 64;
@@ -229,8 +228,8 @@ impl Taesd {
         kind: Kind,
     ) -> Result<Self> {
         let model = Self::new(variant, device, kind);
-        weights::load_file(&model.encoder_vs, encoder)?;
-        weights::load_file(&model.decoder_vs, decoder)?;
+        lpl_tensor_io::load_file(&model.encoder_vs, encoder)?;
+        lpl_tensor_io::load_file(&model.decoder_vs, decoder)?;
         Ok(model)
     }
 

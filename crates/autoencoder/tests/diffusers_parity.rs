@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use lpl_autoencoder::{Autoencoder, AutoencoderError, AutoencoderKl, AutoencoderKlConfig};
+use lpl_tensor_io::TensorIoError;
 use tch::{Device, Kind, Tensor};
 
 fn fixtures_dir() -> PathBuf {
@@ -124,7 +125,9 @@ fn wrong_shape_names_key_and_both_shapes() {
         entry.1 = Tensor::zeros([32, 4, 1, 1], (Kind::Float, Device::Cpu));
     });
     let err = AutoencoderKl::from_diffusers_dir(&dir, Device::Cpu, Kind::Float).unwrap_err();
-    assert!(matches!(&err, AutoencoderError::ShapeMismatch { key: k, .. } if k == key));
+    assert!(
+        matches!(&err, AutoencoderError::Weights(TensorIoError::ShapeMismatch { key: k, .. }) if k == key)
+    );
     let msg = err.to_string();
     assert!(
         msg.contains(key) && msg.contains("[32, 4, 1, 1]") && msg.contains("[32, 4, 3, 3]"),

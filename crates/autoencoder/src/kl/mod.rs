@@ -14,7 +14,6 @@ use crate::autoencoder::{
 };
 use crate::codec::LatentCodec;
 use crate::error::Result;
-use crate::weights;
 use blocks::{DownEncoderBlock2D, MidBlock, UpDecoderBlock2D, conv, group_norm};
 pub use config::{AutoencoderKlConfig, KL_PRESETS};
 
@@ -185,7 +184,7 @@ impl AutoencoderKl {
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
             .unwrap_or_else(|| dir.join("diffusion_pytorch_model.safetensors"));
-        weights::load_file(&model.vs, &file)?;
+        lpl_tensor_io::load_file(&model.vs, &file)?;
         Ok(model)
     }
 

@@ -9,13 +9,13 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use crate::error::{AutoencoderError, Result};
+use crate::{Result, TensorIoError};
 
-fn bad(path: &Path, what: impl std::fmt::Display) -> AutoencoderError {
-    AutoencoderError::Input(format!(
-        "{}: not a readable PyTorch zip state dict: {what}",
-        path.display()
-    ))
+fn bad(path: &Path, what: impl std::fmt::Display) -> TensorIoError {
+    TensorIoError::Format {
+        path: path.to_path_buf(),
+        message: format!("not a readable PyTorch zip state dict: {what}"),
+    }
 }
 
 /// One zip entry's location in the file.
@@ -293,7 +293,7 @@ fn storage_kind(storage_type: &str) -> Option<(Kind, usize)> {
 /// Reads every tensor of a `torch.save` zip state dict.
 pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let bytes = std::fs::read(path)
-        .map_err(|source| AutoencoderError::Io { path: path.to_path_buf(), source })?;
+        .map_err(|source| TensorIoError::Io { path: path.to_path_buf(), source })?;
     let entries = zip_entries(&bytes)
         .ok_or_else(|| bad(path, "not a zip archive (legacy torch.save format?)"))?;
     let pkl = entries

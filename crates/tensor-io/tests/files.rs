@@ -1,0 +1,75 @@
+//! Round trips through safetensors with metadata, the .pth reader against torch.save
+//! output, and the checks of `load_into`.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lpl_tensor_io::{TensorIoError, load_into, read_metadata, read_tensors, save};
+use tch::{Device, Kind, Tensor, nn};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("lpl-tensor-io-{name}-{}", std::process::id()))
+}
+
+#[test]
+fn pth_reader_matches_torch_save() {
+    let ours = read_tensors(&fixture("state_dict.pth")).unwrap();
+    let expected = read_tensors(&fixture("expected.safetensors")).unwrap();
+    assert_eq!(ours.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (k, v) in &expected {
+        assert_eq!(ours[k].kind(), v.kind(), "{k}");
+        assert_eq!(ours[k].size(), v.size(), "{k}");
+        assert!(ours[k].equal(v), "{k}");
+    }
+}
+
+#[test]
+fn safetensors_round_trip_keeps_dtypes_and_metadata() {
+    let dir = scratch("roundtrip");
+    let path = dir.join("ckpt.safetensors");
+    let tensors: Vec<(String, Tensor)> =
+        read_tensors(&fixture("expected.safetensors")).unwrap().into_iter().collect();
+    let meta = BTreeMap::from([
+        ("config".to_string(), "{\"a\": 1}".to_string()),
+        ("step".to_string(), "12".to_string()),
+    ]);
+    save(&tensors, &meta, &path).unwrap();
+    assert_eq!(read_metadata(&path).unwrap(), meta);
+    let back = read_tensors(&path).unwrap();
+    for (k, v) in &tensors {
+        assert!(back[k].equal(v) && back[k].kind() == v.kind(), "{k}");
+    }
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn load_into_checks_names_and_shapes() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _ = vs.root().zeros("a", &[2, 2]);
+    let ok = BTreeMap::from([("a".to_string(), Tensor::ones([2, 2], (Kind::Half, Device::Cpu)))]);
+    load_into(&vs, &ok, Path::new("ok.safetensors")).unwrap();
+    assert_eq!(vs.variables()["a"].kind(), Kind::Float, "converted to the variable's dtype");
+    let wrong = BTreeMap::from([("a".to_string(), Tensor::ones([3], (Kind::Float, Device::Cpu)))]);
+    let err = load_into(&vs, &wrong, Path::new("w.safetensors")).unwrap_err();
+    assert!(matches!(err, TensorIoError::ShapeMismatch { .. }));
+    assert_eq!(err.to_string(), "w.safetensors: tensor `a` has shape [3], expected [2, 2]");
+    let err = load_into(&vs, &BTreeMap::new(), Path::new("m.safetensors")).unwrap_err();
+    assert_eq!(err.to_string(), "m.safetensors: missing tensor `a` (expected shape [2, 2])");
+    let corrupt = scratch("corrupt.safetensors");
+    std::fs::write(&corrupt, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
+    assert!(matches!(read_tensors(&corrupt), Err(TensorIoError::Format { .. })));
+    let truncated = scratch("truncated.pth");
+    std::fs::write(&truncated, &std::fs::read(fixture("state_dict.pth")).unwrap()[..500]).unwrap();
+    assert!(read_tensors(&truncated).unwrap_err().to_string().contains("truncated.pth"));
+    std::fs::remove_file(corrupt).unwrap();
+    std::fs::remove_file(truncated).unwrap();
+}
