@@ -1,5 +1,7 @@
 //! The `lpl` command line.
 
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,9 @@ struct Cli {
 enum Command {
     /// libtorch version and path, CUDA and cuDNN availability, devices, CPU threads.
     Doctor,
+    /// Autoencoders: encode, decode, train.
+    #[command(subcommand)]
+    Ae(cli::ae::AeCommand),
 }
 
 fn main() -> ExitCode {
@@ -30,18 +35,26 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Doctor => {
             let report = lpl::doctor::Report::collect();
             println!("{report}");
             if report.healthy() {
-                ExitCode::SUCCESS
+                Ok(())
             } else {
                 for problem in &report.problems {
                     eprintln!("error: {problem}");
                 }
-                ExitCode::FAILURE
+                return ExitCode::FAILURE;
             }
+        }
+        Command::Ae(command) => cli::ae::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }

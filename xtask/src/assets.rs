@@ -44,7 +44,9 @@ pub fn ensure_fashion_mnist() {
     if !install() {
         let _ = Command::new("apt-get").args(["update", "-qq"]).stdin(Stdio::null()).status();
         if !install() {
-            eprintln!("warning: apt-get install dataset-fashion-mnist failed; tests that need it will be skipped");
+            eprintln!(
+                "warning: apt-get install dataset-fashion-mnist failed; tests that need it will be skipped"
+            );
         }
     }
 }

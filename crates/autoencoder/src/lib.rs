@@ -33,13 +33,17 @@
 #![warn(missing_docs)]
 
 mod autoencoder;
+pub mod checkpoint;
 pub mod codec;
 mod error;
 pub mod kl;
+pub mod loss;
 pub mod taesd;
 
 pub use autoencoder::{Autoencoder, FeatureLayer, LatentDistribution};
+pub use checkpoint::open;
 pub use codec::{InputRange, LatentCodec, LatentNormalization};
 pub use error::{AutoencoderError, Result};
 pub use kl::{AutoencoderKl, AutoencoderKlConfig};
+pub use loss::{AeLoss, Reconstruction, ae_loss};
 pub use taesd::{Taesd, TaesdVariant};

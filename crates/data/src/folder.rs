@@ -22,7 +22,8 @@ pub struct FolderImages {
 
 /// The image files of `dir` (by extension), sorted by name.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
     let mut files: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
@@ -38,7 +39,10 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Decodes one image to `channels` (1: luma, 3: RGB) 8-bit values, alpha composited onto
 /// white; returns `(height, width, row-major HWC bytes)`.
-pub fn decode_image(path: &Path, channels: i64) -> std::result::Result<(u32, u32, Vec<u8>), String> {
+pub fn decode_image(
+    path: &Path,
+    channels: i64,
+) -> std::result::Result<(u32, u32, Vec<u8>), String> {
     let img = image::open(path).map_err(|e| e.to_string())?;
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
@@ -61,7 +65,9 @@ pub fn decode_image(path: &Path, channels: i64) -> std::result::Result<(u32, u32
 /// listed.
 pub fn read_folder(dir: &Path, channels: i64) -> Result<FolderImages> {
     if channels != 1 && channels != 3 {
-        return Err(DataError::Invalid(format!("images must have 1 or 3 channels, not {channels}")));
+        return Err(DataError::Invalid(format!(
+            "images must have 1 or 3 channels, not {channels}"
+        )));
     }
     let mut files = Vec::new();
     let mut skipped = Vec::new();
@@ -98,7 +104,8 @@ pub fn read_folder(dir: &Path, channels: i64) -> Result<FolderImages> {
 /// Writes `(N, C, H, W)` images in `[0, 1]` (any float dtype; clamped) as 8-bit PNGs
 /// `<dir>/<start + i>.png` with six-digit names.
 pub fn write_pngs(images: &Tensor, dir: &Path, start: usize) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
     let (n, c, h, w) = images.size4()?;
     let bytes = (images.f_to_kind(Kind::Float)?.f_clamp(0.0, 1.0)? * 255.0)
         .f_round()?

@@ -48,7 +48,10 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
         return Err(format(path, "not an IDX file (bad magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(format(path, format!("IDX type 0x{:02x} is not unsigned byte (0x08)", bytes[2])));
+        return Err(format(
+            path,
+            format!("IDX type 0x{:02x} is not unsigned byte (0x08)", bytes[2]),
+        ));
     }
     let ndim = bytes[3] as usize;
     let header = 4 + 4 * ndim;
@@ -56,14 +59,23 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
         return Err(format(path, "truncated IDX header"));
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|i| u32::from_be_bytes([bytes[4 + 4 * i], bytes[5 + 4 * i], bytes[6 + 4 * i], bytes[7 + 4 * i]]) as usize)
+        .map(|i| {
+            u32::from_be_bytes([
+                bytes[4 + 4 * i],
+                bytes[5 + 4 * i],
+                bytes[6 + 4 * i],
+                bytes[7 + 4 * i],
+            ]) as usize
+        })
         .collect();
     let expected: usize = dims.iter().product();
     let found = bytes.len() - header;
     if found != expected {
         return Err(format(
             path,
-            format!("IDX dimensions {dims:?} need {expected} bytes of data, the file has {found} (truncated?)"),
+            format!(
+                "IDX dimensions {dims:?} need {expected} bytes of data, the file has {found} (truncated?)"
+            ),
         ));
     }
     Ok(IdxArray { dims, data: bytes[header..].to_vec() })
@@ -120,7 +132,8 @@ impl FashionMnist {
             Split::Test => "t10k",
         };
         let find = |stem: String| {
-            idx_file(&dir, &stem).ok_or_else(|| DataError::NotFound(format!("{}: no {stem}[.gz]", dir.display())))
+            idx_file(&dir, &stem)
+                .ok_or_else(|| DataError::NotFound(format!("{}: no {stem}[.gz]", dir.display())))
         };
         let images_path = find(format!("{prefix}-images-idx3-ubyte"))?;
         let labels_path = find(format!("{prefix}-labels-idx1-ubyte"))?;

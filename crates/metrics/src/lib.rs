@@ -1,8 +1,14 @@
 //! # lpl-metrics
 //!
-//! What an ablation table reports: Frechet distances (f64, stable matrix square root) in the
-//! features of real pretrained networks (EfficientNet-Lite0 by default, the pytorch-fid
-//! Inception-v3 when its weights are given), precision/recall and density/coverage, radially
-//! averaged power spectra with per-band errors, PSNR/SSIM, and PNG image grids.
+//! What an ablation table reports: (to come) Frechet distances (f64, stable matrix square
+//! root) in the features of real pretrained networks, precision/recall and density/coverage,
+//! radially averaged power spectra with per-band errors, and image grids; now: [`psnr`] for
+//! reconstructions.
 //!
 //! Depends on nothing else of lpl.
+
+#![warn(missing_docs)]
+
+pub mod psnr;
+
+pub use psnr::psnr;

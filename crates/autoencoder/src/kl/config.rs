@@ -126,7 +126,7 @@ impl AutoencoderKlConfig {
             "fmnist" => Self {
                 in_channels: 1,
                 out_channels: 1,
-                block_out_channels: vec![32, 64, 64],
+                block_out_channels: vec![32, 32, 64],
                 norm_num_groups: 16,
                 scaling_factor: 1.0,
                 ..base

@@ -1,0 +1,57 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// What can go wrong configuring or running a training loop.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A config file does not parse; the message names the field and line.
+    #[error("{}: {message}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A configuration field has an invalid value.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidConfig {
+        /// The field, as a dotted TOML path.
+        field: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error("non-finite loss ({value}) at step {step}")]
+    NonFinite {
+        /// The step.
+        step: usize,
+        /// The value read.
+        value: f64,
+    },
+    /// An autoencoder error.
+    #[error(transparent)]
+    Autoencoder(#[from] lpl_autoencoder::AutoencoderError),
+    /// A data error.
+    #[error(transparent)]
+    Data(#[from] lpl_data::DataError),
+    /// A file could not be written.
+    #[error(transparent)]
+    TensorIo(#[from] lpl_tensor_io::TensorIoError),
+    /// A libtorch error.
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for TrainError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e.to_string())
+    }
+}
+
+/// `Result` with [`TrainError`].
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> TrainError {
+    TrainError::InvalidConfig { field, reason: reason.into() }
+}

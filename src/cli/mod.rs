@@ -1,0 +1,19 @@
+//! The subcommands of the `lpl` binary.
+
+pub mod ae;
+
+use anyhow::{Result, bail};
+use tch::Device;
+
+/// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
+pub fn parse_device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => Device::Cuda(i),
+            None => bail!("unknown device `{other}` (cpu, cuda, cuda:N, auto)"),
+        },
+    })
+}

@@ -1,0 +1,163 @@
+//! `lpl ae encode` and `lpl ae decode` end to end, with an lpl checkpoint and (when its
+//! weights are present) the TAEF2 folder, plus the errors users meet.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lpl::autoencoder::{AutoencoderKl, AutoencoderKlConfig, checkpoint};
+use tch::{Device, Kind};
+
+const LPL: &str = env!("CARGO_BIN_EXE_lpl");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lpl-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_images(dir: &Path, n: u32, size: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(size, size, |x, y| {
+            image::Rgb([(x * 16) as u8, (y * 16) as u8, (i * 80) as u8])
+        });
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+}
+
+fn lpl(args: &[&str]) -> (bool, String) {
+    let out = Command::new(LPL).args(args).env_remove("LD_LIBRARY_PATH").output().unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn encode_then_decode_with_an_lpl_checkpoint() {
+    let dir = scratch("kl");
+    let ckpt = dir.join("ae.safetensors");
+    let ae =
+        AutoencoderKl::new(&AutoencoderKlConfig::preset("tiny").unwrap(), Device::Cpu, Kind::Float)
+            .unwrap();
+    checkpoint::save_kl(&ae, &ckpt, &BTreeMap::new()).unwrap();
+    write_images(&dir.join("images"), 3, 16);
+    let latents = dir.join("latents.safetensors");
+    let s = |p: &Path| p.display().to_string();
+    let (ok, text) = lpl(&[
+        "ae",
+        "encode",
+        "--ae",
+        &s(&ckpt),
+        "--images",
+        &s(&dir.join("images")),
+        "--out",
+        &s(&latents),
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
+    ]);
+    assert!(ok, "{text}");
+    let tensors = lpl_tensor_io::read_tensors(&latents).unwrap();
+    assert_eq!(tensors["latents"].size(), vec![3, 4, 8, 8]);
+    let meta = lpl_tensor_io::read_metadata(&latents).unwrap();
+    assert!(meta["lpl.codec"].contains("minus_one_to_one") && meta["lpl.space"] == "model");
+    let out = dir.join("decoded");
+    let (ok, text) = lpl(&[
+        "ae",
+        "decode",
+        "--ae",
+        &s(&ckpt),
+        "--latents",
+        &s(&latents),
+        "--out",
+        &s(&out),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{text}");
+    for i in 0..3 {
+        let img = image::open(out.join(format!("{i:06}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (16, 16));
+    }
+    // errors name what is wrong
+    write_images(&dir.join("images"), 1, 8);
+    let odd = dir.join("images/img9.png");
+    std::fs::rename(dir.join("images/img0.png"), &odd).unwrap();
+    let (ok, text) = lpl(&[
+        "ae",
+        "encode",
+        "--ae",
+        &s(&ckpt),
+        "--images",
+        &s(&dir.join("images")),
+        "--out",
+        &s(&latents),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && text.contains("img9.png") && text.contains("8x8"), "{text}");
+    let (ok, text) = lpl(&[
+        "ae",
+        "decode",
+        "--ae",
+        &s(&ckpt),
+        "--latents",
+        &s(&ckpt),
+        "--out",
+        &s(&out),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && text.contains("no tensor named `latents`"), "{text}");
+    let (ok, text) =
+        lpl(&["ae", "decode", "--ae", &s(&dir), "--latents", &s(&latents), "--out", &s(&out)]);
+    assert!(!ok && text.contains("neither a diffusers VAE folder"), "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn encode_then_decode_with_taef2() {
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/taef2");
+    if !weights.join("taef2_decoder.safetensors").exists() {
+        println!("SKIPPED: TAEF2 weights not found at {}", weights.display());
+        return;
+    }
+    let dir = scratch("taef2");
+    write_images(&dir.join("images"), 2, 32);
+    let s = |p: &Path| p.display().to_string();
+    let latents = dir.join("latents.safetensors");
+    let (ok, text) = lpl(&[
+        "ae",
+        "encode",
+        "--ae",
+        &s(&weights),
+        "--images",
+        &s(&dir.join("images")),
+        "--out",
+        &s(&latents),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{text}");
+    assert_eq!(lpl_tensor_io::read_tensors(&latents).unwrap()["latents"].size(), vec![2, 32, 4, 4]);
+    let (ok, text) = lpl(&[
+        "ae",
+        "decode",
+        "--ae",
+        &s(&weights),
+        "--latents",
+        &s(&latents),
+        "--out",
+        &s(&dir.join("out")),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{text}");
+    assert!(dir.join("out/000001.png").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
