@@ -29,6 +29,42 @@ fn write_images(dir: &Path, n: u32, size: u32) {
     }
 }
 
+fn encode(ae: &Path, images: &Path, out: &Path) -> (bool, String) {
+    lpl(&[
+        "ae",
+        "encode",
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
+        "--ae",
+        &s(ae),
+        "--images",
+        &s(images),
+        "--out",
+        &s(out),
+    ])
+}
+
+fn decode(ae: &Path, latents: &Path, out: &Path) -> (bool, String) {
+    lpl(&[
+        "ae",
+        "decode",
+        "--device",
+        "cpu",
+        "--ae",
+        &s(ae),
+        "--latents",
+        &s(latents),
+        "--out",
+        &s(out),
+    ])
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
 fn lpl(args: &[&str]) -> (bool, String) {
     let out = Command::new(LPL).args(args).env_remove("LD_LIBRARY_PATH").output().unwrap();
     let text =
@@ -40,82 +76,32 @@ fn lpl(args: &[&str]) -> (bool, String) {
 fn encode_then_decode_with_an_lpl_checkpoint() {
     let dir = scratch("kl");
     let ckpt = dir.join("ae.safetensors");
-    let ae =
-        AutoencoderKl::new(&AutoencoderKlConfig::preset("tiny").unwrap(), Device::Cpu, Kind::Float)
-            .unwrap();
+    let config = AutoencoderKlConfig::preset("tiny").unwrap();
+    let ae = AutoencoderKl::new(&config, Device::Cpu, Kind::Float).unwrap();
     checkpoint::save_kl(&ae, &ckpt, &BTreeMap::new()).unwrap();
-    write_images(&dir.join("images"), 3, 16);
-    let latents = dir.join("latents.safetensors");
-    let s = |p: &Path| p.display().to_string();
-    let (ok, text) = lpl(&[
-        "ae",
-        "encode",
-        "--ae",
-        &s(&ckpt),
-        "--images",
-        &s(&dir.join("images")),
-        "--out",
-        &s(&latents),
-        "--device",
-        "cpu",
-        "--batch",
-        "2",
-    ]);
+    let (images, latents, out) =
+        (dir.join("images"), dir.join("latents.safetensors"), dir.join("decoded"));
+    write_images(&images, 3, 16);
+    let (ok, text) = encode(&ckpt, &images, &latents);
     assert!(ok, "{text}");
     let tensors = lpl_tensor_io::read_tensors(&latents).unwrap();
     assert_eq!(tensors["latents"].size(), vec![3, 4, 8, 8]);
     let meta = lpl_tensor_io::read_metadata(&latents).unwrap();
     assert!(meta["lpl.codec"].contains("minus_one_to_one") && meta["lpl.space"] == "model");
-    let out = dir.join("decoded");
-    let (ok, text) = lpl(&[
-        "ae",
-        "decode",
-        "--ae",
-        &s(&ckpt),
-        "--latents",
-        &s(&latents),
-        "--out",
-        &s(&out),
-        "--device",
-        "cpu",
-    ]);
+    let (ok, text) = decode(&ckpt, &latents, &out);
     assert!(ok, "{text}");
     for i in 0..3 {
         let img = image::open(out.join(format!("{i:06}.png"))).unwrap();
         assert_eq!((img.width(), img.height()), (16, 16));
     }
     // errors name what is wrong
-    write_images(&dir.join("images"), 1, 8);
-    let odd = dir.join("images/img9.png");
-    std::fs::rename(dir.join("images/img0.png"), &odd).unwrap();
-    let (ok, text) = lpl(&[
-        "ae",
-        "encode",
-        "--ae",
-        &s(&ckpt),
-        "--images",
-        &s(&dir.join("images")),
-        "--out",
-        &s(&latents),
-        "--device",
-        "cpu",
-    ]);
+    write_images(&images, 1, 8);
+    std::fs::rename(images.join("img0.png"), images.join("img9.png")).unwrap();
+    let (ok, text) = encode(&ckpt, &images, &latents);
     assert!(!ok && text.contains("img9.png") && text.contains("8x8"), "{text}");
-    let (ok, text) = lpl(&[
-        "ae",
-        "decode",
-        "--ae",
-        &s(&ckpt),
-        "--latents",
-        &s(&ckpt),
-        "--out",
-        &s(&out),
-        "--device",
-        "cpu",
-    ]);
+    let (ok, text) = decode(&ckpt, &ckpt, &out);
     assert!(!ok && text.contains("no tensor named `latents`"), "{text}");
-    let (ok, text) =
-        lpl(&["ae", "decode", "--ae", &s(&dir), "--latents", &s(&latents), "--out", &s(&out)]);
+    let (ok, text) = decode(&dir, &latents, &out);
     assert!(!ok && text.contains("neither a diffusers VAE folder"), "{text}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -128,36 +114,14 @@ fn encode_then_decode_with_taef2() {
         return;
     }
     let dir = scratch("taef2");
-    write_images(&dir.join("images"), 2, 32);
-    let s = |p: &Path| p.display().to_string();
-    let latents = dir.join("latents.safetensors");
-    let (ok, text) = lpl(&[
-        "ae",
-        "encode",
-        "--ae",
-        &s(&weights),
-        "--images",
-        &s(&dir.join("images")),
-        "--out",
-        &s(&latents),
-        "--device",
-        "cpu",
-    ]);
+    let (images, latents, out) =
+        (dir.join("images"), dir.join("latents.safetensors"), dir.join("out"));
+    write_images(&images, 2, 32);
+    let (ok, text) = encode(&weights, &images, &latents);
     assert!(ok, "{text}");
     assert_eq!(lpl_tensor_io::read_tensors(&latents).unwrap()["latents"].size(), vec![2, 32, 4, 4]);
-    let (ok, text) = lpl(&[
-        "ae",
-        "decode",
-        "--ae",
-        &s(&weights),
-        "--latents",
-        &s(&latents),
-        "--out",
-        &s(&dir.join("out")),
-        "--device",
-        "cpu",
-    ]);
+    let (ok, text) = decode(&weights, &latents, &out);
     assert!(ok, "{text}");
-    assert!(dir.join("out/000001.png").exists());
+    assert!(out.join("000001.png").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
