@@ -92,6 +92,13 @@ pub trait Autoencoder {
     fn has_post_quant_conv(&self) -> bool {
         false
     }
+    /// Its trainable tensors (empty for a model that keeps them elsewhere); losses use it to
+    /// check that a frozen autoencoder really is frozen.
+    fn parameters(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+    /// Freezes (`false`) or unfreezes its parameters.
+    fn set_requires_grad(&mut self, _requires_grad: bool) {}
 }
 
 /// Checks `images` `(B, C, H, W)` against an autoencoder's channel count and factor.

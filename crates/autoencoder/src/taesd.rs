@@ -347,4 +347,16 @@ impl Autoencoder for Taesd {
         }
         Ok(out)
     }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        let mut p = self.encoder_vs.trainable_variables();
+        p.extend(self.decoder_vs.trainable_variables());
+        p
+    }
+
+    fn set_requires_grad(&mut self, requires_grad: bool) {
+        for vs in [&mut self.encoder_vs, &mut self.decoder_vs] {
+            if requires_grad { vs.unfreeze() } else { vs.freeze() }
+        }
+    }
 }

@@ -286,4 +286,12 @@ impl Autoencoder for AutoencoderKl {
     fn has_post_quant_conv(&self) -> bool {
         self.post_quant_conv.is_some()
     }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        self.vs.trainable_variables()
+    }
+
+    fn set_requires_grad(&mut self, requires_grad: bool) {
+        if requires_grad { self.vs.unfreeze() } else { self.vs.freeze() }
+    }
 }

@@ -1,0 +1,253 @@
+//! [`LatentPerceptualLoss`]: shared/LPL.md steps 3 to 10 for one batch.
+
+use lpl_autoencoder::{Autoencoder, FeatureLayer, LatentCodec};
+use lpl_schedulers::{NoiseSchedule, Parameterization, min_snr_weights};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{
+    BatchReduce, Distance, LayerWeights, LplConfig, LplGate, MaskSource, SpatialReduce,
+};
+use crate::error::{LplError, Result};
+use crate::mask::outlier_mask;
+use crate::normalize::normalize;
+
+/// What one call computes; every field is a tensor on the input's device (no host
+/// synchronisation), read by the trainer at log intervals.
+#[derive(Debug)]
+pub struct LplOutput {
+    /// `weight * reduce_b(L(b))`, 0-d f32, to add to the diffusion loss.
+    pub total: Tensor,
+    /// `L(b)` per sample before `weight` and min-SNR weighting, `(B,)` f32, 0 outside the gate.
+    pub per_sample: Tensor,
+    /// Per layer (mid block first) and sample, `omega_l d_l(b) / n_layers`, `(B, L)` f32, 0
+    /// outside the gate.
+    pub per_sample_layer: Tensor,
+    /// Mean over kept samples of `omega_l d_l(b) / n_layers`, `(L,)` f32 (zeros if none kept).
+    pub per_layer: Tensor,
+    /// Fraction of the batch inside the gate, 0-d f32.
+    pub kept_fraction: Tensor,
+    /// Fraction of feature elements removed by the outlier mask per layer over kept samples,
+    /// `(L,)` f32.
+    pub masked_fraction: Tensor,
+}
+
+/// One compared layer: its weight and, if masked, its down factor below full resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerPlan {
+    /// The tapped layer.
+    pub layer: FeatureLayer,
+    /// `omega_l`.
+    pub weight: f64,
+    /// `Some(d)` when the outlier mask applies (d = 1 or 2).
+    pub mask_down: Option<i64>,
+}
+
+/// The latent perceptual loss over a frozen autoencoder's decoder.
+pub struct LatentPerceptualLoss<'a> {
+    ae: &'a dyn Autoencoder,
+    codec: LatentCodec,
+    config: LplConfig,
+    plan: Vec<LayerPlan>,
+    depth: usize,
+}
+
+impl<'a> LatentPerceptualLoss<'a> {
+    /// Builds the loss for `ae` (which must be frozen) with the latent constants of `codec`.
+    pub fn new(ae: &'a dyn Autoencoder, codec: LatentCodec, config: LplConfig) -> Result<Self> {
+        config.validate()?;
+        codec.validate()?;
+        let trainable = ae.parameters().iter().filter(|p| p.requires_grad()).count();
+        if trainable > 0 {
+            return Err(LplError::TrainableDecoder(trainable));
+        }
+        let layers = ae.feature_layers();
+        let up_blocks = layers.len().saturating_sub(1);
+        let depth = config.depth.unwrap_or(up_blocks);
+        if depth > up_blocks {
+            return Err(crate::error::invalid(
+                "depth",
+                format!("{depth} exceeds the decoder's {up_blocks} up blocks"),
+            ));
+        }
+        let full = layers.iter().map(|l| l.upscale).max().unwrap_or(1);
+        let used = &layers[..=depth];
+        if let LayerWeights::Explicit(w) = &config.layer_weights
+            && w.len() != used.len()
+        {
+            return Err(crate::error::invalid(
+                "layer_weights",
+                format!("{} weights for {} compared layers", w.len(), used.len()),
+            ));
+        }
+        let plan = used
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let weight = match &config.layer_weights {
+                    LayerWeights::InverseUpscale => 1.0 / layer.upscale as f64,
+                    LayerWeights::PowerLaw => 2f64.powi(-(i.min(3) as i32)),
+                    LayerWeights::Uniform => 1.0,
+                    LayerWeights::Explicit(w) => w[i],
+                };
+                let down = full / layer.upscale.max(1);
+                let mask_down = (config.mask && down <= 2).then_some(down);
+                LayerPlan { layer: layer.clone(), weight, mask_down }
+            })
+            .collect();
+        Ok(Self { ae, codec, config, plan, depth })
+    }
+
+    /// The compared layers with their weights and mask factors.
+    pub fn plan(&self) -> &[LayerPlan] {
+        &self.plan
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &LplConfig {
+        &self.config
+    }
+
+    /// Whether the loss is on at optimiser step `step` (`step >= start_step`).
+    pub fn active_at(&self, step: usize) -> bool {
+        step >= self.config.start_step
+    }
+
+    /// Indices of the samples inside the gate, decided on the host from `t` `(B,)` (pass t
+    /// on the CPU, as the trainer has it, to avoid a device synchronisation).
+    pub fn kept_indices(&self, t: &Tensor, schedule: &NoiseSchedule) -> Result<Vec<i64>> {
+        let t_cpu = t.f_to_device(Device::Cpu)?;
+        let keep = match self.config.gate {
+            LplGate::All => return Ok((0..t.size()[0]).collect()),
+            LplGate::Snr { tau } => lpl_schedulers::snr_gate(schedule, &t_cpu, tau)?,
+            LplGate::Timestep { max } => lpl_schedulers::timestep_gate(schedule, &t_cpu, max)?,
+        };
+        let keep = Vec::<bool>::try_from(keep)?;
+        Ok(keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as i64).collect())
+    }
+
+    /// The loss of predicted clean latents `x0_hat` against `z0`, both model-space
+    /// `(B, C, h, w)`, at noise levels `t` `(B,)` of `schedule`. Gradients reach `x0_hat`
+    /// only; samples outside the gate are not decoded and get exactly zero gradient.
+    /// `parameterization` is needed only for min-SNR weighting.
+    pub fn loss(
+        &self,
+        x0_hat: &Tensor,
+        z0: &Tensor,
+        t: &Tensor,
+        schedule: &NoiseSchedule,
+        parameterization: Parameterization,
+    ) -> Result<LplOutput> {
+        if x0_hat.size() != z0.size() || x0_hat.dim() != 4 || t.size() != [x0_hat.size()[0]] {
+            return Err(LplError::Input(format!(
+                "x0_hat {:?}, z0 {:?} and t {:?} must be (B, C, h, w), (B, C, h, w) and (B,)",
+                x0_hat.size(),
+                z0.size(),
+                t.size()
+            )));
+        }
+        let kept = self.kept_indices(t, schedule)?;
+        let b = x0_hat.size()[0];
+        let device = x0_hat.device();
+        let layers = self.plan.len() as i64;
+        let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, device));
+        if kept.is_empty() {
+            // Keep the graph connected so `backward` works and gives zero gradient.
+            let total = x0_hat.to_kind(Kind::Float).sum(Kind::Float) * 0.0;
+            return Ok(LplOutput {
+                total,
+                per_sample: zeros(&[b]),
+                per_sample_layer: zeros(&[b, layers]),
+                per_layer: zeros(&[layers]),
+                kept_fraction: zeros(&[]),
+                masked_fraction: zeros(&[layers]),
+            });
+        }
+        let idx = Tensor::from_slice(&kept).to_device(device);
+        let pred = x0_hat.to_kind(Kind::Float).index_select(0, &idx);
+        let target = z0.to_kind(Kind::Float).index_select(0, &idx).detach();
+        let (per_kept, masked) = self.per_layer_distances(&pred, &target)?; // (K, L), (L,)
+        let per_sample_kept = per_kept.sum_dim_intlist(1, false, Kind::Float); // (K,)
+        let k = kept.len() as f64;
+        let mut weighted = per_sample_kept.shallow_clone();
+        if let Some(gamma) = self.config.min_snr_gamma {
+            let t_kept = t.f_to_device(Device::Cpu)?.index_select(0, &Tensor::from_slice(&kept));
+            let w = min_snr_weights(schedule, parameterization, &t_kept, gamma)?.to_device(device);
+            weighted = weighted * w;
+        }
+        let reduced = match self.config.batch_reduce {
+            BatchReduce::Kept => weighted.sum(Kind::Float) / k,
+            BatchReduce::Batch => weighted.sum(Kind::Float) / b as f64,
+        };
+        let per_sample_layer = zeros(&[b, layers]).index_add(0, &idx, &per_kept.detach());
+        Ok(LplOutput {
+            total: reduced * self.config.weight,
+            per_sample: zeros(&[b]).index_add(0, &idx, &per_sample_kept.detach()),
+            per_layer: per_kept.detach().mean_dim(0, false, Kind::Float),
+            per_sample_layer,
+            kept_fraction: Tensor::from(k / b as f64).to_kind(Kind::Float).to_device(device),
+            masked_fraction: masked,
+        })
+    }
+
+    /// Per kept sample and layer `omega_l d_l / n_layers` `(K, L)` (differentiable) and the
+    /// masked fraction per layer `(L,)`.
+    fn per_layer_distances(&self, pred: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
+        let post = self.config.post_quant_conv;
+        let pred_f = self.ae.decode_features(&self.codec.to_decoder(pred)?, self.depth, post)?;
+        let target_f = tch::no_grad(|| -> Result<Vec<Tensor>> {
+            Ok(self.ae.decode_features(&self.codec.to_decoder(target)?, self.depth, post)?)
+        })?;
+        let n_layers = self.plan.len() as f64;
+        let mut columns = Vec::with_capacity(self.plan.len());
+        let mut masked = Vec::with_capacity(self.plan.len());
+        for ((plan, x), y) in self.plan.iter().zip(&pred_f).zip(&target_f) {
+            let x = x.to_kind(Kind::Float);
+            let y = y.to_kind(Kind::Float).detach();
+            let mask = plan.mask_down.map(|down| {
+                let source = match self.config.mask_source {
+                    MaskSource::Target => &y,
+                    MaskSource::Prediction => &x,
+                };
+                outlier_mask(
+                    source,
+                    self.config.quantile,
+                    self.config.dilate_kernel,
+                    self.config.erode_kernel,
+                    down,
+                )
+                .to_kind(Kind::Float)
+            });
+            let y = match &mask {
+                Some(m) => &y * m,
+                None => y,
+            };
+            let (xn, yn) = normalize(self.config.norm, &x, &y);
+            let diff = xn - yn;
+            let mut d = match self.config.distance {
+                Distance::L2 => diff.square(),
+                Distance::L1 => diff.abs(),
+            };
+            if let Some(m) = &mask {
+                d = d * m;
+            }
+            let dims = [2i64, 3];
+            let summed = d.sum_dim_intlist(&dims[..], false, Kind::Float); // (K, C)
+            let reduced = match (self.config.spatial_reduce, &mask) {
+                (SpatialReduce::MaskedMean, Some(m)) => {
+                    summed / m.sum_dim_intlist(&dims[..], false, Kind::Float).clamp_min(1.0)
+                }
+                (SpatialReduce::MaskedMean, None) => {
+                    let (_, _, h, w) = d.size4()?;
+                    summed / (h * w) as f64
+                }
+                (SpatialReduce::Sum, _) => summed,
+            };
+            columns.push(reduced.mean_dim(1, false, Kind::Float) * (plan.weight / n_layers)); // (K,)
+            masked.push(match &mask {
+                Some(m) => 1.0 - m.mean(Kind::Float),
+                None => Tensor::zeros([], (Kind::Float, x.device())),
+            });
+        }
+        Ok((Tensor::stack(&columns, 1), Tensor::stack(&masked, 0)))
+    }
+}
