@@ -172,7 +172,7 @@ impl<'a> LatentPerceptualLoss<'a> {
         if let Some(gamma) = self.config.min_snr_gamma {
             let t_kept = t.f_to_device(Device::Cpu)?.index_select(0, &Tensor::from_slice(&kept));
             let w = min_snr_weights(schedule, parameterization, &t_kept, gamma)?.to_device(device);
-            weighted = weighted * w;
+            weighted *= w;
         }
         let reduced = match self.config.batch_reduce {
             BatchReduce::Kept => weighted.sum(Kind::Float) / k,
@@ -228,7 +228,7 @@ impl<'a> LatentPerceptualLoss<'a> {
                 Distance::L1 => diff.abs(),
             };
             if let Some(m) = &mask {
-                d = d * m;
+                d *= m;
             }
             let dims = [2i64, 3];
             let summed = d.sum_dim_intlist(&dims[..], false, Kind::Float); // (K, C)

@@ -39,7 +39,7 @@ pub fn outlier_mask(f: &Tensor, quantile: f64, dilate: i64, erode: i64, down: i6
         let q_lo = flat.kthvalue(k_lo, -1, true).0.unsqueeze(-1);
         let q_hi = flat.kthvalue(k_hi, -1, true).0.unsqueeze(-1);
         let m = flat.std_dim(-1, true, true).unsqueeze(-1) * 2.0;
-        let keep = (&f).gt_tensor(&(q_lo - &m)).logical_and(&f.lt_tensor(&(q_hi + &m)));
+        let keep = f.gt_tensor(&(q_lo - &m)).logical_and(&f.lt_tensor(&(q_hi + &m)));
         let (kd, ke) = kernels(dilate, erode, down);
         let pool = |x: &Tensor, k: i64| {
             x.max_pool2d([k, k], [1, 1], [(k - 1) / 2, (k - 1) / 2], [1, 1], false)
