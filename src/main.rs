@@ -24,6 +24,8 @@ enum Command {
     /// Autoencoders: encode, decode, train.
     #[command(subcommand)]
     Ae(cli::ae::AeCommand),
+    /// Per-layer latent perceptual loss of two latent files, printed as JSON.
+    LossProbe(cli::loss_probe::LossProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Ae(command) => cli::ae::run(command),
+        Command::LossProbe(args) => cli::loss_probe::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

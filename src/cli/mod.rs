@@ -1,6 +1,7 @@
 //! The subcommands of the `lpl` binary.
 
 pub mod ae;
+pub mod loss_probe;
 
 use anyhow::{Result, bail};
 use tch::Device;
