@@ -1,0 +1,96 @@
+//! The [`Denoiser`] trait and its [`Conditioning`].
+
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+use crate::error::{DenoiserError, Result};
+
+/// What a denoiser is conditioned on besides the noisy input and the time.
+#[derive(Debug, Default)]
+pub struct Conditioning {
+    /// Class labels `(B,)` i64 in `[0, num_classes]`, where `num_classes` is the null class
+    /// (the unconditional prediction of classifier-free guidance). `None` for
+    /// unconditional models or to ask for the null class everywhere.
+    pub labels: Option<Tensor>,
+}
+
+impl Conditioning {
+    /// Conditioning on class labels `(B,)`.
+    pub fn labels(labels: Tensor) -> Self {
+        Self { labels: Some(labels) }
+    }
+
+    /// No conditioning (the null class for class-conditional models).
+    pub fn none() -> Self {
+        Self { labels: None }
+    }
+
+    /// The labels for a batch of `b`, with the null class `null` filled in when absent;
+    /// checks shape and range.
+    pub fn labels_or_null(&self, b: i64, null: i64, device: tch::Device) -> Result<Tensor> {
+        match &self.labels {
+            None => Ok(Tensor::f_full([b], null, (Kind::Int64, device))?),
+            Some(l) => {
+                if l.size() != [b] {
+                    return Err(DenoiserError::Input(format!(
+                        "labels must be ({b},), got {:?}",
+                        l.size()
+                    )));
+                }
+                let l = l.f_to_kind(Kind::Int64)?.f_to_device(device)?;
+                let (lo, hi) = (i64::try_from(l.f_min()?)?, i64::try_from(l.f_max()?)?);
+                if lo < 0 || hi > null {
+                    return Err(DenoiserError::Input(format!(
+                        "labels must be in [0, {null}] ({null} = null class), got [{lo}, {hi}]"
+                    )));
+                }
+                Ok(l)
+            }
+        }
+    }
+}
+
+/// A network that maps a noisy latent and its time to a prediction of the same shape.
+/// Object-safe: the trainer holds a `Box<dyn Denoiser>`; a user's model implements it too.
+pub trait Denoiser {
+    /// `x_t` `(B, C, H, W)`, `t` `(B,)` f32 model time, conditioning -> prediction
+    /// `(B, C_out, H, W)`. `train` enables label dropout (and dropout layers).
+    fn forward_t(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        train: bool,
+    ) -> Result<Tensor>;
+
+    /// [`Self::forward_t`] in evaluation mode.
+    fn forward(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        self.forward_t(x_t, t, cond, false)
+    }
+
+    /// Input channels C.
+    fn in_channels(&self) -> i64;
+    /// Output channels.
+    fn out_channels(&self) -> i64;
+    /// Number of classes (the null class is this index), `None` if unconditional.
+    fn num_classes(&self) -> Option<i64>;
+    /// Its weights.
+    fn var_store(&self) -> &VarStore;
+}
+
+/// Total number of elements of every variable of `vs`.
+pub fn parameter_count(vs: &VarStore) -> i64 {
+    vs.variables().values().map(|t| t.numel() as i64).sum()
+}
+
+/// Checks `x_t` `(B, C, H, W)` and `t` `(B,)`.
+pub(crate) fn check_inputs(x: &Tensor, t: &Tensor, channels: i64) -> Result<()> {
+    let s = x.size();
+    if s.len() != 4 || s[1] != channels {
+        return Err(DenoiserError::Input(format!("x_t must be (B, {channels}, H, W), got {s:?}")));
+    }
+    if t.size() != [s[0]] {
+        return Err(DenoiserError::Input(format!("t must be ({},), got {:?}", s[0], t.size())));
+    }
+    Ok(())
+}

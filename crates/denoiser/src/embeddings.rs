@@ -1,0 +1,89 @@
+//! Time and label embeddings with diffusers' module names.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// Sinusoidal embedding of t `(B,)` into `(B, dim)`: `exp(-ln(10000) * i / (dim/2 - shift))`
+/// frequencies, `[sin, cos]`, swapped to `[cos, sin]` when `flip_sin_to_cos` (diffusers'
+/// `get_timestep_embedding`).
+pub fn timestep_embedding(t: &Tensor, dim: i64, flip_sin_to_cos: bool, shift: f64) -> Tensor {
+    let half = dim / 2;
+    let exponent = Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln()))
+        / (half as f64 - shift);
+    let args = t.to_kind(Kind::Float).unsqueeze(1) * exponent.exp().unsqueeze(0);
+    let (sin, cos) = (args.sin(), args.cos());
+    let mut emb =
+        if flip_sin_to_cos { Tensor::cat(&[cos, sin], 1) } else { Tensor::cat(&[sin, cos], 1) };
+    if dim % 2 == 1 {
+        emb = emb.constant_pad_nd([0, 1]);
+    }
+    emb
+}
+
+/// `linear_1 -> silu -> linear_2` (diffusers' `TimestepEmbedding`): `(B, in) -> (B, out)`.
+#[derive(Debug)]
+pub struct TimestepEmbedding {
+    pub(crate) linear_1: nn::Linear,
+    pub(crate) linear_2: nn::Linear,
+}
+
+impl TimestepEmbedding {
+    /// `in_dim -> out_dim -> out_dim`.
+    pub fn new(p: nn::Path, in_dim: i64, out_dim: i64) -> Self {
+        Self {
+            linear_1: nn::linear(&p / "linear_1", in_dim, out_dim, Default::default()),
+            linear_2: nn::linear(&p / "linear_2", out_dim, out_dim, Default::default()),
+        }
+    }
+}
+
+impl Module for TimestepEmbedding {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.linear_2.forward(&self.linear_1.forward(x).silu())
+    }
+}
+
+/// Replaces labels by the null class (`num_classes`) with probability `prob`, as
+/// classifier-free guidance training does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LabelDropout {
+    /// Number of real classes; the null class is this index.
+    pub num_classes: i64,
+    /// Probability of dropping each label.
+    pub prob: f64,
+}
+
+impl LabelDropout {
+    /// Labels `(B,)` with each independently replaced by the null class with probability
+    /// `prob` (libtorch's generator).
+    pub fn apply(&self, labels: &Tensor) -> Tensor {
+        if self.prob <= 0.0 {
+            return labels.shallow_clone();
+        }
+        let keep = Tensor::rand([labels.size()[0]], (Kind::Float, labels.device())).ge(self.prob);
+        labels
+            .where_self(&keep, &Tensor::full([1], self.num_classes, (Kind::Int64, labels.device())))
+    }
+}
+
+/// Class labels to vectors, with one extra row for the null class (diffusers'
+/// `LabelEmbedding`, key `embedding_table`): `(B,)` -> `(B, dim)`.
+#[derive(Debug)]
+pub struct LabelEmbedding {
+    pub(crate) table: nn::Embedding,
+}
+
+impl LabelEmbedding {
+    /// `num_classes + 1` rows of `dim` (the last is the null class).
+    pub fn new(p: nn::Path, num_classes: i64, dim: i64) -> Self {
+        Self {
+            table: nn::embedding(&p / "embedding_table", num_classes + 1, dim, Default::default()),
+        }
+    }
+}
+
+impl Module for LabelEmbedding {
+    fn forward(&self, labels: &Tensor) -> Tensor {
+        self.table.forward(labels)
+    }
+}
