@@ -45,7 +45,8 @@ fn loading_names_missing_and_misshaped_keys() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(fixtures().join("dit_small/config.json"), dir.join("config.json")).unwrap();
     let src = fixtures().join("dit_small/diffusion_pytorch_model.safetensors");
-    let write = |edit: &dyn Fn(&mut Vec<(String, Tensor)>)| {
+    type Edit = dyn Fn(&mut Vec<(String, Tensor)>);
+    let write = |edit: &Edit| {
         let mut t = Tensor::read_safetensors(&src).unwrap();
         edit(&mut t);
         let refs: Vec<(&str, Tensor)> =
