@@ -2,8 +2,8 @@
 //!
 //! The networks that get trained: the object-safe [`Denoiser`] trait
 //! (`forward(x_t: (B, C, H, W), t: (B,), cond) -> (B, C_out, H, W)`), a [`Dit`] mirroring
-//! diffusers' `DiTTransformer2DModel` (presets S/B/L/XL x patch 2/4/8 and `dit-tiny`), and
-//! (to come) a UNet of the diffusers `UNet2DModel` family; class-conditional with label
+//! diffusers' `DiTTransformer2DModel` (presets S/B/L/XL x patch 2/4/8 and `dit-tiny`), and a
+//! [`UNet`] of the diffusers `UNet2DModel` family; class-conditional with label
 //! dropout to a null class for classifier-free guidance; parameter counts.
 //!
 //! ```
@@ -30,7 +30,9 @@ mod denoiser;
 pub mod dit;
 pub mod embeddings;
 mod error;
+pub mod unet;
 
 pub use denoiser::{Conditioning, Denoiser, parameter_count};
 pub use dit::{DIT_PRESETS, Dit, DitConfig};
 pub use error::{DenoiserError, Result};
+pub use unet::{UNET_PRESETS, UNet, UNetConfig};

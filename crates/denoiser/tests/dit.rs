@@ -153,3 +153,15 @@ fn bad_inputs_are_errors() {
     assert!(msg.contains("[0, 10]"), "{msg}");
     assert!(DitConfig::preset("dit-m-2").unwrap_err().to_string().contains("dit-b-2"));
 }
+
+#[test]
+fn matches_diffusers_unet() {
+    let g = golden();
+    let unet = lpl_denoiser::UNet::from_diffusers_dir(&fixtures().join("unet_small"), Device::Cpu, Kind::Float).unwrap();
+    let cond = Conditioning::labels(g["unet/labels"].shallow_clone());
+    let out = unet.forward(&g["unet/x"], &g["unet/t"], &cond).unwrap();
+    let err = f64::try_from((out - &g["unet/out"]).abs().max()).unwrap();
+    println!("UNet vs diffusers: max abs error {err:.2e}");
+    assert!(err <= 1e-4, "{err}");
+    assert_eq!(unet.num_classes(), Some(10));
+}
