@@ -26,6 +26,8 @@ enum Command {
     Ae(cli::ae::AeCommand),
     /// Per-layer latent perceptual loss of two latent files, printed as JSON.
     LossProbe(cli::loss_probe::LossProbeArgs),
+    /// Parameter count and a short summary of a denoiser preset.
+    ModelInfo(cli::model_info::ModelInfoArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         }
         Command::Ae(command) => cli::ae::run(command),
         Command::LossProbe(args) => cli::loss_probe::run(args),
+        Command::ModelInfo(args) => cli::model_info::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

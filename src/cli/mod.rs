@@ -2,6 +2,7 @@
 
 pub mod ae;
 pub mod loss_probe;
+pub mod model_info;
 
 use anyhow::{Result, bail};
 use tch::Device;

@@ -43,7 +43,9 @@ fn default_channels() -> Vec<i64> {
     vec![224, 448, 672, 896]
 }
 fn default_down() -> Vec<String> {
-    ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"].map(String::from).to_vec()
+    ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_up() -> Vec<String> {
     ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"].map(String::from).to_vec()
@@ -176,7 +178,12 @@ impl UNetConfig {
     /// `unet-tiny` (2 levels of 32/64, attention at the lower, 10 classes) and
     /// `unet-small` (3 levels of 64/128/256, attention at the two lower, 10 classes).
     pub fn preset(name: &str) -> Result<Self> {
-        let base = Self { num_class_embeds: Some(11), layers_per_block: 1, norm_num_groups: 16, ..Self::default() };
+        let base = Self {
+            num_class_embeds: Some(11),
+            layers_per_block: 1,
+            norm_num_groups: 16,
+            ..Self::default()
+        };
         Ok(match name {
             "unet-tiny" => Self {
                 block_out_channels: vec![32, 64],
@@ -187,22 +194,35 @@ impl UNetConfig {
             },
             "unet-small" => Self {
                 block_out_channels: vec![64, 128, 256],
-                down_block_types: ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"].map(String::from).to_vec(),
-                up_block_types: ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"].map(String::from).to_vec(),
+                down_block_types: ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
+                    .map(String::from)
+                    .to_vec(),
+                up_block_types: ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+                    .map(String::from)
+                    .to_vec(),
                 attention_head_dim: Some(64),
                 layers_per_block: 2,
                 ..base
             },
-            _ => return Err(invalid("preset", format!("unknown `{name}`; known: {}", UNET_PRESETS.join(", ")))),
+            _ => {
+                return Err(invalid(
+                    "preset",
+                    format!("unknown `{name}`; known: {}", UNET_PRESETS.join(", ")),
+                ));
+            }
         })
     }
 
     /// Reads and validates a diffusers `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| DenoiserError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|e| DenoiserError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| DenoiserError::ConfigFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let config: Self = serde_json::from_str(&text).map_err(|e| DenoiserError::ConfigFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -213,16 +233,25 @@ impl UNetConfig {
         if levels == 0 {
             return Err(invalid("block_out_channels", "must have at least one entry"));
         }
-        if let Some(c) = self.block_out_channels.iter().find(|c| **c < 1 || **c % self.norm_num_groups != 0) {
-            return Err(invalid("block_out_channels", format!("{c} is not a multiple of norm_num_groups")));
+        if let Some(c) =
+            self.block_out_channels.iter().find(|c| **c < 1 || **c % self.norm_num_groups != 0)
+        {
+            return Err(invalid(
+                "block_out_channels",
+                format!("{c} is not a multiple of norm_num_groups"),
+            ));
         }
         if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
             return Err(invalid("down_block_types", "one down and one up block type per level"));
         }
-        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownBlock2D" && *t != "AttnDownBlock2D") {
+        if let Some(t) =
+            self.down_block_types.iter().find(|t| *t != "DownBlock2D" && *t != "AttnDownBlock2D")
+        {
             return Err(invalid("down_block_types", format!("unsupported `{t}`")));
         }
-        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpBlock2D" && *t != "AttnUpBlock2D") {
+        if let Some(t) =
+            self.up_block_types.iter().find(|t| *t != "UpBlock2D" && *t != "AttnUpBlock2D")
+        {
             return Err(invalid("up_block_types", format!("unsupported `{t}`")));
         }
         let checks: [(&'static str, bool); 10] = [
@@ -234,7 +263,11 @@ impl UNetConfig {
             ("class_embed_type", self.class_embed_type.is_none()),
             ("downsample_type", self.downsample_type == "conv" && self.downsample_padding == 1),
             ("upsample_type", self.upsample_type == "conv"),
-            ("mid_block_type", self.mid_block_type.as_deref() == Some("UNetMidBlock2D") && self.mid_block_scale_factor == 1.0),
+            (
+                "mid_block_type",
+                self.mid_block_type.as_deref() == Some("UNetMidBlock2D")
+                    && self.mid_block_scale_factor == 1.0,
+            ),
             ("dropout", self.dropout == 0.0 && self.attn_norm_num_groups.is_none()),
         ];
         if let Some((field, _)) = checks.iter().find(|(_, ok)| !ok) {
@@ -270,7 +303,12 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> nn::Conv2D {
 }
 
 fn group_norm(p: nn::Path, c: &UNetConfig, channels: i64) -> nn::GroupNorm {
-    nn::group_norm(p, c.norm_num_groups, channels, nn::GroupNormConfig { eps: c.norm_eps, ..Default::default() })
+    nn::group_norm(
+        p,
+        c.norm_num_groups,
+        channels,
+        nn::GroupNormConfig { eps: c.norm_eps, ..Default::default() },
+    )
 }
 
 impl Resnet {
@@ -278,7 +316,12 @@ impl Resnet {
         Self {
             norm1: group_norm(&p / "norm1", c, c_in),
             conv1: conv(&p / "conv1", c_in, c_out, 3, 1),
-            time_emb_proj: nn::linear(&p / "time_emb_proj", c.time_embed_dim(), c_out, Default::default()),
+            time_emb_proj: nn::linear(
+                &p / "time_emb_proj",
+                c.time_embed_dim(),
+                c_out,
+                Default::default(),
+            ),
             norm2: group_norm(&p / "norm2", c, c_out),
             conv2: conv(&p / "conv2", c_out, c_out, 3, 1),
             conv_shortcut: (c_in != c_out).then(|| conv(&p / "conv_shortcut", c_in, c_out, 1, 1)),
@@ -325,7 +368,9 @@ impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().unwrap_or((0, 0, 0, 0));
         let tokens = self.group_norm.forward(x).view([b, c, h * w]).transpose(1, 2);
-        let split = |l: &nn::Linear| l.forward(&tokens).view([b, h * w, self.heads, c / self.heads]).transpose(1, 2);
+        let split = |l: &nn::Linear| {
+            l.forward(&tokens).view([b, h * w, self.heads, c / self.heads]).transpose(1, 2)
+        };
         let out = Tensor::scaled_dot_product_attention(
             &split(&self.to_q),
             &split(&self.to_k),
@@ -389,14 +434,19 @@ impl UNet {
         for (i, &c_out) in boc.iter().enumerate() {
             let p = &root / "down_blocks" / i;
             let resnets = (0..c.layers_per_block)
-                .map(|j| Resnet::new(&p / "resnets" / j, c, if j == 0 { c_prev } else { c_out }, c_out))
+                .map(|j| {
+                    Resnet::new(&p / "resnets" / j, c, if j == 0 { c_prev } else { c_out }, c_out)
+                })
                 .collect();
             let attentions = if c.down_block_types[i] == "AttnDownBlock2D" {
-                (0..c.layers_per_block).map(|j| Attention::new(&p / "attentions" / j, c, c_out)).collect()
+                (0..c.layers_per_block)
+                    .map(|j| Attention::new(&p / "attentions" / j, c, c_out))
+                    .collect()
             } else {
                 Vec::new()
             };
-            let resample = (i + 1 < boc.len()).then(|| conv(&p / "downsamplers" / "0" / "conv", c_out, c_out, 3, 2));
+            let resample = (i + 1 < boc.len())
+                .then(|| conv(&p / "downsamplers" / "0" / "conv", c_out, c_out, 3, 2));
             down.push(Level { resnets, attentions, resample });
             c_prev = c_out;
         }
@@ -428,14 +478,16 @@ impl UNet {
             } else {
                 Vec::new()
             };
-            let resample = (i + 1 < reversed.len()).then(|| conv(&p / "upsamplers" / "0" / "conv", out_c, out_c, 3, 1));
+            let resample = (i + 1 < reversed.len())
+                .then(|| conv(&p / "upsamplers" / "0" / "conv", out_c, out_c, 3, 1));
             up.push(Level { resnets, attentions, resample });
         }
         let classes = c.num_class_embeds.map(|n| n - 1);
         let conv_in = conv(&root / "conv_in", c.in_channels, boc[0], 3, 1);
         let time_embedding = TimestepEmbedding::new(&root / "time_embedding", boc[0], te);
-        let class_embedding =
-            c.num_class_embeds.map(|n| nn::embedding(&root / "class_embedding", n, te, Default::default()));
+        let class_embedding = c
+            .num_class_embeds
+            .map(|n| nn::embedding(&root / "class_embedding", n, te, Default::default()));
         let conv_norm_out = group_norm(&root / "conv_norm_out", c, boc[0]);
         let conv_out = conv(&root / "conv_out", boc[0], c.out_channels, 3, 1);
         vs.set_kind(kind);
@@ -450,7 +502,10 @@ impl UNet {
             up,
             conv_norm_out,
             conv_out,
-            label_dropout: LabelDropout { num_classes: classes.unwrap_or(0), prob: c.class_dropout_prob },
+            label_dropout: LabelDropout {
+                num_classes: classes.unwrap_or(0),
+                prob: c.class_dropout_prob,
+            },
         })
     }
 
@@ -479,19 +534,29 @@ impl UNet {
 }
 
 impl Denoiser for UNet {
-    fn forward_t(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning, train: bool) -> Result<Tensor> {
+    fn forward_t(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        train: bool,
+    ) -> Result<Tensor> {
         let c = &self.config;
         check_inputs(x_t, t, c.in_channels)?;
         let (b, _, h, w) = x_t.size4()?;
         let f = 1i64 << (c.block_out_channels.len() - 1);
         if h % f != 0 || w % f != 0 {
-            return Err(DenoiserError::Input(format!("H and W must be multiples of {f}, got {h}x{w}")));
+            return Err(DenoiserError::Input(format!(
+                "H and W must be multiples of {f}, got {h}x{w}"
+            )));
         }
         let kind = self.kind();
-        let t_emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift).to_kind(kind);
+        let t_emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
+            .to_kind(kind);
         let mut temb = self.time_embedding.forward(&t_emb);
         if let Some(table) = &self.class_embedding {
-            let mut labels = cond.labels_or_null(b, self.label_dropout.num_classes, x_t.device())?;
+            let mut labels =
+                cond.labels_or_null(b, self.label_dropout.num_classes, x_t.device())?;
             if train {
                 labels = self.drop_labels(&labels);
             }
@@ -516,7 +581,9 @@ impl Denoiser for UNet {
         h = self.mid.2.forward(&h, &temb);
         for level in &self.up {
             for i in 0..level.resnets.len() {
-                let skip = skips.pop().ok_or_else(|| DenoiserError::Torch("skip stack exhausted".into()))?;
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| DenoiserError::Torch("skip stack exhausted".into()))?;
                 h = level.step(i, &Tensor::cat(&[h, skip], 1), &temb);
             }
             if let Some(u) = &level.resample {

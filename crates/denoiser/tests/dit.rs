@@ -157,7 +157,12 @@ fn bad_inputs_are_errors() {
 #[test]
 fn matches_diffusers_unet() {
     let g = golden();
-    let unet = lpl_denoiser::UNet::from_diffusers_dir(&fixtures().join("unet_small"), Device::Cpu, Kind::Float).unwrap();
+    let unet = lpl_denoiser::UNet::from_diffusers_dir(
+        &fixtures().join("unet_small"),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
     let cond = Conditioning::labels(g["unet/labels"].shallow_clone());
     let out = unet.forward(&g["unet/x"], &g["unet/t"], &cond).unwrap();
     let err = f64::try_from((out - &g["unet/out"]).abs().max()).unwrap();
