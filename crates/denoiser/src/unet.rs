@@ -560,7 +560,7 @@ impl Denoiser for UNet {
             if train {
                 labels = self.drop_labels(&labels);
             }
-            temb = temb + table.forward(&labels);
+            temb += table.forward(&labels);
         }
         let mut h = self.conv_in.forward(&x_t.to_kind(kind));
         let mut skips = vec![h.shallow_clone()];
