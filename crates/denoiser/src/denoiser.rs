@@ -83,14 +83,31 @@ pub fn parameter_count(vs: &VarStore) -> i64 {
     vs.variables().values().map(|t| t.numel() as i64).sum()
 }
 
-/// Checks `x_t` `(B, C, H, W)` and `t` `(B,)`.
-pub(crate) fn check_inputs(x: &Tensor, t: &Tensor, channels: i64) -> Result<()> {
+/// Checks `x_t` `(B, C, H, W)` with H and W multiples of `multiple`, and `t` `(B,)`;
+/// returns `(B, H, W)`.
+pub(crate) fn check_inputs(
+    x: &Tensor,
+    t: &Tensor,
+    channels: i64,
+    multiple: i64,
+) -> Result<(i64, i64, i64)> {
     let s = x.size();
     if s.len() != 4 || s[1] != channels {
         return Err(DenoiserError::Input(format!("x_t must be (B, {channels}, H, W), got {s:?}")));
     }
+    if s[2] % multiple != 0 || s[3] % multiple != 0 {
+        return Err(DenoiserError::Input(format!(
+            "H and W must be multiples of {multiple}, got {}x{}",
+            s[2], s[3]
+        )));
+    }
     if t.size() != [s[0]] {
         return Err(DenoiserError::Input(format!("t must be ({},), got {:?}", s[0], t.size())));
     }
-    Ok(())
+    Ok((s[0], s[2], s[3]))
+}
+
+/// The dtype of a model's weights (f32 for an empty store).
+pub(crate) fn weights_kind(vs: &VarStore) -> Kind {
+    vs.variables().values().next().map_or(Kind::Float, Tensor::kind)
 }

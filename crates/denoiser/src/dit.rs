@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::denoiser::{Conditioning, Denoiser, check_inputs};
+use crate::denoiser::{Conditioning, Denoiser, check_inputs, weights_kind};
 use crate::embeddings::{LabelDropout, LabelEmbedding, TimestepEmbedding, timestep_embedding};
 use crate::error::{DenoiserError, Result, invalid};
 
@@ -536,10 +536,6 @@ impl Dit {
         });
         Ok(())
     }
-
-    fn kind(&self) -> Kind {
-        self.vs.variables().values().next().map_or(Kind::Float, Tensor::kind)
-    }
 }
 
 impl Denoiser for Dit {
@@ -551,20 +547,10 @@ impl Denoiser for Dit {
         train: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
-        check_inputs(x_t, t, c.in_channels)?;
-        let (b, _, h, w) = x_t.size4()?;
         let p = c.patch_size;
-        if h % p != 0 || w % p != 0 {
-            return Err(DenoiserError::Input(format!(
-                "H and W must be multiples of the patch size {p}, got {h}x{w}"
-            )));
-        }
-        let kind = self.kind();
-        let classes = c.num_embeds_ada_norm.unwrap_or(1);
-        let mut labels = cond.labels_or_null(b, classes, x_t.device())?;
-        if train {
-            labels = self.drop_labels(&labels);
-        }
+        let (b, h, w) = check_inputs(x_t, t, c.in_channels, p)?;
+        let kind = weights_kind(&self.vs);
+        let labels = self.label_dropout.labels(cond, b, x_t.device(), train)?;
         let (gh, gw) = (h / p, w / p);
         let pos = sincos_pos_embed(c.hidden_size(), gh, gw).to_device(x_t.device()).to_kind(kind);
         let mut x =

@@ -54,6 +54,19 @@ pub struct LabelDropout {
 }
 
 impl LabelDropout {
+    /// The labels of `cond` for a batch of `b` (null class where absent), dropped to the
+    /// null class with probability `prob` when `train`.
+    pub fn labels(
+        &self,
+        cond: &crate::Conditioning,
+        b: i64,
+        device: tch::Device,
+        train: bool,
+    ) -> crate::Result<Tensor> {
+        let labels = cond.labels_or_null(b, self.num_classes, device)?;
+        Ok(if train { self.apply(&labels) } else { labels })
+    }
+
     /// Labels `(B,)` with each independently replaced by the null class with probability
     /// `prob` (libtorch's generator).
     pub fn apply(&self, labels: &Tensor) -> Tensor {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::denoiser::{Conditioning, Denoiser, check_inputs};
+use crate::denoiser::{Conditioning, Denoiser, check_inputs, weights_kind};
 use crate::embeddings::{LabelDropout, TimestepEmbedding, timestep_embedding};
 use crate::error::{DenoiserError, Result, invalid};
 
@@ -527,10 +527,6 @@ impl UNet {
     pub fn drop_labels(&self, labels: &Tensor) -> Tensor {
         self.label_dropout.apply(labels)
     }
-
-    fn kind(&self) -> Kind {
-        self.vs.variables().values().next().map_or(Kind::Float, Tensor::kind)
-    }
 }
 
 impl Denoiser for UNet {
@@ -542,24 +538,13 @@ impl Denoiser for UNet {
         train: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
-        check_inputs(x_t, t, c.in_channels)?;
-        let (b, _, h, w) = x_t.size4()?;
-        let f = 1i64 << (c.block_out_channels.len() - 1);
-        if h % f != 0 || w % f != 0 {
-            return Err(DenoiserError::Input(format!(
-                "H and W must be multiples of {f}, got {h}x{w}"
-            )));
-        }
-        let kind = self.kind();
+        let (b, _, _) = check_inputs(x_t, t, c.in_channels, 1 << (c.block_out_channels.len() - 1))?;
+        let kind = weights_kind(&self.vs);
         let t_emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
             .to_kind(kind);
         let mut temb = self.time_embedding.forward(&t_emb);
         if let Some(table) = &self.class_embedding {
-            let mut labels =
-                cond.labels_or_null(b, self.label_dropout.num_classes, x_t.device())?;
-            if train {
-                labels = self.drop_labels(&labels);
-            }
+            let labels = self.label_dropout.labels(cond, b, x_t.device(), train)?;
             temb += table.forward(&labels);
         }
         let mut h = self.conv_in.forward(&x_t.to_kind(kind));
