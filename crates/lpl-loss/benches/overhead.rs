@@ -90,7 +90,7 @@ fn child(decoder: &str, depth: Option<usize>, batch: i64, steps: usize, device: 
                 &schedule,
             )
             .unwrap();
-            loss = loss + lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap().total;
+            loss += lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap().total;
         }
         opt.backward_step(&loss);
         let _ = f64::try_from(&loss).unwrap(); // synchronise
