@@ -28,6 +28,12 @@ enum Command {
     LossProbe(cli::loss_probe::LossProbeArgs),
     /// Parameter count and a short summary of a denoiser preset.
     ModelInfo(cli::model_info::ModelInfoArgs),
+    /// Encode a dataset into a latent cache.
+    Cache(cli::train::CacheArgs),
+    /// Train a diffusion model from a TOML run config.
+    Train(cli::train::TrainArgs),
+    /// Sample an image grid from a run's EMA weights.
+    Sample(cli::train::SampleArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +61,9 @@ fn main() -> ExitCode {
         Command::Ae(command) => cli::ae::run(command),
         Command::LossProbe(args) => cli::loss_probe::run(args),
         Command::ModelInfo(args) => cli::model_info::run(args),
+        Command::Cache(args) => cli::train::cache(args),
+        Command::Train(args) => cli::train::train(args),
+        Command::Sample(args) => cli::train::sample(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

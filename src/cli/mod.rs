@@ -3,6 +3,7 @@
 pub mod ae;
 pub mod loss_probe;
 pub mod model_info;
+pub mod train;
 
 use anyhow::{Result, bail};
 use tch::Device;

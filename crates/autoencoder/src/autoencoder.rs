@@ -99,6 +99,10 @@ pub trait Autoencoder {
     }
     /// Freezes (`false`) or unfreezes its parameters.
     fn set_requires_grad(&mut self, _requires_grad: bool) {}
+    /// Its weights by name (for fingerprints and saving); empty if it does not expose them.
+    fn named_weights(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
 }
 
 /// Checks `images` `(B, C, H, W)` against an autoencoder's channel count and factor.

@@ -354,6 +354,15 @@ impl Autoencoder for Taesd {
         p
     }
 
+    fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let prefixed = |prefix: &str, vs: &nn::VarStore| -> Vec<(String, Tensor)> {
+            vs.variables().into_iter().map(|(k, v)| (format!("{prefix}.{k}"), v)).collect()
+        };
+        let mut w = prefixed("encoder", &self.encoder_vs);
+        w.extend(prefixed("decoder", &self.decoder_vs));
+        w
+    }
+
     fn set_requires_grad(&mut self, requires_grad: bool) {
         for vs in [&mut self.encoder_vs, &mut self.decoder_vs] {
             if requires_grad { vs.unfreeze() } else { vs.freeze() }

@@ -101,11 +101,29 @@ pub fn read_folder(dir: &Path, channels: i64) -> Result<FolderImages> {
     Ok(FolderImages { images, files, skipped })
 }
 
+/// Writes one `(C, H, W)` image in `[0, 1]` (clamped) as an 8-bit PNG at `path`.
+pub fn write_png(image: &Tensor, path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".partial-{name}"));
+    write_pngs_named(&image.unsqueeze(0), std::slice::from_ref(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })
+}
+
 /// Writes `(N, C, H, W)` images in `[0, 1]` (any float dtype; clamped) as 8-bit PNGs
 /// `<dir>/<start + i>.png` with six-digit names.
 pub fn write_pngs(images: &Tensor, dir: &Path, start: usize) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let n = images.size()[0] as usize;
+    let paths: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("{:06}.png", start + i))).collect();
+    write_pngs_named(images, &paths)?;
+    Ok(paths)
+}
+
+fn write_pngs_named(images: &Tensor, paths: &[PathBuf]) -> Result<()> {
+    for dir in paths.iter().filter_map(|p| p.parent()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    }
     let (n, c, h, w) = images.size4()?;
     let bytes = (images.f_to_kind(Kind::Float)?.f_clamp(0.0, 1.0)? * 255.0)
         .f_round()?
@@ -115,9 +133,8 @@ pub fn write_pngs(images: &Tensor, dir: &Path, start: usize) -> Result<Vec<PathB
         .f_to_device(tch::Device::Cpu)?;
     let flat = Vec::<u8>::try_from(bytes.f_flatten(0, -1)?)?;
     let per = (h * w * c) as usize;
-    let mut written = Vec::with_capacity(n as usize);
-    for i in 0..n as usize {
-        let path = dir.join(format!("{:06}.png", start + i));
+    for (i, path) in paths.iter().enumerate().take(n as usize) {
+        let path = path.clone();
         let pixels = flat[i * per..(i + 1) * per].to_vec();
         let result = match c {
             1 => image::GrayImage::from_raw(w as u32, h as u32, pixels).map(|img| img.save(&path)),
@@ -125,12 +142,12 @@ pub fn write_pngs(images: &Tensor, dir: &Path, start: usize) -> Result<Vec<PathB
             _ => return Err(DataError::Invalid(format!("cannot write {c}-channel images as PNG"))),
         };
         match result {
-            Some(Ok(())) => written.push(path),
+            Some(Ok(())) => {}
             Some(Err(e)) => {
                 return Err(DataError::Io { path, source: std::io::Error::other(e.to_string()) });
             }
             None => return Err(DataError::Invalid("image buffer size mismatch".to_string())),
         }
     }
-    Ok(written)
+    Ok(())
 }

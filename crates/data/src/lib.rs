@@ -1,8 +1,9 @@
 //! # lpl-data
 //!
-//! Feeding the trainer: image sources (IDX files such as Fashion-MNIST; image folders and
-//! the Noto emoji set to come), preprocessing (padding, value range), and (to come) a
-//! sharded latent cache and deterministic, resumable shuffled batch streaming.
+//! Feeding the trainer: image sources (IDX files such as Fashion-MNIST, flat image folders;
+//! the Noto emoji set to come), preprocessing (padding, value range), the sharded latent
+//! cache format ([`cache`]: manifest with codec and autoencoder fingerprint, atomic shards)
+//! and deterministic, resumable shuffled batch streaming ([`shuffle`]).
 //!
 //! ```no_run
 //! use lpl_data::{FashionMnist, Split};
@@ -15,10 +16,14 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 mod error;
 pub mod folder;
 pub mod idx;
 pub mod preprocess;
+pub mod shuffle;
 
+pub use cache::{CacheManifest, LatentCache};
 pub use error::{DataError, Result};
 pub use idx::{FashionMnist, IdxArray, LabeledImages, Split, read_idx};
+pub use shuffle::{BatchCursor, BatchStream};

@@ -514,7 +514,11 @@ impl Dit {
             let _ = t.shallow_clone().uniform_(-a, a);
         };
         tch::no_grad(|| {
-            for (name, t) in self.vs.variables() {
+            // sorted: the draws must not depend on HashMap order, or initialisation is not
+            // reproducible from the seed
+            let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, t) in vars {
                 let mut t = t.shallow_clone();
                 let is_weight = name.ends_with(".weight");
                 if name.contains(".norm1.linear.") || name.starts_with("proj_out_") {

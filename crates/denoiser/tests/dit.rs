@@ -170,3 +170,19 @@ fn matches_diffusers_unet() {
     assert!(err <= 1e-4, "{err}");
     assert_eq!(unet.num_classes(), Some(10));
 }
+
+#[test]
+fn initialisation_is_reproducible_from_the_seed() {
+    let init = || {
+        tch::manual_seed(7);
+        let dit =
+            Dit::new(&DitConfig::preset("dit-tiny").unwrap(), Device::Cpu, Kind::Float).unwrap();
+        let mut v: Vec<(String, Tensor)> = dit.var_store().variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (a, b) = (init(), init());
+    for ((k, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{k}");
+    }
+}

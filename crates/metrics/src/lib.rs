@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod grid;
 pub mod psnr;
 
 pub use psnr::psnr;

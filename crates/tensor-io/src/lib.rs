@@ -252,6 +252,27 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(io)
 }
 
+/// A fingerprint of named tensors: FNV-1a (64 bit) over their sorted names, dtypes, shapes
+/// and bytes, as 16 hex digits. Equal weights give equal fingerprints on any device.
+pub fn fingerprint(tensors: &[(String, Tensor)]) -> Result<String> {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            hash = (hash ^ *b as u64).wrapping_mul(PRIME);
+        }
+    };
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in sorted {
+        feed(name.as_bytes());
+        feed(format!("{:?}{:?}", t.kind(), t.size()).as_bytes());
+        let bytes = to_bytes(name, t, Path::new("<fingerprint>"))?;
+        feed(&bytes.data);
+    }
+    Ok(format!("{hash:016x}"))
+}
+
 /// The string metadata of a safetensors file (empty when it has none).
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     let io = |source| TensorIoError::Io { path: path.to_path_buf(), source };

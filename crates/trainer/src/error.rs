@@ -38,6 +38,15 @@ pub enum TrainError {
     /// A file could not be written.
     #[error(transparent)]
     TensorIo(#[from] lpl_tensor_io::TensorIoError),
+    /// A schedule or sampler error.
+    #[error(transparent)]
+    Schedule(#[from] lpl_schedulers::ScheduleError),
+    /// A latent perceptual loss error.
+    #[error(transparent)]
+    Lpl(#[from] lpl_loss::LplError),
+    /// A denoiser error.
+    #[error(transparent)]
+    Denoiser(#[from] lpl_denoiser::DenoiserError),
     /// A libtorch error.
     #[error("libtorch: {0}")]
     Torch(String),

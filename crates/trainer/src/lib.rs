@@ -1,17 +1,25 @@
 //! # lpl-trainer
 //!
 //! The thin crate that wires the others from one TOML run config, and every loop that
-//! iterates over a dataset. Now: autoencoder training ([`ae_training`]). To come: the
-//! diffusion training loop (MSE and MSE + LPL), AdamW with named savable state, EMA, mixed
-//! precision, self-describing checkpoints with exact resume, latent cache building and
-//! sampling for evaluation.
+//! iterates over a dataset: autoencoder training ([`ae_training`]), latent cache building
+//! ([`cache_building`]), the diffusion training loop with MSE and MSE + LPL
+//! ([`diffusion_training`]: AdamW with named savable state, EMA, atomic checkpoints with
+//! exact resume, JSONL metrics), and sampling ([`sampling`]). Mixed precision, evaluation
+//! metrics and the ablation driver are to come.
 //!
 //! Depends on every other lpl crate.
 
 #![warn(missing_docs)]
 
+pub mod adamw;
 pub mod ae_training;
+pub mod cache_building;
+pub mod diffusion_training;
+pub mod ema;
 mod error;
 pub mod progress;
+pub mod run_checkpoint;
+pub mod run_config;
+pub mod sampling;
 
 pub use error::{Result, TrainError};

@@ -291,6 +291,10 @@ impl Autoencoder for AutoencoderKl {
         self.vs.trainable_variables()
     }
 
+    fn named_weights(&self) -> Vec<(String, Tensor)> {
+        self.vs.variables().into_iter().collect()
+    }
+
     fn set_requires_grad(&mut self, requires_grad: bool) {
         if requires_grad { self.vs.unfreeze() } else { self.vs.freeze() }
     }

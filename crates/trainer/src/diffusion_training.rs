@@ -1,0 +1,358 @@
+//! The diffusion training loop: MSE on the parameterisation's target (optionally min-SNR
+//! weighted) plus, when configured, the latent perceptual loss; AdamW with warm-up and
+//! clipping, EMA, atomic checkpoints with exact resume, JSONL metrics, sample grids.
+//!
+//! Determinism: the data order comes from `(seed, epoch)`, t from a host generator whose
+//! state is checkpointed, and libtorch's generator (noise, label dropout, flips) is reseeded
+//! from `(seed, step)` at every step; so a resumed run repeats the uninterrupted one exactly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use lpl_autoencoder::{Autoencoder, LatentCodec};
+use lpl_data::{BatchStream, LatentCache};
+use lpl_denoiser::{Conditioning, Denoiser, Dit, DitConfig, UNet, UNetConfig};
+use lpl_loss::{LatentPerceptualLoss, x0_from_prediction};
+use lpl_schedulers::{NoiseSchedule, TimeSampler, min_snr_weights};
+use tch::{Device, Kind, Tensor};
+
+use crate::adamw::AdamW;
+use crate::ema::Ema;
+use crate::error::{Result, TrainError, invalid};
+use crate::run_checkpoint::{self, RunState};
+use crate::run_config::RunConfig;
+use crate::{progress, sampling};
+
+/// How `train` starts.
+#[derive(Debug, Clone, Default)]
+pub enum Start {
+    /// A new run (fails if the output directory already holds checkpoints).
+    #[default]
+    Fresh,
+    /// Continue from the run's latest checkpoint.
+    Resume,
+    /// A new run whose model and EMA start from another run's checkpoint (fresh optimiser),
+    /// e.g. the LPL phase after MSE pre-training.
+    InitFrom(PathBuf),
+}
+
+/// What a run reports.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Step reached.
+    pub step: usize,
+    /// Mean total loss over the last log interval.
+    pub last_loss: f64,
+    /// The last checkpoint.
+    pub checkpoint: PathBuf,
+    /// Training throughput, samples per second (this invocation).
+    pub samples_per_sec: f64,
+    /// The final sample grid, when sampling is configured.
+    pub grid: Option<PathBuf>,
+    /// Non-finite steps skipped.
+    pub skipped_steps: usize,
+}
+
+/// Builds the configured denoiser for latents `(C, h, w)` and `classes` classes.
+pub fn build_model(
+    config: &RunConfig,
+    latent_shape: [i64; 3],
+    classes: Option<i64>,
+    device: Device,
+) -> Result<Box<dyn Denoiser>> {
+    tch::manual_seed(config.train.seed as i64);
+    let [c, h, _] = latent_shape;
+    let preset = config.model.preset.as_str();
+    let classes = classes.unwrap_or(1);
+    if preset.starts_with("dit-") {
+        let mut d =
+            DitConfig::preset(preset).map_err(|e| invalid("model.preset", e.to_string()))?;
+        d.in_channels = c;
+        d.sample_size = h;
+        d.num_embeds_ada_norm = Some(classes);
+        if let Some(p) = config.model.class_dropout_prob {
+            d.class_dropout_prob = p;
+        }
+        Ok(Box::new(
+            Dit::new(&d, device, Kind::Float).map_err(|e| invalid("model", e.to_string()))?,
+        ))
+    } else {
+        let mut u =
+            UNetConfig::preset(preset).map_err(|e| invalid("model.preset", e.to_string()))?;
+        u.in_channels = c;
+        u.out_channels = c;
+        u.num_class_embeds = Some(classes + 1);
+        if let Some(p) = config.model.class_dropout_prob {
+            u.class_dropout_prob = p;
+        }
+        Ok(Box::new(
+            UNet::new(&u, device, Kind::Float).map_err(|e| invalid("model", e.to_string()))?,
+        ))
+    }
+}
+
+fn step_seed(seed: u64, step: usize) -> i64 {
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        as i64
+        & i64::MAX
+}
+
+fn named(vs: &tch::nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Opens the autoencoder of a run, frozen, in f32.
+pub fn open_autoencoder(config: &RunConfig, device: Device) -> Result<Box<dyn Autoencoder>> {
+    let mut ae = lpl_autoencoder::open(&config.autoencoder, device, Kind::Float)?;
+    ae.set_requires_grad(false);
+    Ok(ae)
+}
+
+/// Trains as configured; see the module docs for determinism.
+pub fn train(config: &RunConfig, start: Start, device: Device) -> Result<TrainOutcome> {
+    config.validate()?;
+    let cache = LatentCache::open(&config.data.cache)?;
+    let ae = open_autoencoder(config, device)?;
+    let codec: LatentCodec = cache.manifest.codec.clone();
+    let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
+    cache.check_autoencoder(&fingerprint, &codec)?;
+    let schedule = NoiseSchedule::new(&config.diffusion.schedule()?)?.to_device(device);
+    let param = config.diffusion.parameterization;
+    let model =
+        build_model(config, cache.manifest.latent_shape, cache.manifest.num_classes, device)?;
+    let mut opt = AdamW::new(model.var_store(), config.optim.adamw())?;
+    let mut ema = Ema::new(model.var_store(), config.ema.clone())?;
+    let mut time_sampler =
+        TimeSampler::new(config.diffusion.time_sampling.clone(), config.train.seed)?;
+    let n = cache.len() as usize;
+    let mut stream = BatchStream::new(n, config.train.seed);
+    let mut step = 0usize;
+    let existing = run_checkpoint::list_checkpoints(&config.output_dir);
+    match &start {
+        Start::Fresh if !existing.is_empty() => {
+            return Err(invalid(
+                "output_dir",
+                format!(
+                    "{} already holds checkpoints: pass --resume or choose another output_dir",
+                    config.output_dir.display()
+                ),
+            ));
+        }
+        Start::Fresh => {}
+        Start::Resume => {
+            let latest = existing.last().ok_or_else(|| {
+                invalid(
+                    "output_dir",
+                    format!("--resume: no checkpoint in {}", config.output_dir.display()),
+                )
+            })?;
+            let (state, tensors) = run_checkpoint::load(latest)?;
+            lpl_tensor_io::load_into(
+                model.var_store(),
+                &run_checkpoint::strip_prefix(&tensors, "model."),
+                latest,
+            )?;
+            ema.load(&tensors, "ema.")?;
+            opt.load_state(&tensors, state.adamw_step)?;
+            time_sampler = TimeSampler::with_state(
+                config.diffusion.time_sampling.clone(),
+                state.time_sampler_state,
+            )?;
+            stream = BatchStream::resume(n, config.train.seed, state.cursor);
+            step = state.step;
+            tracing::info!("resumed {} at step {step}", latest.display());
+        }
+        Start::InitFrom(path) => {
+            let (_, tensors) = run_checkpoint::load(path)?;
+            lpl_tensor_io::load_into(
+                model.var_store(),
+                &run_checkpoint::strip_prefix(&tensors, "model."),
+                path,
+            )?;
+            ema.load(&tensors, "ema.")?;
+            tracing::info!("initialised from {}", path.display());
+        }
+    }
+    let lpl = match &config.loss.lpl {
+        Some(c) => Some(LatentPerceptualLoss::new(ae.as_ref(), codec.clone(), c.clone())?),
+        None => None,
+    };
+    std::fs::create_dir_all(&config.output_dir).map_err(|e| TrainError::ConfigFile {
+        path: config.output_dir.clone(),
+        message: e.to_string(),
+    })?;
+    let metrics_path = config.output_dir.join("metrics.jsonl");
+    let mut metrics =
+        std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| {
+            TrainError::ConfigFile { path: metrics_path.clone(), message: e.to_string() }
+        })?;
+    let config_toml = config.to_toml()?;
+    let t = &config.train;
+    let total = t.steps;
+    let bar = progress::bar(total as u64, "train");
+    bar.set_position(step.min(total) as u64);
+    let started = Instant::now();
+    let first_step = step;
+    let (mut nonfinite_run, mut skipped) = (0usize, 0usize);
+    let mut window: Vec<f64> = Vec::new();
+    let mut last_loss = f64::NAN;
+    let mut last_checkpoint = run_checkpoint::list_checkpoints(&config.output_dir).last().cloned();
+    let mut grid = None;
+    while step < total {
+        tch::manual_seed(step_seed(t.seed, step));
+        let idx = Tensor::from_slice(&stream.next_batch(t.batch_size));
+        let mut z0 = cache.latents.index_select(0, &idx);
+        if let (true, Some(flipped)) = (config.data.flip, &cache.latents_flipped) {
+            let coin = Tensor::rand([idx.size()[0]], (Kind::Float, Device::Cpu))
+                .lt(0.5)
+                .view([-1, 1, 1, 1]);
+            z0 = flipped.index_select(0, &idx).where_self(&coin, &z0);
+        }
+        let z0 = z0.to_device(device);
+        let labels = cache.labels.as_ref().map(|l| l.index_select(0, &idx).to_device(device));
+        let b = idx.size()[0] as usize;
+        let t_cpu = time_sampler.sample(&schedule, b, Device::Cpu)?;
+        let t_dev = t_cpu.to_device(device);
+        let eps = z0.randn_like();
+        let z_t = schedule.add_noise(&z0, &eps, &t_dev)?;
+        let cond = match &labels {
+            Some(l) => Conditioning::labels(l.shallow_clone()),
+            None => Conditioning::none(),
+        };
+        let pred = model
+            .forward_t(&z_t, &schedule.model_time(&t_dev)?, &cond, true)
+            .map_err(|e| TrainError::Torch(e.to_string()))?;
+        let target = param.target(&schedule, &z0, &eps, &t_dev)?;
+        let mut per_sample = (pred.to_kind(Kind::Float) - target).square().flatten(1, -1).mean_dim(
+            1,
+            false,
+            Kind::Float,
+        );
+        if let Some(gamma) = config.loss.min_snr_gamma {
+            per_sample *= min_snr_weights(&schedule, param, &t_dev, gamma)?;
+        }
+        let mse = per_sample.mean(Kind::Float);
+        let mut loss = mse.shallow_clone();
+        let mut lpl_out = None;
+        if let Some(lpl) = lpl.as_ref().filter(|l| l.active_at(step)) {
+            let x0_hat = x0_from_prediction(&pred, &z_t, &t_dev, param, &schedule)?;
+            let out = lpl.loss(&x0_hat, &z0, &t_cpu, &schedule, param)?;
+            loss = &loss + &out.total;
+            lpl_out = Some(out);
+        }
+        let value = f64::try_from(&loss)?;
+        if !value.is_finite() {
+            nonfinite_run += 1;
+            skipped += 1;
+            tracing::warn!("non-finite loss {value} at step {step}: step skipped");
+            if nonfinite_run >= t.max_nonfinite {
+                return Err(TrainError::NonFinite { step, value });
+            }
+            opt.zero_grad();
+            step += 1;
+            continue;
+        }
+        nonfinite_run = 0;
+        opt.zero_grad();
+        loss.backward();
+        let grad_norm = config.optim.grad_clip.map(|c| opt.clip_grad_norm(c));
+        let lr = config.optim.lr
+            * ((step + 1) as f64 / config.optim.warmup_steps.max(1) as f64).min(1.0);
+        opt.step(lr);
+        ema.update(model.var_store(), step);
+        step += 1;
+        window.push(value);
+        bar.inc(1);
+        if step.is_multiple_of(t.log_every) || step == total {
+            last_loss = window.iter().sum::<f64>() / window.len().max(1) as f64;
+            window.clear();
+            let sps =
+                (step - first_step) as f64 * t.batch_size as f64 / started.elapsed().as_secs_f64();
+            let mut line = serde_json::json!({
+                "step": step,
+                "loss": last_loss,
+                "mse": f64::try_from(&mse)?,
+                "lr": lr,
+                "samples_per_sec": sps,
+            });
+            if let Some(g) = &grad_norm {
+                line["grad_norm"] = f64::try_from(g)?.into();
+            }
+            if let Some(out) = &lpl_out {
+                line["lpl"] = f64::try_from(&out.total)?.into();
+                line["lpl_kept_fraction"] = f64::try_from(&out.kept_fraction)?.into();
+                line["lpl_masked_fraction"] = Vec::<f64>::try_from(
+                    out.masked_fraction.to_kind(Kind::Double).to_device(Device::Cpu),
+                )?
+                .into();
+            }
+            writeln!(metrics, "{line}").map_err(|e| TrainError::ConfigFile {
+                path: metrics_path.clone(),
+                message: e.to_string(),
+            })?;
+            bar.set_message(format!("loss {last_loss:.4} lr {lr:.1e} {sps:.0} samples/s"));
+        }
+        let checkpoint_now =
+            (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == total;
+        if checkpoint_now {
+            let mut tensors = named(model.var_store(), "model.");
+            tensors
+                .extend(ema.tensors().iter().map(|(k, v)| (format!("ema.{k}"), v.shallow_clone())));
+            tensors.extend(opt.state_tensors());
+            let state = RunState {
+                step,
+                cursor: stream.cursor(),
+                time_sampler_state: time_sampler.state(),
+                adamw_step: opt.step_count(),
+                config_toml: config_toml.clone(),
+                codec_json: codec.to_json(),
+            };
+            last_checkpoint = Some(run_checkpoint::save(
+                &config.output_dir,
+                &state,
+                tensors,
+                t.keep_checkpoints,
+            )?);
+        }
+        if let Some(sample) = &config.sample {
+            let periodic = sample.every > 0 && step.is_multiple_of(sample.every);
+            if periodic || step == total {
+                let path = config.output_dir.join("grids").join(format!("step-{step:07}.png"));
+                sampling::write_grid(
+                    model.as_ref(),
+                    &ema,
+                    ae.as_ref(),
+                    &codec,
+                    &schedule,
+                    param,
+                    sample,
+                    cache.manifest.num_classes,
+                    &cache.manifest.latent_shape,
+                    &path,
+                    device,
+                )?;
+                grid = Some(path);
+            }
+        }
+    }
+    bar.finish();
+    let checkpoint = last_checkpoint.ok_or_else(|| invalid("train.steps", "no step was run"))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(TrainOutcome {
+        step,
+        last_loss,
+        checkpoint,
+        samples_per_sec: (step - first_step) as f64 * t.batch_size as f64 / elapsed.max(1e-9),
+        grid,
+        skipped_steps: skipped,
+    })
+}
+
+/// Keeps `Path` in scope for docs.
+pub fn metrics_file(output_dir: &Path) -> PathBuf {
+    output_dir.join("metrics.jsonl")
+}

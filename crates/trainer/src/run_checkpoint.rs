@@ -1,0 +1,138 @@
+//! Run checkpoints: model, EMA and optimiser state plus everything needed to resume exactly
+//! (step, data position, t-sampler state, config, codec), in one safetensors file written
+//! atomically under `<output_dir>/checkpoints/step-NNNNNNN.safetensors`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lpl_data::BatchCursor;
+use tch::Tensor;
+
+use crate::error::{Result, TrainError, invalid};
+
+/// `lpl.kind` of a run checkpoint.
+pub const KIND_RUN: &str = "run";
+
+/// What a checkpoint holds besides tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Where the data stream stands.
+    pub cursor: BatchCursor,
+    /// The t-sampler's generator state.
+    pub time_sampler_state: u64,
+    /// AdamW's update count.
+    pub adamw_step: i64,
+    /// The run config (TOML).
+    pub config_toml: String,
+    /// The codec of the latents (JSON).
+    pub codec_json: String,
+}
+
+/// The checkpoint directory of a run.
+pub fn checkpoint_dir(output_dir: &Path) -> PathBuf {
+    output_dir.join("checkpoints")
+}
+
+/// Path of the checkpoint at `step`.
+pub fn checkpoint_path(output_dir: &Path, step: usize) -> PathBuf {
+    checkpoint_dir(output_dir).join(format!("step-{step:07}.safetensors"))
+}
+
+/// Checkpoints of a run, oldest first.
+pub fn list_checkpoints(output_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(checkpoint_dir(output_dir)) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Writes a checkpoint atomically and keeps only the newest `keep` of the run.
+pub fn save(
+    output_dir: &Path,
+    state: &RunState,
+    tensors: Vec<(String, Tensor)>,
+    keep: usize,
+) -> Result<PathBuf> {
+    let meta = BTreeMap::from([
+        ("lpl.kind".to_string(), KIND_RUN.to_string()),
+        ("lpl.step".to_string(), state.step.to_string()),
+        ("lpl.cursor".to_string(), format!("{},{}", state.cursor.epoch, state.cursor.position)),
+        ("lpl.time_sampler".to_string(), state.time_sampler_state.to_string()),
+        ("lpl.adamw_step".to_string(), state.adamw_step.to_string()),
+        ("lpl.config".to_string(), state.config_toml.clone()),
+        ("lpl.codec".to_string(), state.codec_json.clone()),
+    ]);
+    let path = checkpoint_path(output_dir, state.step);
+    lpl_tensor_io::save(&tensors, &meta, &path)?;
+    let all = list_checkpoints(output_dir);
+    if all.len() > keep.max(1) {
+        for old in &all[..all.len() - keep.max(1)] {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    Ok(path)
+}
+
+fn field<'a>(meta: &'a BTreeMap<String, String>, key: &str, path: &Path) -> Result<&'a str> {
+    meta.get(key).map(String::as_str).ok_or_else(|| TrainError::ConfigFile {
+        path: path.to_path_buf(),
+        message: format!("metadata `{key}` missing: not an lpl run checkpoint"),
+    })
+}
+
+fn number<T: std::str::FromStr>(
+    meta: &BTreeMap<String, String>,
+    key: &str,
+    path: &Path,
+) -> Result<T> {
+    field(meta, key, path)?.parse().map_err(|_| TrainError::ConfigFile {
+        path: path.to_path_buf(),
+        message: format!("metadata `{key}` is not a number"),
+    })
+}
+
+/// Reads a checkpoint: its state and tensors. A truncated or corrupt file is an error naming
+/// it.
+pub fn load(path: &Path) -> Result<(RunState, BTreeMap<String, Tensor>)> {
+    let meta = lpl_tensor_io::read_metadata(path)?;
+    if field(&meta, "lpl.kind", path)? != KIND_RUN {
+        return Err(invalid("checkpoint", format!("{} is not a run checkpoint", path.display())));
+    }
+    let cursor = field(&meta, "lpl.cursor", path)?;
+    let (epoch, position) = cursor.split_once(',').unwrap_or(("", ""));
+    let bad_cursor = || TrainError::ConfigFile {
+        path: path.to_path_buf(),
+        message: format!("bad cursor `{cursor}`"),
+    };
+    let state = RunState {
+        step: number(&meta, "lpl.step", path)?,
+        cursor: BatchCursor {
+            epoch: epoch.parse().map_err(|_| bad_cursor())?,
+            position: position.parse().map_err(|_| bad_cursor())?,
+        },
+        time_sampler_state: number(&meta, "lpl.time_sampler", path)?,
+        adamw_step: number(&meta, "lpl.adamw_step", path)?,
+        config_toml: field(&meta, "lpl.config", path)?.to_string(),
+        codec_json: field(&meta, "lpl.codec", path)?.to_string(),
+    };
+    let tensors = lpl_tensor_io::read_tensors(path)?;
+    Ok((state, tensors))
+}
+
+/// The tensors under `prefix` with it stripped (`model.` -> variable names).
+pub fn strip_prefix(tensors: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
+    tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.shallow_clone())))
+        .collect()
+}

@@ -1,0 +1,314 @@
+//! The run config of `lpl train`: one TOML file, validated on load, every error naming the
+//! field (and, for syntax and unknown keys, the line).
+
+use std::path::{Path, PathBuf};
+
+use lpl_loss::LplConfig;
+use lpl_schedulers::{Guidance, Parameterization, SamplerConfig, ScheduleConfig, TimeSampling};
+use serde::{Deserialize, Serialize};
+
+use crate::adamw::AdamWConfig;
+use crate::ema::EmaConfig;
+use crate::error::{Result, TrainError, invalid};
+
+/// The training data: a latent cache built by `lpl cache`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The cache directory.
+    pub cache: PathBuf,
+    /// Use the cached horizontally flipped latents for a random half of each batch.
+    #[serde(default)]
+    pub flip: bool,
+}
+
+/// The denoiser: a preset whose input channels and size are set from the cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `dit-*` or `unet-*` preset.
+    pub preset: String,
+    /// Probability of dropping labels to the null class (classifier-free guidance).
+    #[serde(default)]
+    pub class_dropout_prob: Option<f64>,
+}
+
+/// Schedule, parameterisation and training-time t distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionConfig {
+    /// A schedule preset name (`dit`, `sd15`, `flow`, ...) ...
+    #[serde(default)]
+    pub schedule_preset: Option<String>,
+    /// ... or a full schedule.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// What the denoiser predicts.
+    pub parameterization: Parameterization,
+    /// Training-time t distribution.
+    #[serde(default)]
+    pub time_sampling: TimeSampling,
+}
+
+impl DiffusionConfig {
+    /// The schedule config (preset or explicit).
+    pub fn schedule(&self) -> Result<ScheduleConfig> {
+        match (&self.schedule, &self.schedule_preset) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, Some(p)) => ScheduleConfig::preset(p)
+                .map_err(|e| invalid("diffusion.schedule_preset", e.to_string())),
+            (None, None) => Err(invalid("diffusion", "give `schedule_preset` or `schedule`")),
+        }
+    }
+}
+
+/// The loss: MSE on the parameterisation's target, optionally min-SNR weighted, plus LPL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Min-SNR-gamma weighting of the MSE.
+    #[serde(default)]
+    pub min_snr_gamma: Option<f64>,
+    /// The latent perceptual loss (absent: MSE only).
+    #[serde(default)]
+    pub lpl: Option<LplConfig>,
+}
+
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_clip() -> Option<f64> {
+    Some(1.0)
+}
+
+/// Optimiser and learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Global gradient-norm clipping (`None`: off).
+    #[serde(default = "default_clip")]
+    pub grad_clip: Option<f64>,
+    /// AdamW first-moment decay.
+    #[serde(default = "beta1")]
+    pub beta1: f64,
+    /// AdamW second-moment decay.
+    #[serde(default = "beta2")]
+    pub beta2: f64,
+    /// AdamW epsilon.
+    #[serde(default = "adam_eps")]
+    pub eps: f64,
+    /// Decoupled weight decay (tensors of rank >= 2).
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn adam_eps() -> f64 {
+    1e-8
+}
+
+impl OptimConfig {
+    /// The AdamW part.
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+fn default_batch() -> usize {
+    64
+}
+fn default_log_every() -> usize {
+    50
+}
+fn default_keep() -> usize {
+    2
+}
+fn default_max_nonfinite() -> usize {
+    5
+}
+
+/// Loop settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimiser steps of this run (its step counter starts at 0, or where it resumes).
+    pub steps: usize,
+    /// Samples per step.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Progress and JSONL metrics every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Checkpoint every this many steps (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Checkpoints kept (the latest ones).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Non-finite losses in a row before stopping (each is skipped).
+    #[serde(default = "default_max_nonfinite")]
+    pub max_nonfinite: usize,
+    /// Seed of initialisation, data order, noise and t.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_count() -> usize {
+    64
+}
+
+/// How samples are drawn for grids and evaluation (from the EMA weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// The sampler.
+    pub sampler: SamplerConfig,
+    /// Classifier-free guidance.
+    #[serde(default)]
+    pub guidance: Guidance,
+    /// Images per grid.
+    #[serde(default = "default_count")]
+    pub count: usize,
+    /// Seed of the initial noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// Write a grid every this many steps (0: only at the end).
+    #[serde(default)]
+    pub every: usize,
+}
+
+/// `lpl train --config FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Where checkpoints, metrics and grids go.
+    pub output_dir: PathBuf,
+    /// The autoencoder of the cache (for LPL and for decoding samples).
+    pub autoencoder: PathBuf,
+    /// Training data.
+    pub data: DataConfig,
+    /// The denoiser.
+    pub model: ModelConfig,
+    /// Schedule and parameterisation.
+    pub diffusion: DiffusionConfig,
+    /// The loss.
+    #[serde(default = "no_lpl")]
+    pub loss: LossConfig,
+    /// The optimiser.
+    #[serde(default = "default_optim")]
+    pub optim: OptimConfig,
+    /// The loop.
+    pub train: TrainConfig,
+    /// The EMA.
+    #[serde(default)]
+    pub ema: EmaConfig,
+    /// Sampling for grids.
+    #[serde(default)]
+    pub sample: Option<SampleConfig>,
+}
+
+fn no_lpl() -> LossConfig {
+    LossConfig { min_snr_gamma: None, lpl: None }
+}
+
+fn default_optim() -> OptimConfig {
+    OptimConfig {
+        lr: default_lr(),
+        warmup_steps: 0,
+        grad_clip: default_clip(),
+        beta1: beta1(),
+        beta2: beta2(),
+        eps: adam_eps(),
+        weight_decay: 0.0,
+    }
+}
+
+impl RunConfig {
+    /// Parses TOML; `path` names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| TrainError::ConfigFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::ConfigFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The config as TOML (stored in checkpoints).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| invalid("config", e.to_string()))
+    }
+
+    /// Checks every field; the error names the first offending one.
+    pub fn validate(&self) -> Result<()> {
+        let schedule = self.diffusion.schedule()?;
+        schedule.validate().map_err(|e| invalid("diffusion.schedule", e.to_string()))?;
+        let s = lpl_schedulers::NoiseSchedule::new(&schedule)
+            .map_err(|e| invalid("diffusion.schedule", e.to_string()))?;
+        self.diffusion
+            .parameterization
+            .check(&s)
+            .map_err(|e| invalid("diffusion.parameterization", e.to_string()))?;
+        self.diffusion
+            .time_sampling
+            .validate()
+            .map_err(|e| invalid("diffusion.time_sampling", e.to_string()))?;
+        if let Some(lpl) = &self.loss.lpl {
+            lpl.validate().map_err(|e| invalid("loss.lpl", e.to_string()))?;
+        }
+        if let Some(g) = self.loss.min_snr_gamma
+            && (g.is_nan() || g <= 0.0)
+        {
+            return Err(invalid("loss.min_snr_gamma", format!("must be positive, got {g}")));
+        }
+        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
+            return Err(invalid("optim.lr", format!("must be positive, got {}", self.optim.lr)));
+        }
+        self.optim.adamw().validate()?;
+        if self.train.steps == 0 {
+            return Err(invalid("train.steps", "must be >= 1"));
+        }
+        if self.train.batch_size == 0 {
+            return Err(invalid("train.batch_size", "must be >= 1"));
+        }
+        if self.train.log_every == 0 {
+            return Err(invalid("train.log_every", "must be >= 1"));
+        }
+        if !(self.model.preset.starts_with("dit-") || self.model.preset.starts_with("unet-")) {
+            return Err(invalid(
+                "model.preset",
+                format!("`{}` is neither a dit-* nor a unet-* preset", self.model.preset),
+            ));
+        }
+        if let Some(sample) = &self.sample {
+            sample.sampler.validate(&s).map_err(|e| invalid("sample.sampler", e.to_string()))?;
+            sample.guidance.validate().map_err(|e| invalid("sample.guidance", e.to_string()))?;
+        }
+        Ok(())
+    }
+}

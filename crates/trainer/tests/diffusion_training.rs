@@ -1,0 +1,199 @@
+//! The diffusion training loop on a tiny synthetic latent cache: exact resume (a run of 2N
+//! steps equals N steps, a checkpoint, and a resumed run to 2N: bit-identical losses after N
+//! and bit-identical final weights), LPL on, init-from, config errors, damaged checkpoints.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lpl_autoencoder::{AutoencoderKl, AutoencoderKlConfig, checkpoint};
+use lpl_trainer::cache_building::{CacheOptions, build_cache};
+use lpl_trainer::diffusion_training::{Start, train};
+use lpl_trainer::run_checkpoint;
+use lpl_trainer::run_config::RunConfig;
+use tch::{Device, Kind, Tensor};
+
+/// A tiny AE checkpoint and a cache of 64 smooth 1-channel 16x16 images with 4 classes.
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let ae_path = dir.join("ae.safetensors");
+    let cache = dir.join("cache");
+    if cache.join("manifest.json").exists() {
+        return (ae_path, cache);
+    }
+    tch::manual_seed(0);
+    let config = AutoencoderKlConfig {
+        in_channels: 1,
+        out_channels: 1,
+        block_out_channels: vec![8, 8, 8],
+        norm_num_groups: 4,
+        scaling_factor: 1.0,
+        ..AutoencoderKlConfig::default()
+    };
+    let mut ae = AutoencoderKl::new(&config, Device::Cpu, Kind::Float).unwrap();
+    checkpoint::save_kl(&ae, &ae_path, &BTreeMap::new()).unwrap();
+    lpl_autoencoder::Autoencoder::set_requires_grad(&mut ae, false);
+    let coarse = Tensor::rand([64, 1, 4, 4], (Kind::Float, Device::Cpu));
+    let images =
+        (coarse.upsample_bilinear2d([16, 16], false, None, None) * 255.0).to_kind(Kind::Uint8);
+    let labels = Tensor::arange(64, (Kind::Int64, Device::Cpu)).remainder(4);
+    let options = CacheOptions {
+        pad_to: None,
+        shard_size: 40,
+        batch: 16,
+        flip: true,
+        num_classes: Some(4),
+        autoencoder_name: "test".into(),
+    };
+    build_cache(&ae, &images, Some(&labels), &options, &cache, Device::Cpu).unwrap();
+    (ae_path, cache)
+}
+
+fn config(dir: &Path, out: &str, steps: usize, lpl: bool) -> RunConfig {
+    let (ae, cache) = setup(dir);
+    let lpl = if lpl {
+        "[loss.lpl]\nnorm = \"pred_stats\"\nmask = true\nmask_source = \"target\"\nlayer_weights = \"inverse_upscale\"\n\
+         spatial_reduce = \"masked_mean\"\ndistance = \"l2\"\ngate = { kind = \"snr\", tau = 0.5 }\n\
+         batch_reduce = \"kept\"\npost_quant_conv = true\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"
+output_dir = "{out}"
+autoencoder = "{ae}"
+[data]
+cache = "{cache}"
+flip = true
+[model]
+preset = "dit-tiny"
+[diffusion]
+schedule_preset = "dit"
+parameterization = "v"
+[optim]
+lr = 1e-3
+warmup_steps = 3
+[train]
+steps = {steps}
+batch_size = 8
+log_every = 1
+checkpoint_every = 3
+seed = 5
+{lpl}
+[sample]
+sampler = {{ sampler = "ddim", steps = 4 }}
+guidance = {{ scale = 1.5 }}
+count = 8
+"#,
+        out = dir.join(out).display(),
+        ae = ae.display(),
+        cache = cache.display(),
+    );
+    RunConfig::from_toml(&text, Path::new("test.toml")).unwrap()
+}
+
+fn losses(out: &Path) -> BTreeMap<u64, f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// libtorch's generator is process-global: tests that train must not run concurrently in one
+/// process (cargo test threads), or they reseed each other's noise.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lpl-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn resume_is_bit_identical_with_lpl_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("resume");
+    let full = config(&dir, "full", 12, true);
+    let outcome = train(&full, Start::Fresh, Device::Cpu).unwrap();
+    assert_eq!(outcome.step, 12);
+    assert!(outcome.grid.as_ref().is_some_and(|g| g.exists()));
+    let half = config(&dir, "split", 6, true);
+    train(&half, Start::Fresh, Device::Cpu).unwrap();
+    let rest = config(&dir, "split", 12, true);
+    train(&rest, Start::Resume, Device::Cpu).unwrap();
+    let (a, b) = (losses(&dir.join("full")), losses(&dir.join("split")));
+    assert_eq!(a.len(), 12);
+    for step in 1..=12 {
+        assert_eq!(
+            a[&step].to_bits(),
+            b[&step].to_bits(),
+            "loss at step {step}: {} vs {}",
+            a[&step],
+            b[&step]
+        );
+    }
+    let (_, wa) =
+        run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("full"), 12)).unwrap();
+    let (_, wb) =
+        run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("split"), 12)).unwrap();
+    assert_eq!(wa.len(), wb.len());
+    for (k, v) in &wa {
+        assert!(v.equal(&wb[k]), "{k} differs");
+    }
+    // the LPL terms were logged
+    let last = std::fs::read_to_string(dir.join("full/metrics.jsonl")).unwrap();
+    assert!(last.contains("lpl_kept_fraction"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn init_from_and_guard_rails() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("init");
+    let pre = config(&dir, "pre", 3, false);
+    let outcome = train(&pre, Start::Fresh, Device::Cpu).unwrap();
+    // a fresh run refuses a directory with checkpoints
+    let err = train(&pre, Start::Fresh, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("--resume"), "{err}");
+    let post = config(&dir, "post", 3, true);
+    let post_outcome =
+        train(&post, Start::InitFrom(outcome.checkpoint.clone()), Device::Cpu).unwrap();
+    assert_eq!(post_outcome.step, 3);
+    // a truncated checkpoint is an error naming the file
+    let bytes = std::fs::read(&outcome.checkpoint).unwrap();
+    let damaged = dir.join("damaged.safetensors");
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = run_checkpoint::load(&damaged).unwrap_err().to_string();
+    assert!(msg.contains("damaged.safetensors"), "{msg}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("config");
+    let good = toml::to_string(&config(&dir, "x", 3, false)).unwrap();
+    let err =
+        |text: String| RunConfig::from_toml(&text, Path::new("run.toml")).unwrap_err().to_string();
+    let unknown = err(good.replace("batch_size", "batchsize"));
+    assert!(unknown.contains("batchsize") && unknown.contains("run.toml"), "{unknown}");
+    assert!(
+        err(good.replace("steps = 3", "steps = \"three\"")).contains("invalid type"),
+        "wrong type is named"
+    );
+    assert!(
+        err(good.replace("parameterization = \"v\"", "parameterization = \"flow\""))
+            .contains("`diffusion.parameterization`")
+    );
+    assert!(
+        err(good.replace("preset = \"dit-tiny\"", "preset = \"vit\"")).contains("`model.preset`")
+    );
+    let mut missing = config(&dir, "y", 3, false);
+    missing.data.cache = dir.join("nope");
+    let msg = train(&missing, Start::Fresh, Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("nope") && msg.contains("manifest.json"), "{msg}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
