@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::error::{Result, TrainError, invalid};
+use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
 use crate::progress;
 
 /// The dataset an autoencoder trains on.
@@ -147,21 +147,14 @@ pub struct AeTrainConfig {
 impl AeTrainConfig {
     /// Parses TOML text; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| TrainError::ConfigFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let config: Self = parse_toml(text, path)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::ConfigFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&read_text(path)?, path)
     }
 
     /// Checks every field; the error names the first offending one.

@@ -64,3 +64,18 @@ pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> TrainError {
     TrainError::InvalidConfig { field, reason: reason.into() }
 }
+
+/// Parses TOML `text` into `T`; errors name `path`, the key and the line.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &std::path::Path,
+) -> Result<T> {
+    toml::from_str(text)
+        .map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Reads a text file; errors name it.
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adamw::AdamWConfig;
 use crate::ema::EmaConfig;
-use crate::error::{Result, TrainError, invalid};
+use crate::error::{Result, invalid, parse_toml, read_text};
 
 /// The training data: a latent cache built by `lpl cache`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,21 +242,14 @@ fn default_optim() -> OptimConfig {
 impl RunConfig {
     /// Parses TOML; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| TrainError::ConfigFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let config: Self = parse_toml(text, path)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::ConfigFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&read_text(path)?, path)
     }
 
     /// The config as TOML (stored in checkpoints).
