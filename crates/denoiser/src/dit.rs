@@ -129,22 +129,33 @@ impl Default for DitConfig {
     }
 }
 
-/// Preset names: `dit-{s,b,l,xl}-{2,4,8}` and `dit-tiny`.
-pub const DIT_PRESETS: [&str; 13] = [
+/// Preset names: `dit-{s,b,l,xl}-{2,4,8}`, `dit-tiny` and `dit-mini`.
+pub const DIT_PRESETS: [&str; 14] = [
     "dit-s-2", "dit-s-4", "dit-s-8", "dit-b-2", "dit-b-4", "dit-b-8", "dit-l-2", "dit-l-4",
-    "dit-l-8", "dit-xl-2", "dit-xl-4", "dit-xl-8", "dit-tiny",
+    "dit-l-8", "dit-xl-2", "dit-xl-4", "dit-xl-8", "dit-tiny", "dit-mini",
 ];
 
 impl DitConfig {
     /// The published sizes (S: 12 x 384, B: 12 x 768, L: 24 x 1024, XL: 28 x 1152; 64-wide
     /// heads, 72 for XL) at 32x32x4 latents and 1000 classes, patch 2, 4 or 8; `dit-tiny`
-    /// (2 layers, 2 heads of 16, 8x8 input, 10 classes) for tests and the embedded default.
+    /// (2 layers, 2 heads of 16, 8x8 input, 10 classes) for tests; `dit-mini` (6 layers, 4 heads
+    /// of 32, 8x8 input, 10 classes) for the embedded Fashion-MNIST default.
     pub fn preset(name: &str) -> Result<Self> {
         let base = Self {
             num_embeds_ada_norm: Some(1000),
             shared_conditioning: Some(true),
             ..Self::default()
         };
+        if name == "dit-mini" {
+            return Ok(Self {
+                num_attention_heads: 4,
+                attention_head_dim: 32,
+                num_layers: 6,
+                sample_size: 8,
+                num_embeds_ada_norm: Some(10),
+                ..base
+            });
+        }
         if name == "dit-tiny" {
             return Ok(Self {
                 num_attention_heads: 2,
