@@ -116,14 +116,37 @@ pub fn open_autoencoder(config: &RunConfig, device: Device) -> Result<Box<dyn Au
 pub fn train(config: &RunConfig, start: Start, device: Device) -> Result<TrainOutcome> {
     config.validate()?;
     let cache = LatentCache::open(&config.data.cache)?;
+    let model =
+        build_model(config, cache.manifest.latent_shape, cache.manifest.num_classes, device)?;
+    train_model(config, model.as_ref(), start, device)
+}
+
+/// [`train`] with a denoiser built by the caller (a user's own [`Denoiser`]; `model.preset`
+/// of the config is then not used). Its input must match the cache's latents.
+pub fn train_model(
+    config: &RunConfig,
+    model: &dyn Denoiser,
+    start: Start,
+    device: Device,
+) -> Result<TrainOutcome> {
+    config.validate()?;
+    let cache = LatentCache::open(&config.data.cache)?;
     let ae = open_autoencoder(config, device)?;
     let codec: LatentCodec = cache.manifest.codec.clone();
     let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
     cache.check_autoencoder(&fingerprint, &codec)?;
+    if model.in_channels() != cache.manifest.latent_shape[0] {
+        return Err(invalid(
+            "model",
+            format!(
+                "the denoiser takes {} channels, the cache holds {}",
+                model.in_channels(),
+                cache.manifest.latent_shape[0]
+            ),
+        ));
+    }
     let schedule = NoiseSchedule::new(&config.diffusion.schedule()?)?.to_device(device);
     let param = config.diffusion.parameterization;
-    let model =
-        build_model(config, cache.manifest.latent_shape, cache.manifest.num_classes, device)?;
     let mut opt = AdamW::new(model.var_store(), config.optim.adamw())?;
     let mut ema = Ema::new(model.var_store(), config.ema.clone())?;
     let mut time_sampler =
@@ -323,7 +346,7 @@ pub fn train(config: &RunConfig, start: Start, device: Device) -> Result<TrainOu
             if periodic || step == total {
                 let path = config.output_dir.join("grids").join(format!("step-{step:07}.png"));
                 sampling::write_grid(
-                    model.as_ref(),
+                    model,
                     &ema,
                     ae.as_ref(),
                     &codec,
