@@ -12,8 +12,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::setup::{lpl_home, workspace_root};
 
-/// Reference packages the fixture scripts import, pinned.
-const REFERENCE_PACKAGES: [&str; 2] = ["diffusers==0.42.0", "safetensors"];
+/// Reference packages the fixture scripts import, pinned. None of them may pull another
+/// torch: the ones that would (through torchvision) are installed with `--no-deps` at the
+/// versions that match torch 2.11.
+const REFERENCE_PACKAGES: [&str; 3] = ["diffusers==0.42.0", "safetensors", "scipy"];
+const NO_DEPS_PACKAGES: [&str; 2] = ["torchvision==0.26.0", "pytorch-fid==0.3.0"];
 
 fn python() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("LPL_FIXTURE_PYTHON").filter(|p| !p.is_empty()) {
@@ -35,7 +38,10 @@ fn python() -> Result<PathBuf> {
 pub fn run() -> Result<()> {
     let python = python()?;
     let has_reference = Command::new(&python)
-        .args(["-c", "import diffusers, safetensors; assert diffusers.__version__ == '0.42.0'"])
+        .args([
+            "-c",
+            "import diffusers, safetensors, scipy, torchvision, pytorch_fid; assert diffusers.__version__ == '0.42.0'",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -49,6 +55,37 @@ pub fn run() -> Result<()> {
         if !status.success() {
             bail!("pip install {} failed ({status})", REFERENCE_PACKAGES.join(" "));
         }
+        let status = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--no-input",
+            ])
+            .args(NO_DEPS_PACKAGES)
+            .status()
+            .with_context(|| format!("could not run {}", python.display()))?;
+        if !status.success() {
+            bail!("pip install --no-deps {} failed ({status})", NO_DEPS_PACKAGES.join(" "));
+        }
+    }
+    let torch_ok = Command::new(&python)
+        .args([
+            "-c",
+            &format!(
+                "import torch; assert torch.__version__.split('+')[0] == '{}'",
+                lpl_torch_build::REQUIRED_TORCH_VERSION
+            ),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !torch_ok {
+        bail!(
+            "the fixture environment no longer has torch {}: rerun `cargo xtask setup`",
+            lpl_torch_build::REQUIRED_TORCH_VERSION
+        );
     }
     let root = workspace_root();
     let mut scripts = Vec::new();

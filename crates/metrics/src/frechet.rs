@@ -1,0 +1,154 @@
+//! Frechet distance between Gaussians fitted to feature sets (Heusel et al. 2017), in f64.
+//!
+//! `d = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))`, with the trace of the matrix
+//! square root computed stably as `sum sqrt(eig(sqrt(S1) S2 sqrt(S1)))`: a symmetric positive
+//! semi-definite eigenproblem (negative round-off eigenvalues clamped to 0), which also holds
+//! for rank-deficient covariances where a general `sqrtm(S1 S2)` struggles.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+/// Errors of the metrics crate's statistics.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// Shapes that do not fit together.
+    #[error("bad input: {0}")]
+    Input(String),
+    /// Reading or writing a statistics file failed.
+    #[error(transparent)]
+    File(#[from] lpl_tensor_io::TensorIoError),
+    /// A libtorch error.
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for StatsError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e.to_string())
+    }
+}
+
+/// Mean `(D,)` and unbiased covariance `(D, D)` of a feature set, f64 on the CPU.
+#[derive(Debug)]
+pub struct GaussianStats {
+    /// `(D,)`.
+    pub mu: Tensor,
+    /// `(D, D)`.
+    pub sigma: Tensor,
+    /// Number of feature vectors.
+    pub count: i64,
+}
+
+/// Streams feature batches `(B, D)` into sums, then gives [`GaussianStats`].
+#[derive(Debug)]
+pub struct StatsAccumulator {
+    sum: Tensor,
+    outer: Tensor,
+    count: i64,
+}
+
+impl StatsAccumulator {
+    /// Sums for `dim`-dimensional features.
+    pub fn new(dim: i64) -> Self {
+        let opts = (Kind::Double, Device::Cpu);
+        Self { sum: Tensor::zeros([dim], opts), outer: Tensor::zeros([dim, dim], opts), count: 0 }
+    }
+
+    /// Adds a batch `(B, D)` (any float dtype or device).
+    pub fn add(&mut self, features: &Tensor) -> Result<(), StatsError> {
+        let d = self.sum.size()[0];
+        if features.dim() != 2 || features.size()[1] != d {
+            return Err(StatsError::Input(format!(
+                "features must be (B, {d}), got {:?}",
+                features.size()
+            )));
+        }
+        let f = features.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?;
+        self.sum += f.f_sum_dim_intlist(0, false, Kind::Double)?;
+        self.outer += f.f_transpose(0, 1)?.f_matmul(&f)?;
+        self.count += f.size()[0];
+        Ok(())
+    }
+
+    /// Mean and unbiased covariance (`np.cov(features, rowvar=False)`); needs >= 2 vectors.
+    pub fn finish(&self) -> Result<GaussianStats, StatsError> {
+        if self.count < 2 {
+            return Err(StatsError::Input(format!(
+                "{} feature vectors: need at least 2",
+                self.count
+            )));
+        }
+        let n = self.count as f64;
+        let mu = &self.sum / n;
+        let sigma = (&self.outer - mu.outer(&mu) * n) / (n - 1.0);
+        Ok(GaussianStats { mu, sigma, count: self.count })
+    }
+}
+
+impl GaussianStats {
+    /// Writes `mu`, `sigma` and the count atomically as safetensors.
+    pub fn save(&self, path: &Path) -> Result<(), StatsError> {
+        let meta = BTreeMap::from([("lpl.count".to_string(), self.count.to_string())]);
+        let tensors = vec![
+            ("mu".to_string(), self.mu.shallow_clone()),
+            ("sigma".to_string(), self.sigma.shallow_clone()),
+        ];
+        Ok(lpl_tensor_io::save(&tensors, &meta, path)?)
+    }
+
+    /// Reads statistics written by [`Self::save`] (or any file with `mu` (D,), `sigma` (D, D)).
+    pub fn load(path: &Path) -> Result<Self, StatsError> {
+        let t = lpl_tensor_io::read_tensors(path)?;
+        let get = |k: &str| {
+            t.get(k)
+                .map(|x| x.to_kind(Kind::Double))
+                .ok_or_else(|| StatsError::Input(format!("{}: no tensor `{k}`", path.display())))
+        };
+        let (mu, sigma) = (get("mu")?, get("sigma")?);
+        let d = mu.size()[0];
+        if mu.dim() != 1 || sigma.size() != [d, d] {
+            return Err(StatsError::Input(format!(
+                "{}: mu {:?} and sigma {:?} do not fit",
+                path.display(),
+                mu.size(),
+                sigma.size()
+            )));
+        }
+        let count = lpl_tensor_io::read_metadata(path)?
+            .get("lpl.count")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok(Self { mu, sigma, count })
+    }
+}
+
+/// Symmetric PSD square root by eigendecomposition (eigenvalues clamped at 0).
+fn sqrt_psd(s: &Tensor) -> Result<Tensor, StatsError> {
+    let sym = (s + s.f_transpose(0, 1)?) * 0.5;
+    let (vals, vecs) = sym.f_linalg_eigh("L")?;
+    let root = vals.f_clamp_min(0.0)?.f_sqrt()?;
+    Ok(vecs.f_mul(&root.f_unsqueeze(0)?)?.f_matmul(&vecs.f_transpose(0, 1)?)?)
+}
+
+/// The Frechet distance between two Gaussians (f64).
+pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64, StatsError> {
+    let d = a.mu.size()[0];
+    if b.mu.size() != [d] || a.sigma.size() != [d, d] || b.sigma.size() != [d, d] {
+        return Err(StatsError::Input(format!(
+            "dimensions differ: {:?} vs {:?}",
+            a.mu.size(),
+            b.mu.size()
+        )));
+    }
+    let diff = &a.mu - &b.mu;
+    let root_a = sqrt_psd(&a.sigma)?;
+    let inner = root_a.f_matmul(&b.sigma)?.f_matmul(&root_a)?;
+    let inner = (&inner + inner.f_transpose(0, 1)?) * 0.5;
+    let eig = inner.f_linalg_eigvalsh("L")?;
+    let tr_covmean = f64::try_from(eig.f_clamp_min(0.0)?.f_sqrt()?.f_sum(Kind::Double)?)?;
+    let mean_term = f64::try_from(diff.f_dot(&diff)?)?;
+    let traces = f64::try_from(a.sigma.f_trace()? + b.sigma.f_trace()?)?;
+    Ok(mean_term + traces - 2.0 * tr_covmean)
+}
