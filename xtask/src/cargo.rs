@@ -61,6 +61,14 @@ pub fn lint() -> Result<()> {
     run(clippy, "cargo clippy")
 }
 
+/// The benchmarks that exist so far (`cargo bench`, release profile), forwarding `extra`
+/// (e.g. `-- --batch 4 --device cuda`).
+pub fn bench(extra: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "--package", "lpl-loss", "--bench", "overhead"]).args(extra);
+    run(cmd, "cargo bench (lpl overhead)")
+}
+
 /// `lpl doctor` through cargo, so it is built with the libtorch that setup chose.
 pub fn doctor() -> Result<()> {
     let mut cmd = cargo();

@@ -5,7 +5,8 @@
 //! - `test [ARGS...]`: setup, then the whole workspace test suite (nextest when installed);
 //! - `fixtures`: regenerate golden fixtures with the pinned Python references;
 //! - `lint`: `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`;
-//! - `ablate`, `bench`: the main job and the benchmarks (not implemented yet).
+//! - `bench`: the benchmarks that exist so far (LPL overhead);
+//! - `ablate`: the main job (not implemented yet).
 //!
 //! xtask does not depend on `tch`, so it builds and runs before libtorch exists.
 
@@ -28,7 +29,8 @@ commands:
   fixtures         regenerate the golden fixtures with the pinned Python references
   lint             cargo fmt --check and cargo clippy --workspace --all-targets -D warnings
   ablate           the MSE vs MSE+LPL ablation (not implemented yet)
-  bench            the benchmarks (not implemented yet)";
+  bench [ARGS..]   the benchmarks so far: LPL overhead per decoder depth (time and peak
+                   memory vs the MSE step); ARGS after `--` go to the bench";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -43,7 +45,8 @@ fn main() -> ExitCode {
         "test" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::test(&rest)),
         "lint" => cargo::lint(),
         "fixtures" => setup::run().and_then(|_| fixtures::run()),
-        "ablate" | "bench" => setup::run().and_then(|_| {
+        "bench" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::bench(&rest)),
+        "ablate" => setup::run().and_then(|_| {
             anyhow::bail!("`cargo xtask {command}` is not implemented yet (see the open issues)")
         }),
         "-h" | "--help" | "help" => {
