@@ -244,7 +244,7 @@ impl<'a> LatentPerceptualLoss<'a> {
             };
             columns.push(reduced.mean_dim(1, false, Kind::Float) * (plan.weight / n_layers)); // (K,)
             masked.push(match &mask {
-                Some(m) => 1.0 - m.mean(Kind::Float),
+                Some(m) => m.le(0.5).to_kind(Kind::Float).mean(Kind::Float),
                 None => Tensor::zeros([], (Kind::Float, x.device())),
             });
         }
