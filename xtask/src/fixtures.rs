@@ -3,7 +3,7 @@
 //!
 //! Uses the managed environment's Python (`LPL_FIXTURE_PYTHON` overrides it), installs the
 //! pinned reference packages into it when missing, then runs every
-//! `crates/*/tests/fixtures/make_fixtures.py` from the workspace root.
+//! `crates/*/tests/fixtures/make_*.py` from the workspace root.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -16,7 +16,8 @@ use crate::setup::{lpl_home, workspace_root};
 /// torch: the ones that would (through torchvision) are installed with `--no-deps` at the
 /// versions that match torch 2.11.
 const REFERENCE_PACKAGES: [&str; 3] = ["diffusers==0.42.0", "safetensors", "scipy"];
-const NO_DEPS_PACKAGES: [&str; 2] = ["torchvision==0.26.0", "pytorch-fid==0.3.0"];
+const NO_DEPS_PACKAGES: [&str; 3] =
+    ["torchvision==0.26.0", "pytorch-fid==0.3.0", "efficientnet-lite-pytorch==0.1.0"];
 
 fn python() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("LPL_FIXTURE_PYTHON").filter(|p| !p.is_empty()) {
@@ -40,7 +41,7 @@ pub fn run() -> Result<()> {
     let has_reference = Command::new(&python)
         .args([
             "-c",
-            "import diffusers, safetensors, scipy, torchvision, pytorch_fid; assert diffusers.__version__ == '0.42.0'",
+            "import diffusers, safetensors, scipy, torchvision, pytorch_fid, efficientnet_lite_pytorch; assert diffusers.__version__ == '0.42.0'",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -90,9 +91,12 @@ pub fn run() -> Result<()> {
     let root = workspace_root();
     let mut scripts = Vec::new();
     for entry in std::fs::read_dir(root.join("crates"))?.flatten() {
-        let script = entry.path().join("tests/fixtures/make_fixtures.py");
-        if script.exists() {
-            scripts.push(script);
+        let Ok(files) = std::fs::read_dir(entry.path().join("tests/fixtures")) else { continue };
+        for file in files.flatten() {
+            let name = file.file_name().to_string_lossy().to_string();
+            if name.starts_with("make_") && name.ends_with(".py") {
+                scripts.push(file.path());
+            }
         }
     }
     scripts.sort();

@@ -1,0 +1,68 @@
+//! EfficientNet-Lite0 with its real ImageNet weights matches the reference implementation
+//! (PyPI `efficientnet-lite-pytorch`; fixtures/make_effnet_fixture.py) to 1e-4 relative on
+//! features and logits (f32, same kernels in a different graph). Skipped, saying so, when the
+//! converted weights are absent (`cargo xtask test` makes them).
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+
+use lpl_metrics::effnet::{EfficientNetLite0, preprocess};
+use tch::{Device, Kind, Tensor};
+
+fn weights() -> Option<PathBuf> {
+    let home = std::env::var_os("LPL_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lpl")))?;
+    let path = home.join("assets/efficientnet-lite0.pth");
+    if path.is_file() {
+        Some(path)
+    } else {
+        println!("SKIPPED: {} not found (`cargo xtask test` converts it)", path.display());
+        None
+    }
+}
+
+fn input() -> Tensor {
+    let mut v = Vec::with_capacity(2 * 3 * 224 * 224);
+    for b in 0..2 {
+        for c in 0..3 {
+            for h in 0..224 {
+                for w in 0..224 {
+                    let x = (0.05 * ((h + 1) * (c + 1)) as f64 + 0.07 * (w * (b + 1)) as f64).sin()
+                        * 1.5;
+                    v.push(x as f32);
+                }
+            }
+        }
+    }
+    Tensor::from_slice(&v).view([2, 3, 224, 224])
+}
+
+#[test]
+fn matches_the_reference_implementation() {
+    let Some(path) = weights() else { return };
+    let model = EfficientNetLite0::from_file(&path, Device::Cpu).unwrap();
+    let golden: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/effnet_lite0.safetensors"),
+    )
+    .unwrap()
+    .into_iter()
+    .collect();
+    let x = input();
+    let (feats, logits) = tch::no_grad(|| (model.features(&x), model.logits(&x)));
+    let rel = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max() / b.abs().max()).unwrap();
+    let (ef, el) = (rel(&feats, &golden["features"]), rel(&logits, &golden["logits"]));
+    println!("EfficientNet-Lite0: features {ef:.1e}, logits {el:.1e} (relative to the max)");
+    assert!(ef < 1e-4 && el < 1e-4);
+    assert_eq!(feats.size(), vec![2, 1280]);
+}
+
+#[test]
+fn preprocessing_maps_grey_to_rgb_at_224() {
+    let grey = Tensor::full([2, 1, 32, 32], 0.5, (Kind::Float, Device::Cpu));
+    let x = preprocess(&grey);
+    assert_eq!(x.size(), vec![2, 3, 224, 224]);
+    let v = f64::try_from(x.mean(Kind::Float)).unwrap();
+    assert!((v - (127.5 - 127.0) / 128.0).abs() < 1e-6, "{v}");
+}
