@@ -34,6 +34,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Sample an image grid from a run's EMA weights.
     Sample(cli::train::SampleArgs),
+    /// Sample from a run and print FD-EffNet against the Fashion-MNIST test split.
+    Eval(cli::train::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Cache(args) => cli::train::cache(args),
         Command::Train(args) => cli::train::train(args),
         Command::Sample(args) => cli::train::sample(args),
+        Command::Eval(args) => cli::train::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

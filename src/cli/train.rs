@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use lpl_data::{FashionMnist, LatentCache, Split};
+use lpl_data::{FashionMnist, Split};
 use lpl_schedulers::{NoiseSchedule, SamplerConfig, SamplerKind};
 use lpl_trainer::cache_building::{CacheOptions, build_cache};
 use lpl_trainer::diffusion_training::{self, Start};
-use lpl_trainer::run_checkpoint;
+use lpl_trainer::evaluation::TrainedRun;
 use lpl_trainer::run_config::{RunConfig, SampleConfig};
 use tch::Kind;
 
@@ -160,73 +160,150 @@ pub struct SampleArgs {
     device: String,
 }
 
-/// Samples a grid from a run's EMA weights.
-pub fn sample(args: SampleArgs) -> Result<()> {
-    let device = super::parse_device(&args.device)?;
-    let ckpt = if args.run.is_dir() {
-        run_checkpoint::list_checkpoints(&args.run)
-            .last()
-            .cloned()
-            .with_context(|| format!("no checkpoint in {}", args.run.display()))?
-    } else {
-        args.run.clone()
-    };
-    let (state, tensors) = run_checkpoint::load(&ckpt)?;
-    let config = RunConfig::from_toml(&state.config_toml, &ckpt)?;
-    let cache = LatentCache::open(&config.data.cache).context("opening the run's latent cache")?;
-    let ae = diffusion_training::open_autoencoder(&config, device)?;
-    let codec = lpl_autoencoder::LatentCodec::from_json(&state.codec_json)?;
-    let model = diffusion_training::build_model(
-        &config,
-        cache.manifest.latent_shape,
-        cache.manifest.num_classes,
-        device,
-    )?;
-    lpl_tensor_io::load_into(
-        model.var_store(),
-        &run_checkpoint::strip_prefix(&tensors, "ema."),
-        &ckpt,
-    )?;
-    let schedule = NoiseSchedule::new(&config.diffusion.schedule()?)?.to_device(device);
-    let param = config.diffusion.parameterization;
-    let kind = match args.sampler.as_deref() {
+fn parse_sampler(name: Option<&str>, schedule: &NoiseSchedule) -> Result<SamplerKind> {
+    Ok(match name {
         None => match schedule {
             NoiseSchedule::Flow(_) => SamplerKind::FlowEuler,
             NoiseSchedule::Discrete(_) => SamplerKind::Ddim,
         },
         Some(name) => serde_json::from_value(serde_json::Value::String(name.to_string()))
             .with_context(|| format!("unknown sampler `{name}`"))?,
-    };
+    })
+}
+
+/// Samples `count` images (labels cycling over the classes) from a run, pixels in [0, 1].
+fn sample_images(
+    run: &TrainedRun,
+    sampler: Option<&str>,
+    steps: usize,
+    guidance: f64,
+    count: usize,
+    seed: u64,
+    device: tch::Device,
+) -> Result<tch::Tensor> {
     let sample = SampleConfig {
-        sampler: SamplerConfig::new(kind, args.steps),
-        guidance: lpl_schedulers::Guidance::new(args.guidance),
-        count: args.count,
-        seed: args.seed,
+        sampler: SamplerConfig::new(parse_sampler(sampler, &run.schedule)?, steps),
+        guidance: lpl_schedulers::Guidance::new(guidance),
+        count,
+        seed,
         every: 0,
     };
-    let n = args.count as i64;
-    let classes = cache.manifest.num_classes;
-    let labels =
-        classes.map(|k| tch::Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(k));
+    let n = count as i64;
+    let labels = run
+        .num_classes
+        .map(|k| tch::Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(k));
     let latents = lpl_trainer::sampling::sample_latents(
-        model.as_ref(),
-        &schedule,
-        param,
+        run.model.as_ref(),
+        &run.schedule,
+        run.parameterization,
         &sample,
         labels.as_ref(),
-        &cache.manifest.latent_shape,
+        &run.latent_shape,
         n,
         device,
     )?;
-    let images = lpl_trainer::sampling::decode(ae.as_ref(), &codec, &latents)?;
-    let grid = lpl_metrics::grid::make_grid(&images, classes.unwrap_or(8), 2);
+    Ok(lpl_trainer::sampling::decode(run.ae.as_ref(), &run.codec, &latents)?)
+}
+
+/// Samples a grid from a run's EMA weights.
+pub fn sample(args: SampleArgs) -> Result<()> {
+    let device = super::parse_device(&args.device)?;
+    let run = TrainedRun::open(&args.run, device)?;
+    let images = sample_images(
+        &run,
+        args.sampler.as_deref(),
+        args.steps,
+        args.guidance,
+        args.count,
+        args.seed,
+        device,
+    )?;
+    let grid = lpl_metrics::grid::make_grid(&images, run.num_classes.unwrap_or(8), 2);
     lpl_data::folder::write_png(&grid, &args.out)?;
     println!(
         "{} samples from {} (step {}) -> {}",
-        n,
-        ckpt.display(),
-        state.step,
+        args.count,
+        run.checkpoint.display(),
+        run.step,
         args.out.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `lpl eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A run directory (its latest checkpoint) or a checkpoint file.
+    #[arg(long)]
+    run: PathBuf,
+    /// Generated and real images each.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Sampler (default: ddim, or flow_euler for flow runs).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f64,
+    /// Seed of the initial noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// EfficientNet-Lite0 weights (default: $LPL_HOME/assets/efficientnet-lite0.pth).
+    #[arg(long)]
+    effnet: Option<PathBuf>,
+    /// Directory of the Fashion-MNIST files (default: the system location).
+    #[arg(long)]
+    dataset_dir: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// Samples from a run and prints FD-EffNet against the Fashion-MNIST test split.
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let device = super::parse_device(&args.device)?;
+    let run = TrainedRun::open(&args.run, device)?;
+    let weights = match args.effnet.clone().or_else(lpl_trainer::evaluation::default_effnet_weights)
+    {
+        Some(p) if p.is_file() => p,
+        other => bail!(
+            "EfficientNet-Lite0 weights not found ({}); `cargo xtask test` converts them, or pass --effnet",
+            other.map_or("no LPL_HOME".to_string(), |p| p.display().to_string())
+        ),
+    };
+    let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)?;
+    let fake = sample_images(
+        &run,
+        args.sampler.as_deref(),
+        args.steps,
+        args.guidance,
+        args.count,
+        args.seed,
+        device,
+    )?;
+    let test = FashionMnist::load(args.dataset_dir.as_deref(), Split::Test)?;
+    let (_, _, h, _) = fake.size4()?;
+    let real = lpl_data::preprocess::to_unit_range(&lpl_data::preprocess::pad_to(
+        &test.images.narrow(0, 0, args.count as i64),
+        h,
+    )?)?;
+    let fd = lpl_trainer::evaluation::fd_effnet(&net, &real, &fake, device)?;
+    println!("| run | step | samples | sampler steps | guidance | FD-EffNet |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {fd:.3} |",
+        args.run.display(),
+        run.step,
+        args.count,
+        args.steps,
+        args.guidance
+    );
+    println!(
+        "{}",
+        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.steps, "guidance": args.guidance, "fd_effnet": fd})
     );
     Ok(())
 }

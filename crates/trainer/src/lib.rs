@@ -17,6 +17,7 @@ pub mod cache_building;
 pub mod diffusion_training;
 pub mod ema;
 mod error;
+pub mod evaluation;
 pub mod progress;
 pub mod run_checkpoint;
 pub mod run_config;
