@@ -36,6 +36,8 @@ enum Command {
     Sample(cli::train::SampleArgs),
     /// Sample from a run and print FD-EffNet against the Fashion-MNIST test split.
     Eval(cli::train::EvalArgs),
+    /// MSE vs MSE + LPL: pre-train, fork, evaluate, report (resumable).
+    Ablate(cli::train::AblateArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::train(args),
         Command::Sample(args) => cli::train::sample(args),
         Command::Eval(args) => cli::train::eval(args),
+        Command::Ablate(args) => cli::train::ablate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

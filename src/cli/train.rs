@@ -307,3 +307,33 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// Arguments of `lpl ablate`.
+#[derive(Args)]
+pub struct AblateArgs {
+    /// The ablation config (TOML).
+    #[arg(long, default_value = "configs/ablate-default.toml")]
+    config: PathBuf,
+    /// The small smoke version (one seed, eps, a few hundred steps).
+    #[arg(long)]
+    quick: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// Runs (or resumes) an ablation and prints its table.
+pub fn ablate(args: AblateArgs) -> Result<()> {
+    let mut config = lpl_trainer::ablation::AblationConfig::from_file(&args.config)?;
+    if args.quick {
+        config = config.quick();
+    }
+    lpl_trainer::ablation::run_ablation(
+        &config,
+        &args.config,
+        args.quick,
+        super::parse_device(&args.device)?,
+    )?;
+    println!("report: {}", config.output_dir.join("report.md").display());
+    Ok(())
+}

@@ -69,6 +69,13 @@ pub fn bench(extra: &[String]) -> Result<()> {
     run(cmd, "cargo bench (lpl overhead)")
 }
 
+/// `lpl ablate` through cargo (`extra`: `--quick`, `--config FILE`, `--device ...`).
+pub fn ablate(extra: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "--package", "lpl", "--", "ablate"]).args(extra);
+    run(cmd, "lpl ablate")
+}
+
 /// `lpl doctor` through cargo, so it is built with the libtorch that setup chose.
 pub fn doctor() -> Result<()> {
     let mut cmd = cargo();

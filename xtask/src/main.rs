@@ -6,7 +6,7 @@
 //! - `fixtures`: regenerate golden fixtures with the pinned Python references;
 //! - `lint`: `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`;
 //! - `bench`: the benchmarks that exist so far (LPL overhead);
-//! - `ablate`: the main job (not implemented yet).
+//! - `ablate`: the main job, `lpl ablate` on the embedded default.
 //!
 //! xtask does not depend on `tch`, so it builds and runs before libtorch exists.
 
@@ -28,7 +28,9 @@ commands:
                    cargo test); ARGS are forwarded to the test runner
   fixtures         regenerate the golden fixtures with the pinned Python references
   lint             cargo fmt --check and cargo clippy --workspace --all-targets -D warnings
-  ablate           the MSE vs MSE+LPL ablation (not implemented yet)
+  ablate [ARGS..]  the MSE vs MSE+LPL ablation on Fashion-MNIST (configs/ablate-default.toml):
+                   autoencoder, latent cache, MSE pre-training, MSE and MSE+LPL continuations
+                   over seeds, FD-EffNet, report.md; `--quick` for a smoke run; resumable
   bench [ARGS..]   the benchmarks so far: LPL overhead per decoder depth (time and peak
                    memory vs the MSE step); ARGS after `--` go to the bench";
 
@@ -46,9 +48,7 @@ fn main() -> ExitCode {
         "lint" => cargo::lint(),
         "fixtures" => setup::run().and_then(|_| fixtures::run()),
         "bench" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::bench(&rest)),
-        "ablate" => setup::run().and_then(|_| {
-            anyhow::bail!("`cargo xtask {command}` is not implemented yet (see the open issues)")
-        }),
+        "ablate" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::ablate(&rest)),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())

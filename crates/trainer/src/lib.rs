@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ablation;
 pub mod adamw;
 pub mod ae_training;
 pub mod cache_building;
