@@ -157,6 +157,10 @@ pub fn run_ablation(
     let mut ae_config = AeTrainConfig::from_file(&config.autoencoder_config)?;
     ae_config.output_dir = out.join("ae");
     ae_config.train.steps = config.autoencoder_steps;
+    if quick {
+        ae_config.eval.test_images = ae_config.eval.test_images.clamp(1, 500);
+        ae_config.eval.codec_images = ae_config.eval.codec_images.min(1000);
+    }
     let ae_path = ae_config.output_dir.join("autoencoder.safetensors");
     let train_images = load_split(&ae_config.data, Split::Train)?;
     if !ae_path.is_file() {
