@@ -131,6 +131,24 @@ pub fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Sampler, steps, guidance and seed of `lpl sample` and `lpl eval`.
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// ddpm, ddim, euler, heun, dpm_solver_pp_2m, flow_euler, flow_heun (default: ddim, or
+    /// flow_euler for flow runs).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f64,
+    /// Seed of the initial noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 /// Arguments of `lpl sample`.
 #[derive(Args)]
 pub struct SampleArgs {
@@ -143,18 +161,9 @@ pub struct SampleArgs {
     /// Images.
     #[arg(long, default_value_t = 64)]
     count: usize,
-    /// ddpm, ddim, euler, heun, dpm_solver_pp_2m, flow_euler, flow_heun.
-    #[arg(long)]
-    sampler: Option<String>,
-    /// Sampler steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
-    /// Seed of the initial noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// How to sample.
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -174,18 +183,18 @@ fn parse_sampler(name: Option<&str>, schedule: &NoiseSchedule) -> Result<Sampler
 /// Samples `count` images (labels cycling over the classes) from a run, pixels in [0, 1].
 fn sample_images(
     run: &TrainedRun,
-    sampler: Option<&str>,
-    steps: usize,
-    guidance: f64,
+    args: &SamplingArgs,
     count: usize,
-    seed: u64,
     device: tch::Device,
 ) -> Result<tch::Tensor> {
     let sample = SampleConfig {
-        sampler: SamplerConfig::new(parse_sampler(sampler, &run.schedule)?, steps),
-        guidance: lpl_schedulers::Guidance::new(guidance),
+        sampler: SamplerConfig::new(
+            parse_sampler(args.sampler.as_deref(), &run.schedule)?,
+            args.steps,
+        ),
+        guidance: lpl_schedulers::Guidance::new(args.guidance),
         count,
-        seed,
+        seed: args.seed,
         every: 0,
     };
     let n = count as i64;
@@ -209,15 +218,7 @@ fn sample_images(
 pub fn sample(args: SampleArgs) -> Result<()> {
     let device = super::parse_device(&args.device)?;
     let run = TrainedRun::open(&args.run, device)?;
-    let images = sample_images(
-        &run,
-        args.sampler.as_deref(),
-        args.steps,
-        args.guidance,
-        args.count,
-        args.seed,
-        device,
-    )?;
+    let images = sample_images(&run, &args.sampling, args.count, device)?;
     let grid = lpl_metrics::grid::make_grid(&images, run.num_classes.unwrap_or(8), 2);
     lpl_data::folder::write_png(&grid, &args.out)?;
     println!(
@@ -239,18 +240,9 @@ pub struct EvalArgs {
     /// Generated and real images each.
     #[arg(long, default_value_t = 1000)]
     count: usize,
-    /// Sampler (default: ddim, or flow_euler for flow runs).
-    #[arg(long)]
-    sampler: Option<String>,
-    /// Sampler steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
-    /// Seed of the initial noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// How to sample.
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// EfficientNet-Lite0 weights (default: $LPL_HOME/assets/efficientnet-lite0.pth).
     #[arg(long)]
     effnet: Option<PathBuf>,
@@ -275,15 +267,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         ),
     };
     let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)?;
-    let fake = sample_images(
-        &run,
-        args.sampler.as_deref(),
-        args.steps,
-        args.guidance,
-        args.count,
-        args.seed,
-        device,
-    )?;
+    let fake = sample_images(&run, &args.sampling, args.count, device)?;
     let test = FashionMnist::load(args.dataset_dir.as_deref(), Split::Test)?;
     let (_, _, h, _) = fake.size4()?;
     let real = lpl_data::preprocess::to_unit_range(&lpl_data::preprocess::pad_to(
@@ -298,12 +282,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         args.run.display(),
         run.step,
         args.count,
-        args.steps,
-        args.guidance
+        args.sampling.steps,
+        args.sampling.guidance
     );
     println!(
         "{}",
-        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.steps, "guidance": args.guidance, "fd_effnet": fd})
+        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.sampling.steps, "guidance": args.sampling.guidance, "fd_effnet": fd})
     );
     Ok(())
 }
