@@ -274,20 +274,27 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &test.images.narrow(0, 0, args.count as i64),
         h,
     )?)?;
-    let fd = lpl_trainer::evaluation::fd_effnet(&net, &real, &fake, device)?;
-    println!("| run | step | samples | sampler steps | guidance | FD-EffNet |");
-    println!("|---|---|---|---|---|---|");
+    let m = lpl_trainer::evaluation::effnet_metrics(&net, &real, &fake, device)?;
+    let fd = m.fd_effnet;
     println!(
-        "| {} | {} | {} | {} | {} | {fd:.3} |",
+        "| run | step | samples | sampler steps | guidance | FD-EffNet | precision | recall | density | coverage |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {fd:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
         args.run.display(),
         run.step,
         args.count,
         args.sampling.steps,
-        args.sampling.guidance
+        args.sampling.guidance,
+        m.precision,
+        m.recall,
+        m.density,
+        m.coverage
     );
     println!(
         "{}",
-        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.sampling.steps, "guidance": args.sampling.guidance, "fd_effnet": fd})
+        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.sampling.steps, "guidance": args.sampling.guidance, "metrics": m})
     );
     Ok(())
 }

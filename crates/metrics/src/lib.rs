@@ -3,8 +3,8 @@
 //! What an ablation table reports: Frechet distances between Gaussian feature statistics (f64,
 //! a stable matrix square root, streaming accumulation, saved statistics) ([`frechet`]),
 //! [`psnr`] for reconstructions, image grids ([`grid`]), and the EfficientNet-Lite0 feature
-//! network with its ImageNet weights ([`effnet`]). To come: pytorch-fid's Inception,
-//! precision/recall, density/coverage and power spectra.
+//! network with its ImageNet weights ([`effnet`]), precision/recall and density/coverage
+//! ([`prdc`]). To come: pytorch-fid's Inception and power spectra.
 //!
 //! Depends on nothing else of lpl.
 
@@ -13,8 +13,10 @@
 pub mod effnet;
 pub mod frechet;
 pub mod grid;
+pub mod prdc;
 pub mod psnr;
 
 pub use effnet::EfficientNetLite0;
 pub use frechet::{GaussianStats, StatsAccumulator, StatsError, frechet_distance};
+pub use prdc::{Prdc, prdc};
 pub use psnr::psnr;

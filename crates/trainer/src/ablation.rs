@@ -19,7 +19,7 @@ use crate::ae_training::{AeTrainConfig, load_split, train_autoencoder};
 use crate::cache_building::{CacheOptions, build_cache};
 use crate::diffusion_training::{Start, train};
 use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
-use crate::evaluation::{TrainedRun, default_effnet_weights, fd_effnet};
+use crate::evaluation::{EffnetMetrics, TrainedRun, default_effnet_weights, effnet_metrics};
 use crate::run_checkpoint;
 use crate::run_config::{RunConfig, SampleConfig};
 
@@ -108,8 +108,8 @@ pub struct ArmResult {
     pub seed: u64,
     /// `mse` or `lpl`.
     pub arm: String,
-    /// FD-EffNet against the Fashion-MNIST test split.
-    pub fd_effnet: f64,
+    /// FD-EffNet, precision, recall, density and coverage against the test split.
+    pub metrics: EffnetMetrics,
     /// The run directory.
     pub run: PathBuf,
 }
@@ -235,14 +235,16 @@ pub fn run_ablation(
                 run.loss.lpl = (arm == "lpl").then(|| config.lpl.clone());
                 run_or_resume(&run, Some(&pre_ckpt), device)?;
                 let eval_file = run.output_dir.join("eval.json");
-                let fd = match std::fs::read_to_string(&eval_file)
+                let cached = std::fs::read_to_string(&eval_file)
                     .ok()
                     .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                {
-                    Some(v) if v["count"] == config.eval_count && v["fd_effnet"].is_f64() => {
-                        v["fd_effnet"].as_f64().unwrap_or(f64::NAN)
-                    }
-                    _ => {
+                    .filter(|v| v["count"] == config.eval_count)
+                    .and_then(|v| {
+                        serde_json::from_value::<EffnetMetrics>(v["metrics"].clone()).ok()
+                    });
+                let metrics = match cached {
+                    Some(m) => m,
+                    None => {
                         let trained = TrainedRun::open(&run.output_dir, device)?;
                         let sample = SampleConfig {
                             sampler: SamplerConfig::new(
@@ -276,19 +278,19 @@ pub fn run_ablation(
                             2,
                         );
                         lpl_data::folder::write_png(&grid, &run.output_dir.join("samples.png"))?;
-                        let fd = fd_effnet(&effnet, &real, &fake, device)?;
-                        let json = serde_json::json!({"count": config.eval_count, "fd_effnet": fd, "steps": config.eval_steps, "guidance": config.eval_guidance});
+                        let metrics = effnet_metrics(&effnet, &real, &fake, device)?;
+                        let json = serde_json::json!({"count": config.eval_count, "metrics": metrics, "steps": config.eval_steps, "guidance": config.eval_guidance});
                         std::fs::write(&eval_file, json.to_string())
                             .map_err(|e| invalid("output_dir", e.to_string()))?;
-                        fd
+                        metrics
                     }
                 };
-                tracing::info!("{name} seed {seed} {arm}: FD-EffNet {fd:.3}");
+                tracing::info!("{name} seed {seed} {arm}: FD-EffNet {:.3}", metrics.fd_effnet);
                 results.push(ArmResult {
                     parameterization: name.clone(),
                     seed,
                     arm: arm.to_string(),
-                    fd_effnet: fd,
+                    metrics,
                     run: run.output_dir.clone(),
                 });
             }
@@ -317,20 +319,26 @@ fn write_report(
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     )
     .map_err(io)?;
-    let mut csv = String::from("parameterization,seed,arm,fd_effnet,run\n");
+    let mut csv =
+        String::from("parameterization,seed,arm,fd_effnet,precision,recall,density,coverage,run\n");
     for r in results {
+        let m = &r.metrics;
         csv += &format!(
-            "{},{},{},{:.6},{}\n",
+            "{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{}\n",
             r.parameterization,
             r.seed,
             r.arm,
-            r.fd_effnet,
+            m.fd_effnet,
+            m.precision,
+            m.recall,
+            m.density,
+            m.coverage,
             r.run.display()
         );
     }
     std::fs::write(out.join("results.csv"), csv).map_err(io)?;
     let mut md = format!(
-        "# MSE vs MSE + LPL on Fashion-MNIST\n\nReproduce: `{command}`\n\nFD-EffNet (Frechet distance in EfficientNet-Lite0 ImageNet features, {} generated vs {} real test images, {} sampler steps, guidance {}; lower is better), mean +- std over seeds {:?}; continuations of {} steps from one MSE pre-training of {} steps per parameterisation.\n\n| parameterisation | MSE | MSE + LPL | relative change | per-seed MSE | per-seed LPL |\n|---|---|---|---|---|---|\n",
+        "# MSE vs MSE + LPL on Fashion-MNIST\n\nReproduce: `{command}`\n\nFD-EffNet (Frechet distance in EfficientNet-Lite0 ImageNet features, {} generated vs {} real test images, {} sampler steps, guidance {}; lower is better), mean +- std over seeds {:?}; continuations of {} steps from one MSE pre-training of {} steps per parameterisation. Precision and recall: k = 3 (Kynkaanniemi et al.), same features, means over seeds.\n\n| parameterisation | MSE | MSE + LPL | relative change | per-seed MSE | per-seed LPL | precision MSE / LPL | recall MSE / LPL |\n|---|---|---|---|---|---|---|---|\n",
         config.eval_count,
         config.eval_count,
         config.eval_steps,
@@ -341,21 +349,26 @@ fn write_report(
     );
     for p in &config.parameterizations {
         let name = p.to_string();
-        let arm = |a: &str| {
+        let arm = |a: &str, f: fn(&EffnetMetrics) -> f64| {
             results
                 .iter()
                 .filter(|r| r.parameterization == name && r.arm == a)
-                .map(|r| r.fd_effnet)
+                .map(|r| f(&r.metrics))
                 .collect::<Vec<_>>()
         };
-        let (mse, lpl) = (arm("mse"), arm("lpl"));
+        let (mse, lpl) = (arm("mse", |m| m.fd_effnet), arm("lpl", |m| m.fd_effnet));
         let ((m, ms), (l, ls)) = (mean_std(&mse), mean_std(&lpl));
         let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        let avg = |v: Vec<f64>| mean_std(&v).0;
         md += &format!(
-            "| {name} | {m:.2} +- {ms:.2} | {l:.2} +- {ls:.2} | {:+.1}% | {} | {} |\n",
+            "| {name} | {m:.2} +- {ms:.2} | {l:.2} +- {ls:.2} | {:+.1}% | {} | {} | {:.3} / {:.3} | {:.3} / {:.3} |\n",
             (l - m) / m * 100.0,
             fmt(&mse),
-            fmt(&lpl)
+            fmt(&lpl),
+            avg(arm("mse", |m| m.precision)),
+            avg(arm("lpl", |m| m.precision)),
+            avg(arm("mse", |m| m.recall)),
+            avg(arm("lpl", |m| m.recall)),
         );
     }
     md += "\nSample grids: `<parameterisation>/seed<s>/<arm>/samples.png`.\n";

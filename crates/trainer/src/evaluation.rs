@@ -93,20 +93,45 @@ pub fn effnet_features(net: &EfficientNetLite0, images: &Tensor, device: Device)
     })
 }
 
-/// FD-EffNet between two sets of pixel images in `[0, 1]`.
-pub fn fd_effnet(
+/// Metrics of generated against real images in EfficientNet-Lite0 features.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EffnetMetrics {
+    /// Frechet distance ("FD-EffNet"; lower is better).
+    pub fd_effnet: f64,
+    /// k = 3 precision (fidelity).
+    pub precision: f64,
+    /// k = 3 recall (diversity).
+    pub recall: f64,
+    /// k = 3 density.
+    pub density: f64,
+    /// k = 3 coverage.
+    pub coverage: f64,
+}
+
+/// FD-EffNet and precision/recall/density/coverage (k = 3) of `fake` against `real`, both
+/// pixel images in `[0, 1]`.
+pub fn effnet_metrics(
     net: &EfficientNetLite0,
     real: &Tensor,
     fake: &Tensor,
     device: Device,
-) -> Result<f64> {
-    let stats = |images: &Tensor| -> Result<lpl_metrics::GaussianStats> {
+) -> Result<EffnetMetrics> {
+    let (fr, ff) = (effnet_features(net, real, device)?, effnet_features(net, fake, device)?);
+    let err = |e: lpl_metrics::StatsError| TrainError::Torch(e.to_string());
+    let stats = |f: &Tensor| -> Result<lpl_metrics::GaussianStats> {
         let mut acc = StatsAccumulator::new(FEATURES);
-        acc.add(&effnet_features(net, images, device)?)
-            .map_err(|e| TrainError::Torch(e.to_string()))?;
-        acc.finish().map_err(|e| TrainError::Torch(e.to_string()))
+        acc.add(f).map_err(err)?;
+        acc.finish().map_err(err)
     };
-    frechet_distance(&stats(real)?, &stats(fake)?).map_err(|e| TrainError::Torch(e.to_string()))
+    let fd_effnet = frechet_distance(&stats(&fr)?, &stats(&ff)?).map_err(err)?;
+    let p = lpl_metrics::prdc(&fr, &ff, 3).map_err(err)?;
+    Ok(EffnetMetrics {
+        fd_effnet,
+        precision: p.precision,
+        recall: p.recall,
+        density: p.density,
+        coverage: p.coverage,
+    })
 }
 
 /// The default location of the converted EfficientNet-Lite0 weights.
