@@ -40,7 +40,27 @@ enum Command {
     Ablate(cli::train::AblateArgs),
 }
 
+/// Restores the default SIGPIPE action, so that `lpl ... | head` ends quietly instead of
+/// panicking on a closed stdout (Rust ignores SIGPIPE by default).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn reset_sigpipe() {
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: installing the default disposition for SIGPIPE before any thread starts.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn reset_sigpipe() {}
+
 fn main() -> ExitCode {
+    reset_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
