@@ -275,13 +275,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         h,
     )?)?;
     let m = lpl_trainer::evaluation::effnet_metrics(&net, &real, &fake, device)?;
+    let spectrum = lpl_metrics::compare_spectra(&real, &fake)?;
     let fd = m.fd_effnet;
     println!(
-        "| run | step | samples | sampler steps | guidance | FD-EffNet | precision | recall | density | coverage |"
+        "| run | step | samples | sampler steps | guidance | FD-EffNet | precision | recall | density | coverage | spectrum err low / high |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {} | {} | {fd:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+        "| {} | {} | {} | {} | {} | {fd:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} / {:.3} |",
         args.run.display(),
         run.step,
         args.count,
@@ -290,11 +291,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         m.precision,
         m.recall,
         m.density,
-        m.coverage
+        m.coverage,
+        spectrum.low_band_error,
+        spectrum.high_band_error
     );
     println!(
         "{}",
-        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.sampling.steps, "guidance": args.sampling.guidance, "metrics": m})
+        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.sampling.steps, "guidance": args.sampling.guidance, "metrics": m, "spectrum_low_band_error": spectrum.low_band_error, "spectrum_high_band_error": spectrum.high_band_error, "spectrum_band_error": spectrum.band_error})
     );
     Ok(())
 }
