@@ -274,8 +274,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &test.images.narrow(0, 0, args.count as i64),
         h,
     )?)?;
-    let m = lpl_trainer::evaluation::effnet_metrics(&net, &real, &fake, device)?;
-    let spectrum = lpl_metrics::compare_spectra(&real, &fake)?;
+    let m = lpl_trainer::evaluation::sample_metrics(&net, &real, &fake, device)?;
     let fd = m.fd_effnet;
     println!(
         "| run | step | samples | sampler steps | guidance | FD-EffNet | precision | recall | density | coverage | spectrum err low / high |"
@@ -292,12 +291,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         m.recall,
         m.density,
         m.coverage,
-        spectrum.low_band_error,
-        spectrum.high_band_error
+        m.spectrum_low,
+        m.spectrum_high
     );
     println!(
         "{}",
-        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.sampling.steps, "guidance": args.sampling.guidance, "metrics": m, "spectrum_low_band_error": spectrum.low_band_error, "spectrum_high_band_error": spectrum.high_band_error, "spectrum_band_error": spectrum.band_error})
+        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.sampling.steps, "guidance": args.sampling.guidance, "metrics": m})
     );
     Ok(())
 }

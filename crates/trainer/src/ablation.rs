@@ -19,7 +19,7 @@ use crate::ae_training::{AeTrainConfig, load_split, train_autoencoder};
 use crate::cache_building::{CacheOptions, build_cache};
 use crate::diffusion_training::{Start, train};
 use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
-use crate::evaluation::{EffnetMetrics, TrainedRun, default_effnet_weights, effnet_metrics};
+use crate::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights, sample_metrics};
 use crate::run_checkpoint;
 use crate::run_config::{RunConfig, SampleConfig};
 
@@ -109,7 +109,7 @@ pub struct ArmResult {
     /// `mse` or `lpl`.
     pub arm: String,
     /// FD-EffNet, precision, recall, density and coverage against the test split.
-    pub metrics: EffnetMetrics,
+    pub metrics: SampleMetrics,
     /// The run directory.
     pub run: PathBuf,
 }
@@ -240,7 +240,7 @@ pub fn run_ablation(
                     .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                     .filter(|v| v["count"] == config.eval_count)
                     .and_then(|v| {
-                        serde_json::from_value::<EffnetMetrics>(v["metrics"].clone()).ok()
+                        serde_json::from_value::<SampleMetrics>(v["metrics"].clone()).ok()
                     });
                 let metrics = match cached {
                     Some(m) => m,
@@ -278,7 +278,7 @@ pub fn run_ablation(
                             2,
                         );
                         lpl_data::folder::write_png(&grid, &run.output_dir.join("samples.png"))?;
-                        let metrics = effnet_metrics(&effnet, &real, &fake, device)?;
+                        let metrics = sample_metrics(&effnet, &real, &fake, device)?;
                         let json = serde_json::json!({"count": config.eval_count, "metrics": metrics, "steps": config.eval_steps, "guidance": config.eval_guidance});
                         std::fs::write(&eval_file, json.to_string())
                             .map_err(|e| invalid("output_dir", e.to_string()))?;
@@ -319,12 +319,13 @@ fn write_report(
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     )
     .map_err(io)?;
-    let mut csv =
-        String::from("parameterization,seed,arm,fd_effnet,precision,recall,density,coverage,run\n");
+    let mut csv = String::from(
+        "parameterization,seed,arm,fd_effnet,precision,recall,density,coverage,spectrum_low,spectrum_high,run\n",
+    );
     for r in results {
         let m = &r.metrics;
         csv += &format!(
-            "{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{}\n",
+            "{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}\n",
             r.parameterization,
             r.seed,
             r.arm,
@@ -333,12 +334,14 @@ fn write_report(
             m.recall,
             m.density,
             m.coverage,
+            m.spectrum_low,
+            m.spectrum_high,
             r.run.display()
         );
     }
     std::fs::write(out.join("results.csv"), csv).map_err(io)?;
     let mut md = format!(
-        "# MSE vs MSE + LPL on Fashion-MNIST\n\nReproduce: `{command}`\n\nFD-EffNet (Frechet distance in EfficientNet-Lite0 ImageNet features, {} generated vs {} real test images, {} sampler steps, guidance {}; lower is better), mean +- std over seeds {:?}; continuations of {} steps from one MSE pre-training of {} steps per parameterisation. Precision and recall: k = 3 (Kynkaanniemi et al.), same features, means over seeds.\n\n| parameterisation | MSE | MSE + LPL | relative change | per-seed MSE | per-seed LPL | precision MSE / LPL | recall MSE / LPL |\n|---|---|---|---|---|---|---|---|\n",
+        "# MSE vs MSE + LPL on Fashion-MNIST\n\nReproduce: `{command}`\n\nFD-EffNet (Frechet distance in EfficientNet-Lite0 ImageNet features, {} generated vs {} real test images, {} sampler steps, guidance {}; lower is better), mean +- std over seeds {:?}; continuations of {} steps from one MSE pre-training of {} steps per parameterisation. Precision and recall: k = 3 (Kynkaanniemi et al.), same features; high-band spectrum error: mean |log10| error of the radially averaged power spectrum above half the maximum radius; means over seeds.\n\n| parameterisation | MSE | MSE + LPL | relative change | per-seed MSE | per-seed LPL | precision MSE / LPL | recall MSE / LPL | high-band spectrum error MSE / LPL |\n|---|---|---|---|---|---|---|---|---|\n",
         config.eval_count,
         config.eval_count,
         config.eval_steps,
@@ -349,7 +352,7 @@ fn write_report(
     );
     for p in &config.parameterizations {
         let name = p.to_string();
-        let arm = |a: &str, f: fn(&EffnetMetrics) -> f64| {
+        let arm = |a: &str, f: fn(&SampleMetrics) -> f64| {
             results
                 .iter()
                 .filter(|r| r.parameterization == name && r.arm == a)
@@ -361,7 +364,7 @@ fn write_report(
         let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
         let avg = |v: Vec<f64>| mean_std(&v).0;
         md += &format!(
-            "| {name} | {m:.2} +- {ms:.2} | {l:.2} +- {ls:.2} | {:+.1}% | {} | {} | {:.3} / {:.3} | {:.3} / {:.3} |\n",
+            "| {name} | {m:.2} +- {ms:.2} | {l:.2} +- {ls:.2} | {:+.1}% | {} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} |\n",
             (l - m) / m * 100.0,
             fmt(&mse),
             fmt(&lpl),
@@ -369,6 +372,8 @@ fn write_report(
             avg(arm("lpl", |m| m.precision)),
             avg(arm("mse", |m| m.recall)),
             avg(arm("lpl", |m| m.recall)),
+            avg(arm("mse", |m| m.spectrum_high)),
+            avg(arm("lpl", |m| m.spectrum_high)),
         );
     }
     md += "\nSample grids: `<parameterisation>/seed<s>/<arm>/samples.png`.\n";

@@ -93,9 +93,10 @@ pub fn effnet_features(net: &EfficientNetLite0, images: &Tensor, device: Device)
     })
 }
 
-/// Metrics of generated against real images in EfficientNet-Lite0 features.
+/// Metrics of generated against real images: in EfficientNet-Lite0 features, and of their
+/// power spectra.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EffnetMetrics {
+pub struct SampleMetrics {
     /// Frechet distance ("FD-EffNet"; lower is better).
     pub fd_effnet: f64,
     /// k = 3 precision (fidelity).
@@ -106,16 +107,20 @@ pub struct EffnetMetrics {
     pub density: f64,
     /// k = 3 coverage.
     pub coverage: f64,
+    /// Mean |log10 power| error of the radial spectrum in the low band.
+    pub spectrum_low: f64,
+    /// The same in the high band (radii above half the maximum).
+    pub spectrum_high: f64,
 }
 
-/// FD-EffNet and precision/recall/density/coverage (k = 3) of `fake` against `real`, both
-/// pixel images in `[0, 1]`.
-pub fn effnet_metrics(
+/// FD-EffNet, precision/recall/density/coverage (k = 3) and the spectrum band errors of `fake`
+/// against `real`, both pixel images in `[0, 1]` of the same size.
+pub fn sample_metrics(
     net: &EfficientNetLite0,
     real: &Tensor,
     fake: &Tensor,
     device: Device,
-) -> Result<EffnetMetrics> {
+) -> Result<SampleMetrics> {
     let (fr, ff) = (effnet_features(net, real, device)?, effnet_features(net, fake, device)?);
     let err = |e: lpl_metrics::StatsError| TrainError::Torch(e.to_string());
     let stats = |f: &Tensor| -> Result<lpl_metrics::GaussianStats> {
@@ -125,12 +130,15 @@ pub fn effnet_metrics(
     };
     let fd_effnet = frechet_distance(&stats(&fr)?, &stats(&ff)?).map_err(err)?;
     let p = lpl_metrics::prdc(&fr, &ff, 3).map_err(err)?;
-    Ok(EffnetMetrics {
+    let spectrum = lpl_metrics::compare_spectra(real, fake).map_err(err)?;
+    Ok(SampleMetrics {
         fd_effnet,
         precision: p.precision,
         recall: p.recall,
         density: p.density,
         coverage: p.coverage,
+        spectrum_low: spectrum.low_band_error,
+        spectrum_high: spectrum.high_band_error,
     })
 }
 
