@@ -250,8 +250,12 @@ impl Taesd {
         (&self.encoder_vs, &self.decoder_vs)
     }
 
+    /// The dtype of its weights (encoder and decoder share it), read from one tensor.
     fn compute_kind(&self) -> Kind {
-        self.decoder_vs.variables().values().next().map_or(Kind::Float, Tensor::kind)
+        match &self.decoder[1] {
+            Layer::Conv(c) => c.ws.kind(),
+            _ => Kind::Float,
+        }
     }
 }
 

@@ -107,7 +107,8 @@ pub(crate) fn check_inputs(
     Ok((s[0], s[2], s[3]))
 }
 
-/// The dtype of a model's weights (f32 for an empty store).
-pub(crate) fn weights_kind(vs: &VarStore) -> Kind {
-    vs.variables().values().next().map_or(Kind::Float, Tensor::kind)
+/// The dtype a model computes in: that of one of its weights (all share it; `set_kind`
+/// converts them together). Reading one tensor avoids listing the whole store per forward.
+pub(crate) fn weights_kind(weight: &Tensor) -> Kind {
+    weight.kind()
 }

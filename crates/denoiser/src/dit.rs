@@ -564,7 +564,7 @@ impl Denoiser for Dit {
         let c = &self.config;
         let p = c.patch_size;
         let (b, h, w) = check_inputs(x_t, t, c.in_channels, p)?;
-        let kind = weights_kind(&self.vs);
+        let kind = weights_kind(&self.patch.ws);
         let labels = self.label_dropout.labels(cond, b, x_t.device(), train)?;
         let (gh, gw) = (h / p, w / p);
         let pos = sincos_pos_embed(c.hidden_size(), gh, gw).to_device(x_t.device()).to_kind(kind);

@@ -539,7 +539,7 @@ impl Denoiser for UNet {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (b, _, _) = check_inputs(x_t, t, c.in_channels, 1 << (c.block_out_channels.len() - 1))?;
-        let kind = weights_kind(&self.vs);
+        let kind = weights_kind(&self.conv_in.ws);
         let t_emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
             .to_kind(kind);
         let mut temb = self.time_embedding.forward(&t_emb);

@@ -237,6 +237,9 @@ pub struct DiscreteSchedule {
     betas: Tensor,
     /// `(N,)` f32, `cumprod(1 - betas)`.
     alphas_cumprod: Tensor,
+    /// The same table on the CPU, for lookups with t on the CPU (the LPL gate, host-side
+    /// weights) without a device-to-host copy.
+    cpu_alphas_cumprod: Tensor,
     host_alphas_cumprod: Vec<f32>,
 }
 
@@ -246,6 +249,7 @@ impl Clone for DiscreteSchedule {
             config: self.config.clone(),
             betas: self.betas.shallow_clone(),
             alphas_cumprod: self.alphas_cumprod.shallow_clone(),
+            cpu_alphas_cumprod: self.cpu_alphas_cumprod.shallow_clone(),
             host_alphas_cumprod: self.host_alphas_cumprod.clone(),
         }
     }
@@ -258,7 +262,13 @@ impl DiscreteSchedule {
         // Clamped to [0, 1]: the zero-SNR rescale leaves -0.0 or -1e-10 at t = N-1.
         let alphas_cumprod = (1f64 - &betas).f_cumprod(0, Kind::Float)?.f_clamp(0.0, 1.0)?;
         let host_alphas_cumprod = Vec::<f32>::try_from(&alphas_cumprod)?;
-        Ok(Self { config: config.clone(), betas, alphas_cumprod, host_alphas_cumprod })
+        Ok(Self {
+            config: config.clone(),
+            betas,
+            cpu_alphas_cumprod: alphas_cumprod.shallow_clone(),
+            alphas_cumprod,
+            host_alphas_cumprod,
+        })
     }
 
     /// The same schedule with its tables on `device` (lookups then need no copy).
@@ -300,7 +310,11 @@ impl DiscreteSchedule {
     /// linearly, as diffusers' Euler and Heun schedulers do; at integer positions the table
     /// value is returned exactly.
     pub fn alpha_bar(&self, t: &Tensor) -> Result<Tensor> {
-        let table = self.alphas_cumprod.f_to_device(t.device())?;
+        let table = if t.device() == Device::Cpu {
+            self.cpu_alphas_cumprod.shallow_clone()
+        } else {
+            self.alphas_cumprod.f_to_device(t.device())?
+        };
         if !t.is_floating_point() {
             return Ok(table.f_index_select(0, &t.f_to_kind(Kind::Int64)?)?);
         }

@@ -7,7 +7,7 @@
 //! from `(seed, step)` at every step; so a resumed run repeats the uninterrupted one exactly.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use lpl_autoencoder::{Autoencoder, LatentCodec};
@@ -373,9 +373,4 @@ pub fn train_model(
         grid,
         skipped_steps: skipped,
     })
-}
-
-/// Keeps `Path` in scope for docs.
-pub fn metrics_file(output_dir: &Path) -> PathBuf {
-    output_dir.join("metrics.jsonl")
 }

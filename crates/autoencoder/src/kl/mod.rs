@@ -208,8 +208,10 @@ impl AutoencoderKl {
         self.codec = codec;
     }
 
+    /// The dtype of its weights (all share it), read from one tensor rather than by listing
+    /// the store on every call.
     fn compute_kind(&self) -> Kind {
-        self.vs.variables().values().next().map_or(Kind::Float, Tensor::kind)
+        self.decoder.conv_in.ws.kind()
     }
 }
 
