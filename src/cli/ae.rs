@@ -92,7 +92,7 @@ fn encode(
     device: Device,
 ) -> Result<()> {
     let ae = lpl_autoencoder::open(ae_path, device, Kind::Float)?;
-    let read = folder::read_folder(images, ae.image_channels())?;
+    let read = folder::read_folder(images, &folder::ReadOptions::new(ae.image_channels() as u32))?;
     for (file, why) in &read.skipped {
         tracing::warn!("skipped {}: {why}", file.display());
     }

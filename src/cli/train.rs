@@ -4,29 +4,35 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use lpl_data::{FashionMnist, Split};
+use lpl_data::{DatasetConfig, FashionMnist, Split};
 use lpl_schedulers::{NoiseSchedule, SamplerConfig, SamplerKind};
-use lpl_trainer::cache_building::{CacheOptions, build_cache};
+use lpl_trainer::cache_building::CacheConfig;
 use lpl_trainer::diffusion_training::{self, Start};
 use lpl_trainer::evaluation::TrainedRun;
 use lpl_trainer::run_config::{RunConfig, SampleConfig};
 use tch::Kind;
 
-/// Arguments of `lpl cache`.
+/// Arguments of `lpl cache`: a config file, or the dataset and autoencoder as flags.
 #[derive(Args)]
 pub struct CacheArgs {
+    /// A cache config (TOML: autoencoder, [data], split, flip, shard_size, batch, output_dir).
+    #[arg(long, conflicts_with_all = ["ae", "out"])]
+    config: Option<PathBuf>,
     /// The autoencoder (diffusers folder, TAESD pair folder or lpl checkpoint).
-    #[arg(long)]
-    ae: PathBuf,
-    /// Only `fashion_mnist` for now.
+    #[arg(long, required_unless_present = "config")]
+    ae: Option<PathBuf>,
+    /// `fashion_mnist`, `folder` or `emoji`.
     #[arg(long, default_value = "fashion_mnist")]
     dataset: String,
-    /// Directory of the dataset files (default: the system location).
+    /// Directory of the dataset files (Fashion-MNIST default: the system location).
     #[arg(long)]
     dataset_dir: Option<PathBuf>,
     /// `train` or `test`.
     #[arg(long, default_value = "train")]
     split: String,
+    /// Resize folder / emoji images to this square size (ADM center crop).
+    #[arg(long)]
+    size: Option<u32>,
     /// Zero-pad images to this size (32 for Fashion-MNIST with a 4x autoencoder).
     #[arg(long)]
     pad_to: Option<i64>,
@@ -37,8 +43,8 @@ pub struct CacheArgs {
     #[arg(long, default_value_t = 8192)]
     shard_size: usize,
     /// Output directory.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    out: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -46,34 +52,37 @@ pub struct CacheArgs {
 
 /// Builds a latent cache.
 pub fn cache(args: CacheArgs) -> Result<()> {
-    if args.dataset != "fashion_mnist" {
-        bail!("unknown dataset `{}` (only fashion_mnist for now)", args.dataset);
-    }
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        other => bail!("unknown split `{other}` (train, test)"),
+    let config = match &args.config {
+        Some(path) => CacheConfig::from_file(path)?,
+        None => {
+            let split = match args.split.as_str() {
+                "train" => Split::Train,
+                "test" => Split::Test,
+                other => bail!("unknown split `{other}` (train, test)"),
+            };
+            let mut data = DatasetConfig::fashion_mnist(args.dataset_dir.clone(), args.pad_to);
+            data.dataset = args.dataset.clone();
+            data.size = args.size;
+            data.validate()?;
+            CacheConfig {
+                autoencoder: args.ae.clone().context("--ae")?,
+                data,
+                split,
+                flip: args.flip,
+                shard_size: args.shard_size,
+                batch: 256,
+                output_dir: args.out.clone().context("--out")?,
+            }
+        }
     };
     let device = super::parse_device(&args.device)?;
-    let mut ae = lpl_autoencoder::open(&args.ae, device, Kind::Float)?;
-    ae.set_requires_grad(false);
-    let data = FashionMnist::load(args.dataset_dir.as_deref(), split)?;
-    let options = CacheOptions {
-        pad_to: args.pad_to,
-        shard_size: args.shard_size,
-        batch: 256,
-        flip: args.flip,
-        num_classes: Some(data.num_classes),
-        autoencoder_name: args.ae.display().to_string(),
-    };
-    let m =
-        build_cache(ae.as_ref(), &data.images, Some(&data.labels), &options, &args.out, device)?;
+    let m = config.build(device)?;
     println!(
         "cached {} latents {:?} in {} shards -> {} (per-channel std {:?})",
         m.count,
         m.latent_shape,
         m.shards.len(),
-        args.out.display(),
+        config.output_dir.display(),
         m.channel_std.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>()
     );
     Ok(())

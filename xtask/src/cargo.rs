@@ -66,7 +66,10 @@ pub fn lint() -> Result<()> {
 pub fn bench(extra: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["bench", "--package", "lpl-loss", "--bench", "overhead"]).args(extra);
-    run(cmd, "cargo bench (lpl overhead)")
+    run(cmd, "cargo bench (lpl overhead)")?;
+    let mut data = cargo();
+    data.args(["bench", "--package", "lpl-data", "--bench", "throughput"]);
+    run(data, "cargo bench (data throughput)")
 }
 
 /// `lpl ablate` through cargo (`extra`: `--quick`, `--config FILE`, `--device ...`).

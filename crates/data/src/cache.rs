@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lpl_autoencoder::LatentCodec;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -110,24 +111,87 @@ pub fn write_manifest(dir: &Path, manifest: &CacheManifest) -> Result<()> {
         .map_err(|e| format_err(&path, e.to_string()))
 }
 
-/// A cache read into memory.
+/// One shard, memory-mapped, with the byte offsets of its tensors.
+#[derive(Debug)]
+struct MappedShard {
+    map: memmap2::Mmap,
+    latents: usize,
+    flipped: Option<usize>,
+    labels: Option<usize>,
+}
+
+/// A latent cache opened for reading: the manifest checked and every shard memory-mapped
+/// (nothing is read until batches are gathered, so caches larger than RAM work; the page
+/// cache keeps hot shards in memory).
 #[derive(Debug)]
 pub struct LatentCache {
     /// Its manifest.
     pub manifest: CacheManifest,
-    /// `(N, C, h, w)` f32 model-space latents.
-    pub latents: Tensor,
-    /// `(N, C, h, w)` latents of the flipped images, when cached.
-    pub latents_flipped: Option<Tensor>,
-    /// `(N,)` i64 labels, when cached.
-    pub labels: Option<Tensor>,
     /// The directory.
     pub dir: PathBuf,
+    shards: Vec<MappedShard>,
+    /// First sample index of each shard, then the total.
+    starts: Vec<i64>,
+}
+
+/// A batch gathered from a cache.
+#[derive(Debug)]
+pub struct LatentBatch {
+    /// `(B, C, h, w)` f32 model-space latents on the CPU.
+    pub latents: Tensor,
+    /// `(B,)` i64 labels, when the cache has them.
+    pub labels: Option<Tensor>,
+    /// The sample indices.
+    pub indices: Vec<i64>,
+}
+
+fn map_shard(path: &Path, manifest: &CacheManifest, count: i64) -> Result<MappedShard> {
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    // SAFETY: the map is read-only and shards are never modified in place (they are written
+    // to a temporary file and renamed); truncating a shard while a run reads it is outside
+    // what we support, as for any memory-mapped dataset.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(path))?;
+    let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+        format_err(path, format!("not a complete safetensors shard ({e}); rebuild the cache"))
+    })?;
+    let base = 8 + header;
+    let [c, h, w] = manifest.latent_shape;
+    let locate = |name: &str, dtype: safetensors::Dtype, shape: Vec<usize>| -> Result<usize> {
+        let info =
+            meta.info(name).ok_or_else(|| format_err(path, format!("no `{name}` tensor")))?;
+        if info.dtype != dtype || info.shape != shape {
+            return Err(format_err(
+                path,
+                format!(
+                    "`{name}` is {:?} {:?}, the manifest says {dtype:?} {shape:?}",
+                    info.dtype, info.shape
+                ),
+            ));
+        }
+        Ok(base + info.data_offsets.0)
+    };
+    let latent_shape = vec![count as usize, c as usize, h as usize, w as usize];
+    Ok(MappedShard {
+        latents: locate("latents", safetensors::Dtype::F32, latent_shape.clone())?,
+        flipped: if manifest.flipped {
+            Some(locate("latents_flipped", safetensors::Dtype::F32, latent_shape)?)
+        } else {
+            None
+        },
+        labels: if manifest.num_classes.is_some() {
+            Some(locate("labels", safetensors::Dtype::I64, vec![count as usize])?)
+        } else {
+            None
+        },
+        map,
+    })
 }
 
 impl LatentCache {
-    /// Reads `dir/manifest.json` and every shard, checking counts and shapes; an error names
-    /// the file at fault.
+    /// Reads `dir/manifest.json` and maps every shard, checking each shard's header, dtypes
+    /// and shapes against the manifest and that the file is complete; an error names the
+    /// file at fault.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
@@ -139,62 +203,24 @@ impl LatentCache {
                 format!("format `{}`, this version reads `{CACHE_FORMAT}`", manifest.format),
             ));
         }
-        let [c, h, w] = manifest.latent_shape;
-        let (mut latents, mut flipped, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        if manifest.latent_shape.iter().any(|&d| d < 1) {
+            return Err(format_err(&path, format!("latent_shape {:?}", manifest.latent_shape)));
+        }
+        let mut shards = Vec::new();
+        let mut starts = vec![0i64];
         for shard in &manifest.shards {
             let p = dir.join(&shard.file);
-            let t = lpl_tensor_io::read_tensors(&p).map_err(|e| format_err(&p, e.to_string()))?;
-            let l = t.get("latents").ok_or_else(|| format_err(&p, "no `latents` tensor"))?;
-            if l.size() != [shard.count, c, h, w] {
-                return Err(format_err(
-                    &p,
-                    format!(
-                        "`latents` is {:?}, the manifest says {:?}",
-                        l.size(),
-                        [shard.count, c, h, w]
-                    ),
-                ));
-            }
-            latents.push(l.shallow_clone());
-            if manifest.flipped {
-                flipped.push(
-                    t.get("latents_flipped")
-                        .ok_or_else(|| format_err(&p, "no `latents_flipped`"))?
-                        .shallow_clone(),
-                );
-            }
-            if manifest.num_classes.is_some() {
-                labels.push(
-                    t.get("labels").ok_or_else(|| format_err(&p, "no `labels`"))?.shallow_clone(),
-                );
-            }
+            shards.push(map_shard(&p, &manifest, shard.count)?);
+            starts.push(starts[starts.len() - 1] + shard.count);
         }
-        let latents = Tensor::f_cat(&latents, 0)?;
-        if latents.size()[0] != manifest.count {
+        let total = starts[starts.len() - 1];
+        if total != manifest.count {
             return Err(format_err(
                 &path,
-                format!(
-                    "shards hold {} samples, the manifest says {}",
-                    latents.size()[0],
-                    manifest.count
-                ),
+                format!("shards hold {total} samples, the manifest says {}", manifest.count),
             ));
         }
-        Ok(Self {
-            latents,
-            latents_flipped: if manifest.flipped {
-                Some(Tensor::f_cat(&flipped, 0)?)
-            } else {
-                None
-            },
-            labels: if manifest.num_classes.is_some() {
-                Some(Tensor::f_cat(&labels, 0)?)
-            } else {
-                None
-            },
-            manifest,
-            dir: dir.to_path_buf(),
-        })
+        Ok(Self { manifest, dir: dir.to_path_buf(), shards, starts })
     }
 
     /// Checks that the cache was made with the autoencoder `fingerprint` and `codec`; says
@@ -224,5 +250,77 @@ impl LatentCache {
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
         self.manifest.count == 0
+    }
+
+    fn locate(&self, index: i64) -> Result<(usize, usize)> {
+        if index < 0 || index >= self.manifest.count {
+            return Err(DataError::Invalid(format!(
+                "sample {index} outside the cache's {} samples",
+                self.manifest.count
+            )));
+        }
+        let shard = self.starts.partition_point(|&s| s <= index) - 1;
+        Ok((shard, (index - self.starts[shard]) as usize))
+    }
+
+    /// Gathers the samples `indices`: sample `i` comes from the flipped latents when
+    /// `flip[i]` (requires a cache built with flips; `flip` empty = none flipped).
+    pub fn gather(&self, indices: &[i64], flip: &[bool]) -> Result<LatentBatch> {
+        if !flip.is_empty() && flip.len() != indices.len() {
+            return Err(DataError::Invalid(format!(
+                "{} flip flags for {} indices",
+                flip.len(),
+                indices.len()
+            )));
+        }
+        if flip.iter().any(|&f| f) && !self.manifest.flipped {
+            return Err(DataError::Invalid(format!(
+                "{}: the cache holds no flipped latents (build it with flips)",
+                self.dir.display()
+            )));
+        }
+        let [c, h, w] = self.manifest.latent_shape;
+        let row = (c * h * w) as usize * 4;
+        let places = indices.iter().map(|&i| self.locate(i)).collect::<Result<Vec<_>>>()?;
+        let mut bytes = vec![0u8; row * indices.len()];
+        bytes.par_chunks_mut(row.max(1)).zip(places.par_iter()).enumerate().for_each(
+            |(k, (out, &(shard, local)))| {
+                let s = &self.shards[shard];
+                let base = match (flip.get(k), s.flipped) {
+                    (Some(true), Some(f)) => f,
+                    _ => s.latents,
+                };
+                let start = base + local * row;
+                out.copy_from_slice(&s.map[start..start + row]);
+            },
+        );
+        let latents =
+            Tensor::f_from_data_size(&bytes, &[indices.len() as i64, c, h, w], Kind::Float)?;
+        let labels = if self.manifest.num_classes.is_some() {
+            let mut values = Vec::with_capacity(indices.len());
+            for &(shard, local) in &places {
+                let s = &self.shards[shard];
+                let start = s.labels.unwrap_or(0) + local * 8;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&s.map[start..start + 8]);
+                values.push(i64::from_le_bytes(b));
+            }
+            Some(Tensor::from_slice(&values))
+        } else {
+            None
+        };
+        Ok(LatentBatch { latents, labels, indices: indices.to_vec() })
+    }
+
+    /// Every sample, in order (small caches, tests).
+    pub fn read_all(&self) -> Result<LatentBatch> {
+        let all: Vec<i64> = (0..self.manifest.count).collect();
+        self.gather(&all, &[])
+    }
+
+    /// Every flipped sample, in order.
+    pub fn read_all_flipped(&self) -> Result<LatentBatch> {
+        let all: Vec<i64> = (0..self.manifest.count).collect();
+        self.gather(&all, &vec![true; all.len()])
     }
 }

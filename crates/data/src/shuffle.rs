@@ -1,7 +1,14 @@
 //! Deterministic, resumable shuffled batch order: epoch `e` visits the samples in a
 //! permutation fixed by `(seed, e)`; a [`BatchCursor`] (epoch, position) resumes mid-epoch.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use crate::cache::{LatentBatch, LatentCache};
+use crate::error::{DataError, Result};
+use crate::prefetch::Prefetch;
+use crate::preprocess::flip_coin;
 
 /// PCG-XSH-RR 32 (O'Neill 2014), seeded from `(seed, epoch)`.
 struct Pcg32 {
@@ -49,7 +56,7 @@ pub fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<i64> {
 }
 
 /// Where a stream of shuffled batches stands; save it in a checkpoint to resume exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchCursor {
     /// Current epoch.
     pub epoch: u64,
@@ -93,6 +100,56 @@ impl BatchStream {
         let out = self.order[self.cursor.position..self.cursor.position + batch].to_vec();
         self.cursor.position += batch;
         out
+    }
+}
+
+/// Shuffled batches of a [`LatentCache`]: the order of a [`BatchStream`], each sample
+/// flipped (its cached flipped latents) by [`flip_coin`]`(seed, epoch, index)` when `flip` is
+/// on, so a stream resumed from a [`BatchCursor`] gives exactly the batches the uninterrupted
+/// one would have.
+#[derive(Debug, Clone)]
+pub struct CacheBatches {
+    cache: Arc<LatentCache>,
+    stream: BatchStream,
+    seed: u64,
+    batch: usize,
+    flip: bool,
+}
+
+impl CacheBatches {
+    /// A stream over `cache` from `cursor` (`BatchCursor::default()` = the start).
+    pub fn new(
+        cache: Arc<LatentCache>,
+        batch: usize,
+        seed: u64,
+        flip: bool,
+        cursor: BatchCursor,
+    ) -> Result<Self> {
+        if flip && !cache.manifest.flipped {
+            return Err(DataError::Invalid(format!(
+                "{}: flipping asks for cached flipped latents; build the cache with flips",
+                cache.dir.display()
+            )));
+        }
+        let stream = BatchStream::resume(cache.len() as usize, seed, cursor);
+        Ok(Self { cache, stream, seed, batch, flip })
+    }
+
+    /// The next batch and the cursor after it (save that cursor to resume after the batch).
+    pub fn next_batch(&mut self) -> Result<(LatentBatch, BatchCursor)> {
+        let indices = self.stream.next_batch(self.batch);
+        let cursor = self.stream.cursor();
+        let flips: Vec<bool> = if self.flip {
+            indices.iter().map(|&i| flip_coin(self.seed, cursor.epoch, i)).collect()
+        } else {
+            Vec::new()
+        };
+        Ok((self.cache.gather(&indices, &flips)?, cursor))
+    }
+
+    /// Moves the stream to a background thread that keeps `depth` batches ready.
+    pub fn prefetch(mut self, depth: usize) -> Prefetch<Result<(LatentBatch, BatchCursor)>> {
+        Prefetch::spawn(depth, move || Some(self.next_batch()))
     }
 }
 

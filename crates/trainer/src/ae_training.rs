@@ -10,7 +10,7 @@ use lpl_autoencoder::{
     Autoencoder, AutoencoderKl, AutoencoderKlConfig, InputRange, LatentCodec, Reconstruction,
     ae_loss, checkpoint,
 };
-use lpl_data::{FashionMnist, LabeledImages, Split, preprocess};
+use lpl_data::{DatasetConfig, LabeledImages, Split, preprocess};
 use serde::{Deserialize, Serialize};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor, nn};
@@ -18,19 +18,8 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
 use crate::progress;
 
-/// The dataset an autoencoder trains on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AeDataConfig {
-    /// Only `fashion_mnist` for now.
-    pub dataset: String,
-    /// Directory of the dataset files (default: the system location).
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
-    /// Zero-pad images to this square size (28 -> 32 for Fashion-MNIST).
-    #[serde(default)]
-    pub pad_to: Option<i64>,
-}
+/// The dataset section of an autoencoder config (see [`DatasetConfig`]).
+pub type AeDataConfig = DatasetConfig;
 
 /// The model: a named preset and/or explicit diffusers config fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,12 +148,7 @@ impl AeTrainConfig {
 
     /// Checks every field; the error names the first offending one.
     pub fn validate(&self) -> Result<()> {
-        if self.data.dataset != "fashion_mnist" {
-            return Err(invalid(
-                "data.dataset",
-                format!("only `fashion_mnist` is supported, got `{}`", self.data.dataset),
-            ));
-        }
+        self.data.validate()?;
         self.model.resolve()?;
         let t = &self.train;
         if t.steps == 0 {
@@ -212,7 +196,7 @@ fn prepare(images: &Tensor, pad_to: Option<i64>, codec: &LatentCodec) -> Result<
 
 /// Loads the configured dataset split.
 pub fn load_split(data: &AeDataConfig, split: Split) -> Result<LabeledImages> {
-    Ok(FashionMnist::load(data.dir.as_deref(), split)?)
+    Ok(data.load(split)?)
 }
 
 /// Trains on in-memory `train` images and evaluates on `test` (both `(N, C, h, w)` u8).

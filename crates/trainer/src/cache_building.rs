@@ -2,15 +2,85 @@
 //! optionally also the horizontally flipped images), in shards written atomically, then the
 //! manifest. Rerunning after an interruption skips the shards already complete.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lpl_autoencoder::Autoencoder;
 use lpl_data::cache::{self, CACHE_FORMAT, CacheManifest};
-use lpl_data::preprocess;
+use lpl_data::{DatasetConfig, Split, preprocess};
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Result, invalid};
+use crate::error::{Result, invalid, parse_toml, read_text};
 use crate::progress;
+
+/// `lpl cache --config FILE`: which autoencoder encodes which dataset into where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// A diffusers VAE folder, a TAESD pair folder or an lpl autoencoder checkpoint.
+    pub autoencoder: PathBuf,
+    /// The dataset and its preprocessing.
+    pub data: DatasetConfig,
+    /// Which split to encode (`train` or `test`).
+    #[serde(default = "default_split")]
+    pub split: Split,
+    /// Also cache the latents of horizontally flipped images (for random-flip training).
+    #[serde(default)]
+    pub flip: bool,
+    /// Samples per shard.
+    #[serde(default = "default_shard_size")]
+    pub shard_size: usize,
+    /// Images per encoder batch.
+    #[serde(default = "default_encode_batch")]
+    pub batch: usize,
+    /// The cache directory.
+    pub output_dir: PathBuf,
+}
+
+fn default_split() -> Split {
+    Split::Train
+}
+fn default_shard_size() -> usize {
+    8192
+}
+fn default_encode_batch() -> usize {
+    256
+}
+
+impl CacheConfig {
+    /// Reads and validates a TOML file; errors name the file, line and field.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: Self = parse_toml(&read_text(path)?, path)?;
+        config.data.validate()?;
+        if config.shard_size == 0 || config.batch == 0 {
+            return Err(invalid("shard_size", "shard_size and batch must be >= 1"));
+        }
+        Ok(config)
+    }
+
+    /// Loads the dataset, opens the autoencoder and builds (or completes) the cache.
+    pub fn build(&self, device: Device) -> Result<CacheManifest> {
+        let data = self.data.load(self.split)?;
+        let mut ae = lpl_autoencoder::open(&self.autoencoder, device, Kind::Float)?;
+        ae.set_requires_grad(false);
+        let options = CacheOptions {
+            pad_to: None,
+            shard_size: self.shard_size,
+            batch: self.batch,
+            flip: self.flip,
+            num_classes: Some(data.num_classes),
+            autoencoder_name: self.autoencoder.display().to_string(),
+        };
+        build_cache(
+            ae.as_ref(),
+            &data.images,
+            Some(&data.labels),
+            &options,
+            &self.output_dir,
+            device,
+        )
+    }
+}
 
 /// How to encode.
 #[derive(Debug, Clone)]

@@ -8,10 +8,11 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use lpl_autoencoder::{Autoencoder, LatentCodec};
-use lpl_data::{BatchStream, LatentCache};
+use lpl_data::{BatchCursor, CacheBatches, LatentCache};
 use lpl_denoiser::{Conditioning, Denoiser, Dit, DitConfig, UNet, UNetConfig};
 use lpl_loss::{LatentPerceptualLoss, x0_from_prediction};
 use lpl_schedulers::{NoiseSchedule, TimeSampler, min_snr_weights};
@@ -23,6 +24,9 @@ use crate::error::{Result, TrainError, invalid};
 use crate::run_checkpoint::{self, RunState};
 use crate::run_config::RunConfig;
 use crate::{progress, sampling};
+
+/// Batches gathered ahead of the training step on a background thread.
+const PREFETCH_BATCHES: usize = 4;
 
 /// How `train` starts.
 #[derive(Debug, Clone, Default)]
@@ -151,8 +155,7 @@ pub fn train_model(
     let mut ema = Ema::new(model.var_store(), config.ema.clone())?;
     let mut time_sampler =
         TimeSampler::new(config.diffusion.time_sampling.clone(), config.train.seed)?;
-    let n = cache.len() as usize;
-    let mut stream = BatchStream::new(n, config.train.seed);
+    let mut cursor = BatchCursor::default();
     let mut step = 0usize;
     let existing = run_checkpoint::list_checkpoints(&config.output_dir);
     match &start {
@@ -185,7 +188,7 @@ pub fn train_model(
                 config.diffusion.time_sampling.clone(),
                 state.time_sampler_state,
             )?;
-            stream = BatchStream::resume(n, config.train.seed, state.cursor);
+            cursor = state.cursor;
             step = state.step;
             tracing::info!("resumed {} at step {step}", latest.display());
         }
@@ -225,19 +228,23 @@ pub fn train_model(
     let mut last_loss = f64::NAN;
     let mut last_checkpoint = run_checkpoint::list_checkpoints(&config.output_dir).last().cloned();
     let mut grid = None;
+    let cache = Arc::new(cache);
+    let mut batches = CacheBatches::new(
+        cache.clone(),
+        t.batch_size,
+        t.seed,
+        config.data.flip && cache.manifest.flipped,
+        cursor,
+    )?
+    .prefetch(PREFETCH_BATCHES);
     while step < total {
         tch::manual_seed(step_seed(t.seed, step));
-        let idx = Tensor::from_slice(&stream.next_batch(t.batch_size));
-        let mut z0 = cache.latents.index_select(0, &idx);
-        if let (true, Some(flipped)) = (config.data.flip, &cache.latents_flipped) {
-            let coin = Tensor::rand([idx.size()[0]], (Kind::Float, Device::Cpu))
-                .lt(0.5)
-                .view([-1, 1, 1, 1]);
-            z0 = flipped.index_select(0, &idx).where_self(&coin, &z0);
-        }
-        let z0 = z0.to_device(device);
-        let labels = cache.labels.as_ref().map(|l| l.index_select(0, &idx).to_device(device));
-        let b = idx.size()[0] as usize;
+        let (batch, batch_cursor) =
+            batches.next().ok_or_else(|| invalid("data.cache", "the batch reader stopped"))??;
+        cursor = batch_cursor;
+        let z0 = batch.latents.to_device(device);
+        let labels = batch.labels.as_ref().map(|l| l.to_device(device));
+        let b = batch.indices.len();
         let t_cpu = time_sampler.sample(&schedule, b, Device::Cpu)?;
         let t_dev = t_cpu.to_device(device);
         let eps = z0.randn_like();
@@ -328,7 +335,7 @@ pub fn train_model(
             tensors.extend(opt.state_tensors());
             let state = RunState {
                 step,
-                cursor: stream.cursor(),
+                cursor,
                 time_sampler_state: time_sampler.state(),
                 adamw_step: opt.step_count(),
                 config_toml: config_toml.clone(),
