@@ -35,7 +35,7 @@ enum Command {
     /// Sample an image grid from a run's EMA weights.
     Sample(cli::train::SampleArgs),
     /// Sample from a run and print FD-EffNet against the Fashion-MNIST test split.
-    Eval(cli::train::EvalArgs),
+    Eval(cli::eval::EvalArgs),
     /// MSE vs MSE + LPL: pre-train, fork, evaluate, report (resumable).
     Ablate(cli::train::AblateArgs),
 }
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
         Command::Cache(args) => cli::train::cache(args),
         Command::Train(args) => cli::train::train(args),
         Command::Sample(args) => cli::train::sample(args),
-        Command::Eval(args) => cli::train::eval(args),
+        Command::Eval(args) => cli::eval::eval(args),
         Command::Ablate(args) => cli::train::ablate(args),
     };
     match result {

@@ -1,6 +1,7 @@
 //! The subcommands of the `lpl` binary.
 
 pub mod ae;
+pub mod eval;
 pub mod loss_probe;
 pub mod model_info;
 pub mod train;

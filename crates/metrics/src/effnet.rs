@@ -8,12 +8,12 @@
 //! `$LPL_HOME/assets/efficientnet-lite0.safetensors`. Convolutions use TensorFlow's "same"
 //! padding (asymmetric for stride 2), as the ported weights expect.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use tch::nn::{self, Module, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+use crate::features::{FeatureExtractor, load_frozen};
 use crate::frechet::StatsError;
 
 /// `(repeats, kernel, stride, expand, in, out)` of the seven stages of Lite0.
@@ -144,12 +144,7 @@ impl EfficientNetLite0 {
     /// the original file (`num_batches_tracked`) are ignored.
     pub fn from_file(path: &Path, device: Device) -> Result<Self, StatsError> {
         let mut model = Self::new(device);
-        let tensors: BTreeMap<String, Tensor> = lpl_tensor_io::read_tensors(path)?
-            .into_iter()
-            .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
-            .collect();
-        lpl_tensor_io::load_into(&model.vs, &tensors, path)?;
-        model.vs.freeze();
+        load_frozen(&mut model.vs, path, |_| false)?;
         Ok(model)
     }
 
@@ -186,4 +181,22 @@ pub fn preprocess(images: &Tensor) -> Tensor {
     let x = if x.size()[1] == 1 { x.repeat([1, 3, 1, 1]) } else { x };
     let x = x.upsample_bilinear2d([RESOLUTION, RESOLUTION], false, None, None);
     (x * 255.0 - 127.0) / 128.0
+}
+
+impl FeatureExtractor for EfficientNetLite0 {
+    fn metric_name(&self) -> &'static str {
+        "FD-EffNet"
+    }
+
+    fn dim(&self) -> i64 {
+        FEATURES
+    }
+
+    fn features(&self, images: &Tensor) -> Tensor {
+        EfficientNetLite0::features(self, &preprocess(images))
+    }
+
+    fn device(&self) -> Device {
+        self.vs.device()
+    }
 }

@@ -147,7 +147,13 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64, Sta
     let inner = root_a.f_matmul(&b.sigma)?.f_matmul(&root_a)?;
     let inner = (&inner + inner.f_transpose(0, 1)?) * 0.5;
     let eig = inner.f_linalg_eigvalsh("L")?;
-    let tr_covmean = f64::try_from(eig.f_clamp_min(0.0)?.f_sqrt()?.f_sum(Kind::Double)?)?;
+    // Eigenvalues below d * eps * max are rounding noise of a PSD matrix (rank-deficient
+    // covariances: fewer samples than dimensions); their square roots (~sqrt(noise)) would
+    // add up to a visible bias, so they count as zero, as a pseudo-inverse's cut-off does.
+    let max = f64::try_from(eig.f_max()?)?.max(0.0);
+    let cutoff = max * d as f64 * f64::EPSILON;
+    let kept = eig.f_where_scalarother(&eig.f_gt(cutoff)?, 0.0)?;
+    let tr_covmean = f64::try_from(kept.f_sqrt()?.f_sum(Kind::Double)?)?;
     let mean_term = f64::try_from(diff.f_dot(&diff)?)?;
     let traces = f64::try_from(a.sigma.f_trace()? + b.sigma.f_trace()?)?;
     Ok(mean_term + traces - 2.0 * tr_covmean)

@@ -4,6 +4,7 @@
 use tch::{Kind, Tensor};
 
 use crate::frechet::StatsError;
+use crate::plot::{LinePlot, Series};
 
 /// The radially averaged power spectrum of images `(N, C, H, W)` in `[0, 1]`: grey (the mean
 /// of the channels), each image minus its mean, `|FFT2|^2 / (H W)`, averaged over images, then
@@ -46,6 +47,24 @@ pub struct SpectrumComparison {
     pub low_band_error: f64,
     /// Mean band error over radii `> R / 2` (the high frequencies).
     pub high_band_error: f64,
+}
+
+impl SpectrumComparison {
+    /// The two spectra (radii 1..=R, log power) as a plot; `fake_name` labels the generated
+    /// curve.
+    pub fn plot(&self, title: &str, fake_name: &str) -> LinePlot {
+        let series = |name: &str, v: &[f64]| Series {
+            name: name.to_string(),
+            points: v.iter().enumerate().skip(1).map(|(r, &p)| (r as f64, p)).collect(),
+        };
+        LinePlot {
+            title: title.to_string(),
+            x_label: "spatial frequency (radius, cycles per image)".into(),
+            y_label: "mean power".into(),
+            log_y: true,
+            series: vec![series("real", &self.real), series(fake_name, &self.fake)],
+        }
+    }
 }
 
 /// Compares the spectra of `fake` and `real` images (same size).

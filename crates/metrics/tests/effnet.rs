@@ -66,3 +66,35 @@ fn preprocessing_maps_grey_to_rgb_at_224() {
     let v = f64::try_from(x.mean(Kind::Float)).unwrap();
     assert!((v - (127.5 - 127.0) / 128.0).abs() < 1e-6, "{v}");
 }
+
+/// scikit-image's chelsea.png (a tabby cat) and coffee.png (a cup of espresso), fetched by
+/// `cargo xtask test` into `$LPL_HOME/assets`.
+fn skimage_image(name: &str) -> Option<Tensor> {
+    let path = weights()?.with_file_name(name);
+    let Ok(img) = image::open(&path) else {
+        println!("SKIPPED: {} not found (`cargo xtask test` fetches it)", path.display());
+        return None;
+    };
+    let rgb = img.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    let t = Tensor::from_slice(rgb.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]);
+    Some(t.to_kind(Kind::Float).unsqueeze(0) / 255.0)
+}
+
+#[test]
+fn imagenet_classes_of_real_photos() {
+    let Some(path) = weights() else { return };
+    let (Some(cat), Some(coffee)) = (skimage_image("chelsea.png"), skimage_image("coffee.png"))
+    else {
+        return;
+    };
+    let model = EfficientNetLite0::from_file(&path, Device::Cpu).unwrap();
+    let top1 = |x: &Tensor| {
+        i64::try_from(tch::no_grad(|| model.logits(&preprocess(x))).argmax(1, false).get(0))
+            .unwrap()
+    };
+    let (c, e) = (top1(&cat), top1(&coffee));
+    println!("top-1: chelsea {c}, coffee {e}");
+    assert!((281..=285).contains(&c), "chelsea.png: class {c}, expected a cat (281-285)");
+    assert_eq!(e, 967, "coffee.png: expected espresso (967)");
+}

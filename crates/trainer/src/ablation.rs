@@ -278,7 +278,7 @@ pub fn run_ablation(
                             2,
                         );
                         lpl_data::folder::write_png(&grid, &run.output_dir.join("samples.png"))?;
-                        let metrics = sample_metrics(&effnet, &real, &fake, device)?;
+                        let (metrics, _spectrum) = sample_metrics(&effnet, &real, &fake)?;
                         let json = serde_json::json!({"count": config.eval_count, "metrics": metrics, "steps": config.eval_steps, "guidance": config.eval_guidance});
                         std::fs::write(&eval_file, json.to_string())
                             .map_err(|e| invalid("output_dir", e.to_string()))?;

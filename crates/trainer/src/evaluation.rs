@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_data::LatentCache;
 use lpl_denoiser::Denoiser;
-use lpl_metrics::effnet::{EfficientNetLite0, FEATURES, preprocess};
-use lpl_metrics::{StatsAccumulator, frechet_distance};
+use lpl_metrics::effnet::EfficientNetLite0;
 use lpl_schedulers::{NoiseSchedule, Parameterization};
 use tch::{Device, Tensor};
 
@@ -82,17 +81,6 @@ impl TrainedRun {
     }
 }
 
-/// EfficientNet-Lite0 features `(N, 1280)` of pixel images `(N, C, H, W)` in `[0, 1]`.
-pub fn effnet_features(net: &EfficientNetLite0, images: &Tensor, device: Device) -> Result<Tensor> {
-    tch::no_grad(|| {
-        let mut parts = Vec::new();
-        for chunk in images.split(64, 0) {
-            parts.push(net.features(&preprocess(&chunk.to_device(device))).to_device(Device::Cpu));
-        }
-        Ok(Tensor::cat(&parts, 0))
-    })
-}
-
 /// Metrics of generated against real images: in EfficientNet-Lite0 features, and of their
 /// power spectra.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -119,27 +107,21 @@ pub fn sample_metrics(
     net: &EfficientNetLite0,
     real: &Tensor,
     fake: &Tensor,
-    device: Device,
-) -> Result<SampleMetrics> {
-    let (fr, ff) = (effnet_features(net, real, device)?, effnet_features(net, fake, device)?);
-    let err = |e: lpl_metrics::StatsError| TrainError::Torch(e.to_string());
-    let stats = |f: &Tensor| -> Result<lpl_metrics::GaussianStats> {
-        let mut acc = StatsAccumulator::new(FEATURES);
-        acc.add(f).map_err(err)?;
-        acc.finish().map_err(err)
-    };
-    let fd_effnet = frechet_distance(&stats(&fr)?, &stats(&ff)?).map_err(err)?;
-    let p = lpl_metrics::prdc(&fr, &ff, 3).map_err(err)?;
-    let spectrum = lpl_metrics::compare_spectra(real, fake).map_err(err)?;
-    Ok(SampleMetrics {
-        fd_effnet,
-        precision: p.precision,
-        recall: p.recall,
-        density: p.density,
-        coverage: p.coverage,
-        spectrum_low: spectrum.low_band_error,
-        spectrum_high: spectrum.high_band_error,
-    })
+) -> Result<(SampleMetrics, lpl_metrics::spectrum::SpectrumComparison)> {
+    let (m, spectrum) = lpl_metrics::compare_images(net, real, fake)
+        .map_err(|e| TrainError::Torch(e.to_string()))?;
+    Ok((
+        SampleMetrics {
+            fd_effnet: m.fd,
+            precision: m.precision,
+            recall: m.recall,
+            density: m.density,
+            coverage: m.coverage,
+            spectrum_low: m.spectrum_low,
+            spectrum_high: m.spectrum_high,
+        },
+        spectrum,
+    ))
 }
 
 /// The default location of the converted EfficientNet-Lite0 weights.

@@ -1,0 +1,190 @@
+//! `lpl eval`: metrics of generated against real images, printed as a table and JSON.
+//! Generated images come from a run (`--run`: sampled from its EMA weights) or a folder
+//! (`--fake`); real ones from a folder, a latent cache (decoded with the autoencoder its
+//! manifest names) or a dataset (`fashion_mnist`, `fashion_mnist:train`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lpl_data::folder::{ReadOptions, read_folder};
+use lpl_data::{FashionMnist, LatentCache, Split, preprocess};
+use lpl_metrics::{EfficientNetLite0, FeatureExtractor, FidInceptionV3, compare_images};
+use lpl_trainer::evaluation::TrainedRun;
+use tch::{Device, Kind, Tensor};
+
+use super::train::{SamplingArgs, sample_images};
+
+/// Arguments of `lpl eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A run directory (its latest checkpoint) or a checkpoint file to sample from.
+    #[arg(long, required_unless_present = "fake", conflicts_with = "fake")]
+    run: Option<PathBuf>,
+    /// A folder of generated images (instead of --run).
+    #[arg(long)]
+    fake: Option<PathBuf>,
+    /// Real images: a folder, a latent cache directory, `fashion_mnist` (test split) or
+    /// `fashion_mnist:train`.
+    #[arg(long, default_value = "fashion_mnist")]
+    real: String,
+    /// Images per side (the first `count` of each).
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Feature network: `effnet` (FD-EffNet, EfficientNet-Lite0) or `inception` (FID, needs
+    /// --inception-weights).
+    #[arg(long, default_value = "effnet")]
+    features: String,
+    /// EfficientNet-Lite0 weights (default: $LPL_HOME/assets/efficientnet-lite0.pth).
+    #[arg(long)]
+    effnet: Option<PathBuf>,
+    /// pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth).
+    #[arg(long)]
+    inception_weights: Option<PathBuf>,
+    /// Write the two power spectra as a PNG plot here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Directory of the Fashion-MNIST files (default: the system location).
+    #[arg(long)]
+    dataset_dir: Option<PathBuf>,
+    /// How to sample (with --run).
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn feature_network(args: &EvalArgs, device: Device) -> Result<Box<dyn FeatureExtractor>> {
+    Ok(match args.features.as_str() {
+        "effnet" => {
+            let weights = match args
+                .effnet
+                .clone()
+                .or_else(lpl_trainer::evaluation::default_effnet_weights)
+            {
+                Some(p) if p.is_file() => p,
+                other => bail!(
+                    "EfficientNet-Lite0 weights not found ({}); `cargo xtask test` converts them, or pass --effnet",
+                    other.map_or("no LPL_HOME".to_string(), |p| p.display().to_string())
+                ),
+            };
+            Box::new(EfficientNetLite0::from_file(&weights, device)?)
+        }
+        "inception" => {
+            let weights = args.inception_weights.as_ref().context(
+                "--features inception needs --inception-weights (pytorch-fid's \
+                 pt_inception-2015-12-05-6726825d.pth, from its GitHub releases)",
+            )?;
+            Box::new(FidInceptionV3::from_file(weights, device)?)
+        }
+        other => bail!("--features: unknown `{other}` (effnet, inception)"),
+    })
+}
+
+/// Real images `(N, C, H, W)` in `[0, 1]`, at most `count`.
+fn real_images(args: &EvalArgs, channels: u32, device: Device) -> Result<Tensor> {
+    let n = args.count as i64;
+    let dataset = |split| -> Result<Tensor> {
+        let data = FashionMnist::load(args.dataset_dir.as_deref(), split)?;
+        let k = n.min(data.images.size()[0]);
+        Ok(preprocess::to_unit_range(&data.images.narrow(0, 0, k))?)
+    };
+    let path = PathBuf::from(&args.real);
+    Ok(match args.real.as_str() {
+        "fashion_mnist" | "fashion_mnist:test" => dataset(Split::Test)?,
+        "fashion_mnist:train" => dataset(Split::Train)?,
+        _ if path.join("manifest.json").is_file() => {
+            let cache = LatentCache::open(&path)?;
+            let ae_path = PathBuf::from(&cache.manifest.autoencoder);
+            let ae = lpl_autoencoder::open(&ae_path, device, Kind::Float).with_context(|| {
+                format!("opening the cache's autoencoder {} (from its manifest)", ae_path.display())
+            })?;
+            let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
+            cache.check_autoencoder(&fingerprint, &cache.manifest.codec)?;
+            let k = n.min(cache.len());
+            let latents = cache.gather(&(0..k).collect::<Vec<_>>(), &[])?.latents;
+            lpl_trainer::sampling::decode(ae.as_ref(), &cache.manifest.codec, &latents)?
+        }
+        _ if path.is_dir() => {
+            let read = read_folder(&path, &ReadOptions::new(channels))?;
+            let k = n.min(read.images.size()[0]);
+            preprocess::to_unit_range(&read.images.narrow(0, 0, k))?
+        }
+        other => bail!(
+            "--real `{other}`: not a folder, a latent cache or a dataset name (fashion_mnist, fashion_mnist:train)"
+        ),
+    })
+}
+
+/// Brings `real` to the size of `fake`: zero padding when it is smaller (Fashion-MNIST's
+/// 28 -> 32), antialiased bilinear resizing otherwise.
+fn match_size(real: Tensor, fake: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = real.size4()?;
+    let (_, _, fh, fw) = fake.size4()?;
+    Ok(if (h, w) == (fh, fw) {
+        real
+    } else if h <= fh && w <= fw && fh == fw {
+        preprocess::pad_to(&real, fh)?
+    } else {
+        real.upsample_bilinear2d([fh, fw], false, None, None)
+    })
+}
+
+/// Computes and prints the metrics.
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let device = super::parse_device(&args.device)?;
+    let (fake, source) = match (&args.run, &args.fake) {
+        (Some(run_path), _) => {
+            let run = TrainedRun::open(run_path, device)?;
+            let images = sample_images(&run, &args.sampling, args.count, device)?;
+            (images, format!("{} (step {})", run_path.display(), run.step))
+        }
+        (None, Some(dir)) => {
+            let read = read_folder(dir, &ReadOptions::new(3))?;
+            let k = (args.count as i64).min(read.images.size()[0]);
+            (preprocess::to_unit_range(&read.images.narrow(0, 0, k))?, dir.display().to_string())
+        }
+        (None, None) => bail!("give --run or --fake"),
+    };
+    let fake = fake.to_device(Device::Cpu);
+    let channels = fake.size()[1] as u32;
+    let real = match_size(real_images(&args, channels, device)?.to_device(Device::Cpu), &fake)?;
+    let real = if real.size()[1] != fake.size()[1] {
+        // grey real vs RGB fake (or the reverse): compare in RGB
+        let rgb = |t: Tensor| if t.size()[1] == 1 { t.repeat([1, 3, 1, 1]) } else { t };
+        rgb(real)
+    } else {
+        real
+    };
+    let fake = if fake.size()[1] != real.size()[1] { fake.repeat([1, 3, 1, 1]) } else { fake };
+    let net = feature_network(&args, device)?;
+    let (m, spectrum) = compare_images(net.as_ref(), &real, &fake)?;
+    println!(
+        "| generated | real | n real / fake | {} | precision | recall | density | coverage | spectrum err low / high |",
+        m.metric
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| {source} | {} | {} / {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} / {:.3} |",
+        args.real,
+        m.count.0,
+        m.count.1,
+        m.fd,
+        m.precision,
+        m.recall,
+        m.density,
+        m.coverage,
+        m.spectrum_low,
+        m.spectrum_high
+    );
+    if let Some(plot) = &args.plot {
+        spectrum.plot(&format!("power spectra: {}", args.real), "generated").save_png(plot)?;
+        println!("spectrum plot: {}", plot.display());
+    }
+    println!(
+        "{}",
+        serde_json::json!({"generated": source, "real": args.real, "sampling": args.run.as_ref().map(|_| serde_json::json!({"steps": args.sampling.steps, "guidance": args.sampling.guidance, "seed": args.sampling.seed})), "metrics": m})
+    );
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! `lpl eval --real DIR --fake DIR`: identical image sets are at FD ~0 (< 1e-6) with precision
+//! and recall 1; a blurred copy is farther and has the larger high-band spectrum error; the
+//! spectrum plot is written; an unknown feature network is a clear error. Skipped, saying so,
+//! without the EfficientNet-Lite0 weights (`cargo xtask test` converts them).
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lpl::data::folder::write_pngs;
+use tch::{Device, Kind, Tensor};
+
+const LPL: &str = env!("CARGO_BIN_EXE_lpl");
+
+fn eval(real: &Path, fake: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new(LPL)
+        .args(["eval", "--device", "cpu", "--count", "40", "--real"])
+        .arg(real)
+        .arg("--fake")
+        .arg(fake)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap()
+}
+
+#[test]
+fn identical_sets_blur_and_errors() {
+    let weights = lpl::trainer::evaluation::default_effnet_weights();
+    if !weights.as_ref().is_some_and(|p| p.is_file()) {
+        println!("SKIPPED: no EfficientNet-Lite0 weights ({weights:?})");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("lpl-eval-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tch::manual_seed(5);
+    let coarse = Tensor::rand([40, 3, 4, 4], (Kind::Float, Device::Cpu));
+    let images = (coarse.upsample_bilinear2d([32, 32], false, None, None) * 0.8
+        + Tensor::rand([40, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.2)
+        .clamp(0.0, 1.0);
+    let k = Tensor::from_slice(&[0.25f32, 0.5, 0.25]);
+    let blurred = images
+        .conv2d(
+            &k.view([1, 1, 1, 3]).repeat([3, 1, 1, 1]),
+            None::<Tensor>,
+            [1, 1],
+            [0, 1],
+            [1, 1],
+            3,
+        )
+        .conv2d(
+            &k.view([1, 1, 3, 1]).repeat([3, 1, 1, 1]),
+            None::<Tensor>,
+            [1, 1],
+            [1, 0],
+            [1, 1],
+            3,
+        );
+    let (a, b): (PathBuf, PathBuf) = (dir.join("a"), dir.join("blurred"));
+    write_pngs(&images, &a, 0).unwrap();
+    write_pngs(&blurred, &b, 0).unwrap();
+    let plot = dir.join("spectrum.png");
+    let (ok, stdout, stderr) = eval(&a, &a, &["--plot", plot.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let same = json(&stdout)["metrics"].clone();
+    assert_eq!(same["metric"], "FD-EffNet");
+    assert!(same["fd"].as_f64().unwrap().abs() < 1e-6, "{same}");
+    assert_eq!(same["precision"].as_f64(), Some(1.0));
+    assert_eq!(same["recall"].as_f64(), Some(1.0));
+    assert!(image::open(&plot).is_ok(), "the spectrum plot is a PNG");
+    let (ok, stdout, stderr) = eval(&a, &b, &[]);
+    assert!(ok, "{stderr}");
+    let blur = json(&stdout)["metrics"].clone();
+    assert!(blur["fd"].as_f64().unwrap() > 1.0, "{blur}");
+    assert!(blur["spectrum_high"].as_f64().unwrap() > blur["spectrum_low"].as_f64().unwrap());
+    assert!(
+        blur["spectrum_high"].as_f64().unwrap()
+            > 10.0 * same["spectrum_high"].as_f64().unwrap().max(1e-3)
+    );
+    let (ok, _, stderr) = eval(&a, &b, &["--features", "clip"]);
+    assert!(!ok && stderr.contains("unknown `clip`"), "{stderr}");
+    let (ok, _, stderr) = eval(&a, &b, &["--features", "inception"]);
+    assert!(!ok && stderr.contains("--inception-weights"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
