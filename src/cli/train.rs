@@ -10,7 +10,6 @@ use lpl_trainer::cache_building::CacheConfig;
 use lpl_trainer::diffusion_training::{self, Start};
 use lpl_trainer::evaluation::TrainedRun;
 use lpl_trainer::run_config::{RunConfig, SampleConfig};
-use tch::Kind;
 
 /// Arguments of `lpl cache`: a config file, or the dataset and autoencoder as flags.
 #[derive(Args)]
@@ -206,21 +205,7 @@ pub(crate) fn sample_images(
         seed: args.seed,
         every: 0,
     };
-    let n = count as i64;
-    let labels = run
-        .num_classes
-        .map(|k| tch::Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(k));
-    let latents = lpl_trainer::sampling::sample_latents(
-        run.model.as_ref(),
-        &run.schedule,
-        run.parameterization,
-        &sample,
-        labels.as_ref(),
-        &run.latent_shape,
-        n,
-        device,
-    )?;
-    Ok(lpl_trainer::sampling::decode(run.ae.as_ref(), &run.codec, &latents)?)
+    Ok(run.sample_images(&sample, device)?)
 }
 
 /// Samples a grid from a run's EMA weights.
@@ -246,9 +231,15 @@ pub struct AblateArgs {
     /// The ablation config (TOML).
     #[arg(long, default_value = "configs/ablate-default.toml")]
     config: PathBuf,
-    /// The small smoke version (one seed, eps, a few hundred steps).
+    /// The small smoke version (one seed, eps, 5000 images, a few hundred steps).
     #[arg(long)]
     quick: bool,
+    /// Only these parameterisations (e.g. `--only eps`; reproduces those rows).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Output directory (default: the config's `output_dir`).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -260,12 +251,28 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
     if args.quick {
         config = config.quick();
     }
-    lpl_trainer::ablation::run_ablation(
-        &config,
-        &args.config,
-        args.quick,
-        super::parse_device(&args.device)?,
-    )?;
+    if let Some(out) = &args.out {
+        config.output_dir = out.clone();
+    }
+    if !args.only.is_empty() {
+        let keep = args
+            .only
+            .iter()
+            .map(|p| {
+                serde_json::from_value(serde_json::Value::String(p.clone())).with_context(|| {
+                    format!("--only: unknown parameterisation `{p}` (eps, v, flow)")
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        config = config.only(&keep)?;
+    }
+    let command = format!(
+        "cargo xtask ablate --config {}{}{}",
+        args.config.display(),
+        if args.quick { " --quick" } else { "" },
+        args.out.as_ref().map(|o| format!(" --out {}", o.display())).unwrap_or_default()
+    );
+    lpl_trainer::ablation::run_ablation(&config, &command, super::parse_device(&args.device)?)?;
     println!("report: {}", config.output_dir.join("report.md").display());
     Ok(())
 }

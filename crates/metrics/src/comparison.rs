@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::features::{FeatureExtractor, extract_features};
-use crate::frechet::{StatsAccumulator, StatsError, frechet_distance};
+use crate::frechet::{GaussianStats, StatsAccumulator, StatsError, frechet_distance};
 use crate::prdc::prdc;
 use crate::spectrum::{SpectrumComparison, compare_spectra};
 
@@ -33,6 +33,61 @@ pub struct ImageMetrics {
     pub count: (i64, i64),
 }
 
+/// What the real side of a comparison needs, computed once and reused for every generated
+/// set (an ablation compares many against the same real images).
+#[derive(Debug)]
+pub struct RealReference {
+    /// `(N, D)` features of the real images.
+    pub features: Tensor,
+    /// Their Gaussian statistics.
+    pub stats: GaussianStats,
+    /// The real images `(N, C, H, W)` in `[0, 1]` (for the spectra).
+    pub images: Tensor,
+}
+
+impl RealReference {
+    /// Features and statistics of `real` `(N, C, H, W)` pixels in `[0, 1]`.
+    pub fn new(net: &dyn FeatureExtractor, real: &Tensor) -> Result<Self, StatsError> {
+        let features = extract_features(net, real, 64);
+        let stats = gaussian(net.dim(), &features)?;
+        Ok(Self { features, stats, images: real.shallow_clone() })
+    }
+
+    /// Compares `fake` `(M, C, H, W)` (pixels in `[0, 1]`, the real images' size) with the
+    /// reference in `net`'s features (the network the reference was made with); also returns
+    /// the spectra (for a plot).
+    pub fn compare(
+        &self,
+        net: &dyn FeatureExtractor,
+        fake: &Tensor,
+    ) -> Result<(ImageMetrics, SpectrumComparison), StatsError> {
+        let ff = extract_features(net, fake, 64);
+        let fd = frechet_distance(&self.stats, &gaussian(net.dim(), &ff)?)?;
+        let p = prdc(&self.features, &ff, 3)?;
+        let spectrum = compare_spectra(&self.images, fake)?;
+        Ok((
+            ImageMetrics {
+                metric: net.metric_name().to_string(),
+                fd,
+                precision: p.precision,
+                recall: p.recall,
+                density: p.density,
+                coverage: p.coverage,
+                spectrum_low: spectrum.low_band_error,
+                spectrum_high: spectrum.high_band_error,
+                count: (self.images.size()[0], fake.size()[0]),
+            },
+            spectrum,
+        ))
+    }
+}
+
+fn gaussian(dim: i64, features: &Tensor) -> Result<GaussianStats, StatsError> {
+    let mut acc = StatsAccumulator::new(dim);
+    acc.add(features)?;
+    acc.finish()
+}
+
 /// Compares `fake` `(M, C, H, W)` with `real` `(N, C, H, W)` (pixels in `[0, 1]`, same size)
 /// in `net`'s features; also returns the spectra (for a plot).
 pub fn compare_images(
@@ -40,27 +95,5 @@ pub fn compare_images(
     real: &Tensor,
     fake: &Tensor,
 ) -> Result<(ImageMetrics, SpectrumComparison), StatsError> {
-    let (fr, ff) = (extract_features(net, real, 64), extract_features(net, fake, 64));
-    let stats = |f: &Tensor| {
-        let mut acc = StatsAccumulator::new(net.dim());
-        acc.add(f)?;
-        acc.finish()
-    };
-    let fd = frechet_distance(&stats(&fr)?, &stats(&ff)?)?;
-    let p = prdc(&fr, &ff, 3)?;
-    let spectrum = compare_spectra(real, fake)?;
-    Ok((
-        ImageMetrics {
-            metric: net.metric_name().to_string(),
-            fd,
-            precision: p.precision,
-            recall: p.recall,
-            density: p.density,
-            coverage: p.coverage,
-            spectrum_low: spectrum.low_band_error,
-            spectrum_high: spectrum.high_band_error,
-            count: (real.size()[0], fake.size()[0]),
-        },
-        spectrum,
-    ))
+    RealReference::new(net, real)?.compare(net, fake)
 }

@@ -56,7 +56,7 @@ pub mod prdc;
 pub mod psnr;
 pub mod spectrum;
 
-pub use comparison::{ImageMetrics, compare_images};
+pub use comparison::{ImageMetrics, RealReference, compare_images};
 pub use effnet::EfficientNetLite0;
 pub use features::{FeatureExtractor, extract_features};
 pub use frechet::{GaussianStats, StatsAccumulator, StatsError, frechet_distance};

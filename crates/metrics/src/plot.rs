@@ -128,6 +128,13 @@ impl LinePlot {
                         let pts = s.points.iter().copied().filter(|(x, y)| {
                             x.is_finite() && y.is_finite() && (!self.log_y || *y > 0.0)
                         });
+                        let pts: Vec<(f64, f64)> = pts.collect();
+                        // a marker on each point when there are few (one point draws no line)
+                        if pts.len() < 12 {
+                            chart
+                                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                                .map_err(draw_err)?;
+                        }
                         let drawn = chart
                             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                             .map_err(draw_err)?;
@@ -140,6 +147,7 @@ impl LinePlot {
                     if text {
                         chart
                             .configure_series_labels()
+                            .position(SeriesLabelPosition::UpperRight)
                             .background_style(WHITE.mix(0.85))
                             .border_style(BLACK)
                             .draw()

@@ -2,7 +2,12 @@
 //! train (or reuse) the autoencoder and the latent cache, pre-train with MSE once per
 //! parameterisation, fork each pre-trained run into MSE-only and MSE + LPL continuations of
 //! equal length with identical data order and seeds, evaluate FD-EffNet from the EMA weights
-//! with a fixed sampler and seeds, and write `results.json`, `results.csv` and `report.md`.
+//! with a fixed sampler and seeds, and write the report ([`crate::report`]: `report.md`,
+//! `report.html`, `results.json`, `results.csv`, spectrum and loss-curve plots).
+//!
+//! Besides MSE, each pre-trained run is continued with every LPL variant of the config (by
+//! default one, the `[lpl]` table itself), so sweeps over the paper's ablation axes (depth,
+//! tau, normalisation, weight, mask) are configs: `configs/ablate-depth.toml`, ...
 //!
 //! Every stage is skipped when its output exists, so an interrupted ablation resumes where
 //! it stopped (a half-trained run resumes from its latest checkpoint).
@@ -10,21 +15,76 @@
 use std::path::{Path, PathBuf};
 
 use lpl_data::{LatentCache, Split};
-use lpl_loss::LplConfig;
+use lpl_loss::{LplConfig, LplGate, Normalization};
+use lpl_metrics::RealReference;
 use lpl_schedulers::{Parameterization, SamplerConfig, SamplerKind};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use crate::ae_training::{AeTrainConfig, load_split, train_autoencoder};
 use crate::cache_building::{CacheOptions, build_cache};
 use crate::diffusion_training::{Start, train};
 use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
-use crate::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights, sample_metrics};
-use crate::run_checkpoint;
+use crate::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights};
 use crate::run_config::{RunConfig, SampleConfig};
+use crate::{progress, report, run_checkpoint};
 
 fn default_seeds() -> Vec<u64> {
     vec![0, 1, 2]
+}
+
+fn default_variants() -> Vec<LplVariant> {
+    vec![LplVariant { name: "lpl".into(), ..LplVariant::default() }]
+}
+
+fn default_eval_seed() -> u64 {
+    12_345
+}
+
+/// One LPL arm: the `[lpl]` table with some fields replaced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LplVariant {
+    /// The arm's name (its run directory and its row in the report).
+    pub name: String,
+    /// Decoder up blocks used (0: the mid block only).
+    #[serde(default)]
+    pub depth: Option<usize>,
+    /// SNR gate threshold (replaces the gate with `snr(t) >= tau`).
+    #[serde(default)]
+    pub tau: Option<f64>,
+    /// Feature normalisation.
+    #[serde(default)]
+    pub norm: Option<Normalization>,
+    /// Loss weight.
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// Outlier masking on or off.
+    #[serde(default)]
+    pub mask: Option<bool>,
+}
+
+impl LplVariant {
+    /// `base` with this variant's fields.
+    pub fn apply(&self, base: &LplConfig) -> LplConfig {
+        let mut c = base.clone();
+        if let Some(d) = self.depth {
+            c.depth = Some(d);
+        }
+        if let Some(tau) = self.tau {
+            c.gate = LplGate::Snr { tau };
+        }
+        if let Some(n) = self.norm {
+            c.norm = n;
+        }
+        if let Some(w) = self.weight {
+            c.weight = w;
+        }
+        if let Some(m) = self.mask {
+            c.mask = m;
+        }
+        c
+    }
 }
 
 /// What an ablation runs. Paths are relative to the working directory.
@@ -56,6 +116,16 @@ pub struct AblationConfig {
     pub eval_steps: usize,
     /// Classifier-free guidance scale for evaluation.
     pub eval_guidance: f64,
+    /// Seed of the evaluation noise (the same for every arm).
+    #[serde(default = "default_eval_seed")]
+    pub eval_seed: u64,
+    /// The LPL arms compared with MSE (default: one, `lpl`, the `[lpl]` table as is).
+    #[serde(default = "default_variants")]
+    pub variants: Vec<LplVariant>,
+    /// Train the autoencoder and build the cache on the first this many training images
+    /// (default: all).
+    #[serde(default)]
+    pub train_images: Option<usize>,
 }
 
 impl AblationConfig {
@@ -76,10 +146,49 @@ impl AblationConfig {
             return Err(invalid("pretrain_steps", "step counts must be >= 1 and eval_count >= 2"));
         }
         c.lpl.validate().map_err(|e| invalid("lpl", e.to_string()))?;
+        let mut names = std::collections::BTreeSet::new();
+        for v in &c.variants {
+            if v.name.is_empty()
+                || ["mse", "pretrain"].contains(&v.name.as_str())
+                || !v.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                || !names.insert(v.name.clone())
+            {
+                return Err(invalid(
+                    "variants",
+                    format!(
+                        "variant name `{}`: must be unique, [A-Za-z0-9_-], not mse or pretrain",
+                        v.name
+                    ),
+                ));
+            }
+            v.apply(&c.lpl)
+                .validate()
+                .map_err(|e| invalid("variants", format!("`{}`: {e}", v.name)))?;
+        }
+        if c.variants.is_empty() {
+            return Err(invalid("variants", "need at least one LPL variant"));
+        }
         Ok(c)
     }
 
-    /// The small smoke version: one seed, eps only, a few hundred steps, 200 images.
+    /// Only these parameterisations (`--only eps`: reproduces one row group of the report).
+    pub fn only(mut self, keep: &[Parameterization]) -> Result<Self> {
+        if let Some(p) = keep.iter().find(|p| !self.parameterizations.contains(p)) {
+            return Err(invalid("parameterizations", format!("`{p}` is not in this ablation")));
+        }
+        self.parameterizations.retain(|p| keep.contains(p));
+        Ok(self)
+    }
+
+    /// The names of the arms: `mse`, then the variants.
+    pub fn arms(&self) -> Vec<String> {
+        std::iter::once("mse".to_string())
+            .chain(self.variants.iter().map(|v| v.name.clone()))
+            .collect()
+    }
+
+    /// The small smoke version (minutes on 2 cores): one seed, eps only, 5000 training
+    /// images, a few hundred steps, 100 evaluation images.
     pub fn quick(mut self) -> Self {
         self.output_dir = self.output_dir.with_file_name(format!(
             "{}-quick",
@@ -90,11 +199,12 @@ impl AblationConfig {
         ));
         self.parameterizations = vec![Parameterization::Eps];
         self.seeds = vec![0];
-        self.autoencoder_steps = self.autoencoder_steps.min(150);
-        self.pretrain_steps = self.pretrain_steps.min(300);
-        self.continuation_steps = self.continuation_steps.min(60);
-        self.eval_count = self.eval_count.min(200);
-        self.eval_steps = self.eval_steps.min(20);
+        self.autoencoder_steps = self.autoencoder_steps.min(100);
+        self.pretrain_steps = self.pretrain_steps.min(150);
+        self.continuation_steps = self.continuation_steps.min(30);
+        self.eval_count = self.eval_count.min(100);
+        self.eval_steps = self.eval_steps.min(10);
+        self.train_images = Some(self.train_images.unwrap_or(usize::MAX).min(5000));
         self
     }
 }
@@ -106,12 +216,28 @@ pub struct ArmResult {
     pub parameterization: String,
     /// The continuation's seed.
     pub seed: u64,
-    /// `mse` or `lpl`.
+    /// `mse` or the LPL variant's name.
     pub arm: String,
-    /// FD-EffNet, precision, recall, density and coverage against the test split.
+    /// FD-EffNet, precision, recall, density, coverage, spectrum errors against the test split.
     pub metrics: SampleMetrics,
+    /// Radially averaged power spectrum of the generated images (radius 0..=R).
+    pub spectrum: Vec<f64>,
+    /// The same for the real images.
+    pub real_spectrum: Vec<f64>,
     /// The run directory.
     pub run: PathBuf,
+}
+
+/// What `eval.json` of a run holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EvalRecord {
+    count: usize,
+    steps: usize,
+    guidance: f64,
+    seed: u64,
+    metrics: SampleMetrics,
+    spectrum: Vec<f64>,
+    real_spectrum: Vec<f64>,
 }
 
 fn done(run: &Path, steps: usize) -> bool {
@@ -132,22 +258,10 @@ fn run_or_resume(config: &RunConfig, init: Option<&Path>, device: Device) -> Res
     train(config, start, device).map(|_| ())
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
-}
-
 /// Runs (or resumes) the whole ablation and writes its report; returns every arm's result.
 pub fn run_ablation(
     config: &AblationConfig,
-    config_path: &Path,
-    quick: bool,
+    command: &str,
     device: Device,
 ) -> Result<Vec<ArmResult>> {
     let out = &config.output_dir;
@@ -157,16 +271,22 @@ pub fn run_ablation(
     let mut ae_config = AeTrainConfig::from_file(&config.autoencoder_config)?;
     ae_config.output_dir = out.join("ae");
     ae_config.train.steps = config.autoencoder_steps;
-    if quick {
-        ae_config.eval.test_images = ae_config.eval.test_images.clamp(1, 500);
-        ae_config.eval.codec_images = ae_config.eval.codec_images.min(1000);
+    if let Some(n) = config.train_images {
+        // a small ablation also evaluates the autoencoder on fewer images
+        ae_config.eval.test_images = ae_config.eval.test_images.clamp(1, n.clamp(1, 500));
+        ae_config.eval.codec_images = ae_config.eval.codec_images.min(n.max(1));
     }
     let ae_path = ae_config.output_dir.join("autoencoder.safetensors");
-    let train_images = load_split(&ae_config.data, Split::Train)?;
+    let mut train_split = load_split(&ae_config.data, Split::Train)?;
+    if let Some(n) = config.train_images {
+        let n = (n as i64).min(train_split.images.size()[0]);
+        train_split.images = train_split.images.narrow(0, 0, n);
+        train_split.labels = train_split.labels.narrow(0, 0, n);
+    }
     if !ae_path.is_file() {
         tracing::info!("training the autoencoder ({} steps)", config.autoencoder_steps);
         let test = load_split(&ae_config.data, Split::Test)?;
-        let report = train_autoencoder(&ae_config, &train_images.images, &test.images, device)?;
+        let report = train_autoencoder(&ae_config, &train_split.images, &test.images, device)?;
         tracing::info!("autoencoder test PSNR {:.2} dB", report.test_psnr);
     }
     // 2. the latent cache
@@ -174,41 +294,43 @@ pub fn run_ablation(
     let mut ae = lpl_autoencoder::open(&ae_path, device, Kind::Float)?;
     ae.set_requires_grad(false);
     let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
-    let fresh_cache = LatentCache::open(&cache_dir)
-        .is_ok_and(|c| c.check_autoencoder(&fingerprint, ae.codec()).is_ok());
+    let fresh_cache = LatentCache::open(&cache_dir).is_ok_and(|c| {
+        c.check_autoencoder(&fingerprint, ae.codec()).is_ok()
+            && c.len() == train_split.images.size()[0]
+    });
     if !fresh_cache {
         let options = CacheOptions {
             pad_to: ae_config.data.pad_to,
             shard_size: 8192,
             batch: 256,
             flip: false,
-            num_classes: Some(train_images.num_classes),
+            num_classes: Some(train_split.num_classes),
             autoencoder_name: ae_path.display().to_string(),
         };
         build_cache(
             ae.as_ref(),
-            &train_images.images,
-            Some(&train_images.labels),
+            &train_split.images,
+            Some(&train_split.labels),
             &options,
             &cache_dir,
             device,
         )?;
     }
     drop(ae);
-    // 3. pre-training and continuations
+    // 3. pre-training, continuations, evaluation
     let base = RunConfig::from_file(&config.run_config)?;
     let mut results = Vec::new();
-    let weights = default_effnet_weights().filter(|p| p.is_file()).ok_or_else(|| {
-        invalid("eval", "EfficientNet-Lite0 weights missing: run `cargo xtask test` or `cargo xtask ablate`, which convert them")
-    })?;
-    let effnet = lpl_metrics::EfficientNetLite0::from_file(&weights, device)
-        .map_err(|e| TrainError::Torch(e.to_string()))?;
     let test = load_split(&ae_config.data, Split::Test)?;
-    let pad = ae_config.data.pad_to.unwrap_or(28);
-    let real = lpl_data::preprocess::to_unit_range(&lpl_data::preprocess::pad_to(
-        &test.images.narrow(0, 0, config.eval_count as i64),
-        pad,
-    )?)?;
+    let real = lpl_data::preprocess::to_unit_range(&test.images.narrow(
+        0,
+        0,
+        (config.eval_count as i64).min(test.images.size()[0]),
+    ))?;
+    // the feature network and the real statistics, made on first need
+    let mut reference: Option<(lpl_metrics::EfficientNetLite0, RealReference)> = None;
+    let arms = config.arms();
+    let total = config.parameterizations.len() * (1 + config.seeds.len() * arms.len());
+    let overall = progress::bar(total as u64, "ablation");
     for &param in &config.parameterizations {
         let name = param.to_string();
         let mut pre = base.clone();
@@ -223,28 +345,53 @@ pub fn run_ablation(
         }
         pre.loss.lpl = None;
         pre.train.steps = config.pretrain_steps;
+        pre.train.log_every = pre.train.log_every.min(config.pretrain_steps / 20).max(1);
         pre.sample = None;
+        overall.set_message(format!("{name} pre-training"));
         run_or_resume(&pre, None, device)?;
+        overall.inc(1);
         let pre_ckpt = run_checkpoint::checkpoint_path(&pre.output_dir, config.pretrain_steps);
         for &seed in &config.seeds {
-            for arm in ["mse", "lpl"] {
+            for arm in &arms {
+                overall.set_message(format!("{name} seed {seed} {arm}"));
                 let mut run = pre.clone();
                 run.output_dir = out.join(&name).join(format!("seed{seed}")).join(arm);
                 run.train.steps = config.continuation_steps;
+                run.train.log_every =
+                    base.train.log_every.min(config.continuation_steps / 10).max(1);
                 run.train.seed = seed;
-                run.loss.lpl = (arm == "lpl").then(|| config.lpl.clone());
+                run.loss.lpl =
+                    config.variants.iter().find(|v| &v.name == arm).map(|v| v.apply(&config.lpl));
                 run_or_resume(&run, Some(&pre_ckpt), device)?;
                 let eval_file = run.output_dir.join("eval.json");
                 let cached = std::fs::read_to_string(&eval_file)
                     .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .filter(|v| v["count"] == config.eval_count)
-                    .and_then(|v| {
-                        serde_json::from_value::<SampleMetrics>(v["metrics"].clone()).ok()
+                    .and_then(|t| serde_json::from_str::<EvalRecord>(&t).ok())
+                    .filter(|r| {
+                        (r.count, r.steps, r.guidance, r.seed)
+                            == (
+                                config.eval_count,
+                                config.eval_steps,
+                                config.eval_guidance,
+                                config.eval_seed,
+                            )
                     });
-                let metrics = match cached {
-                    Some(m) => m,
+                let record = match cached {
+                    Some(r) => r,
                     None => {
+                        if reference.is_none() {
+                            let weights = default_effnet_weights().filter(|p| p.is_file()).ok_or_else(|| {
+                                invalid("eval", "EfficientNet-Lite0 weights missing: run `cargo xtask ablate` or `cargo xtask test`, which convert them")
+                            })?;
+                            let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)
+                                .map_err(|e| TrainError::Torch(e.to_string()))?;
+                            let r = RealReference::new(&net, &real)
+                                .map_err(|e| TrainError::Torch(e.to_string()))?;
+                            reference = Some((net, r));
+                        }
+                        let Some((net, real_ref)) = reference.as_ref() else {
+                            return Err(invalid("eval", "no reference"));
+                        };
                         let trained = TrainedRun::open(&run.output_dir, device)?;
                         let sample = SampleConfig {
                             sampler: SamplerConfig::new(
@@ -253,131 +400,55 @@ pub fn run_ablation(
                             ),
                             guidance: lpl_schedulers::Guidance::new(config.eval_guidance),
                             count: config.eval_count,
-                            seed: 12_345,
+                            seed: config.eval_seed,
                             every: 0,
                         };
-                        let n = config.eval_count as i64;
-                        let labels = trained
-                            .num_classes
-                            .map(|k| Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(k));
-                        let latents = crate::sampling::sample_latents(
-                            trained.model.as_ref(),
-                            &trained.schedule,
-                            trained.parameterization,
-                            &sample,
-                            labels.as_ref(),
-                            &trained.latent_shape,
-                            n,
-                            device,
-                        )?;
-                        let fake =
-                            crate::sampling::decode(trained.ae.as_ref(), &trained.codec, &latents)?;
+                        let fake = trained.sample_images(&sample, device)?;
+                        let n = fake.size()[0];
                         let grid = lpl_metrics::grid::make_grid(
                             &fake.narrow(0, 0, n.min(100)),
                             trained.num_classes.unwrap_or(10),
                             2,
                         );
                         lpl_data::folder::write_png(&grid, &run.output_dir.join("samples.png"))?;
-                        let (metrics, _spectrum) = sample_metrics(&effnet, &real, &fake)?;
-                        let json = serde_json::json!({"count": config.eval_count, "metrics": metrics, "steps": config.eval_steps, "guidance": config.eval_guidance});
-                        std::fs::write(&eval_file, json.to_string())
+                        let (metrics, spectrum) = real_ref
+                            .compare(net, &fake)
+                            .map_err(|e| TrainError::Torch(e.to_string()))?;
+                        let record = EvalRecord {
+                            count: config.eval_count,
+                            steps: config.eval_steps,
+                            guidance: config.eval_guidance,
+                            seed: config.eval_seed,
+                            metrics,
+                            spectrum: spectrum.fake,
+                            real_spectrum: spectrum.real,
+                        };
+                        let text = serde_json::to_string_pretty(&record)
                             .map_err(|e| invalid("output_dir", e.to_string()))?;
-                        metrics
+                        lpl_tensor_io::write_atomically(&eval_file, text.as_bytes())
+                            .map_err(|e| invalid("output_dir", e.to_string()))?;
+                        record
                     }
                 };
-                tracing::info!("{name} seed {seed} {arm}: FD-EffNet {:.3}", metrics.fd_effnet);
+                tracing::info!(
+                    "{name} seed {seed} {arm}: {} {:.3}",
+                    record.metrics.metric,
+                    record.metrics.fd
+                );
                 results.push(ArmResult {
                     parameterization: name.clone(),
                     seed,
-                    arm: arm.to_string(),
-                    metrics,
+                    arm: arm.clone(),
+                    metrics: record.metrics,
+                    spectrum: record.spectrum,
+                    real_spectrum: record.real_spectrum,
                     run: run.output_dir.clone(),
                 });
+                overall.inc(1);
             }
         }
     }
-    write_report(config, config_path, quick, &results)?;
+    overall.finish_and_clear();
+    report::write_report(config, command, &results)?;
     Ok(results)
-}
-
-fn write_report(
-    config: &AblationConfig,
-    config_path: &Path,
-    quick: bool,
-    results: &[ArmResult],
-) -> Result<()> {
-    let out = &config.output_dir;
-    let io = |e: std::io::Error| invalid("output_dir", e.to_string());
-    let command = format!(
-        "cargo xtask ablate --config {}{}",
-        config_path.display(),
-        if quick { " --quick" } else { "" }
-    );
-    let json = serde_json::json!({"command": command, "config": config, "results": results});
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .map_err(io)?;
-    let mut csv = String::from(
-        "parameterization,seed,arm,fd_effnet,precision,recall,density,coverage,spectrum_low,spectrum_high,run\n",
-    );
-    for r in results {
-        let m = &r.metrics;
-        csv += &format!(
-            "{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}\n",
-            r.parameterization,
-            r.seed,
-            r.arm,
-            m.fd_effnet,
-            m.precision,
-            m.recall,
-            m.density,
-            m.coverage,
-            m.spectrum_low,
-            m.spectrum_high,
-            r.run.display()
-        );
-    }
-    std::fs::write(out.join("results.csv"), csv).map_err(io)?;
-    let mut md = format!(
-        "# MSE vs MSE + LPL on Fashion-MNIST\n\nReproduce: `{command}`\n\nFD-EffNet (Frechet distance in EfficientNet-Lite0 ImageNet features, {} generated vs {} real test images, {} sampler steps, guidance {}; lower is better), mean +- std over seeds {:?}; continuations of {} steps from one MSE pre-training of {} steps per parameterisation. Precision and recall: k = 3 (Kynkaanniemi et al.), same features; high-band spectrum error: mean |log10| error of the radially averaged power spectrum above half the maximum radius; means over seeds.\n\n| parameterisation | MSE | MSE + LPL | relative change | per-seed MSE | per-seed LPL | precision MSE / LPL | recall MSE / LPL | high-band spectrum error MSE / LPL |\n|---|---|---|---|---|---|---|---|---|\n",
-        config.eval_count,
-        config.eval_count,
-        config.eval_steps,
-        config.eval_guidance,
-        config.seeds,
-        config.continuation_steps,
-        config.pretrain_steps
-    );
-    for p in &config.parameterizations {
-        let name = p.to_string();
-        let arm = |a: &str, f: fn(&SampleMetrics) -> f64| {
-            results
-                .iter()
-                .filter(|r| r.parameterization == name && r.arm == a)
-                .map(|r| f(&r.metrics))
-                .collect::<Vec<_>>()
-        };
-        let (mse, lpl) = (arm("mse", |m| m.fd_effnet), arm("lpl", |m| m.fd_effnet));
-        let ((m, ms), (l, ls)) = (mean_std(&mse), mean_std(&lpl));
-        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-        let avg = |v: Vec<f64>| mean_std(&v).0;
-        md += &format!(
-            "| {name} | {m:.2} +- {ms:.2} | {l:.2} +- {ls:.2} | {:+.1}% | {} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} |\n",
-            (l - m) / m * 100.0,
-            fmt(&mse),
-            fmt(&lpl),
-            avg(arm("mse", |m| m.precision)),
-            avg(arm("lpl", |m| m.precision)),
-            avg(arm("mse", |m| m.recall)),
-            avg(arm("lpl", |m| m.recall)),
-            avg(arm("mse", |m| m.spectrum_high)),
-            avg(arm("lpl", |m| m.spectrum_high)),
-        );
-    }
-    md += "\nSample grids: `<parameterisation>/seed<s>/<arm>/samples.png`.\n";
-    std::fs::write(out.join("report.md"), &md).map_err(io)?;
-    println!("{md}");
-    Ok(())
 }

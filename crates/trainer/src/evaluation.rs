@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_data::LatentCache;
 use lpl_denoiser::Denoiser;
-use lpl_metrics::effnet::EfficientNetLite0;
 use lpl_schedulers::{NoiseSchedule, Parameterization};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::diffusion_training::{build_model, open_autoencoder};
 use crate::error::{Result, TrainError};
 use crate::run_checkpoint;
-use crate::run_config::RunConfig;
+use crate::run_config::{RunConfig, SampleConfig};
 
 /// A run's latest (or a given) checkpoint, loaded for sampling: EMA weights in the model.
 pub struct TrainedRun {
@@ -81,48 +80,30 @@ impl TrainedRun {
     }
 }
 
-/// Metrics of generated against real images: in EfficientNet-Lite0 features, and of their
-/// power spectra.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SampleMetrics {
-    /// Frechet distance ("FD-EffNet"; lower is better).
-    pub fd_effnet: f64,
-    /// k = 3 precision (fidelity).
-    pub precision: f64,
-    /// k = 3 recall (diversity).
-    pub recall: f64,
-    /// k = 3 density.
-    pub density: f64,
-    /// k = 3 coverage.
-    pub coverage: f64,
-    /// Mean |log10 power| error of the radial spectrum in the low band.
-    pub spectrum_low: f64,
-    /// The same in the high band (radii above half the maximum).
-    pub spectrum_high: f64,
+impl TrainedRun {
+    /// `sample.count` images `(N, C, H, W)` in `[0, 1]` on the CPU from the EMA weights, with
+    /// labels cycling over the classes (so a grid row shows the classes in order).
+    pub fn sample_images(&self, sample: &SampleConfig, device: Device) -> Result<Tensor> {
+        let n = sample.count as i64;
+        let labels =
+            self.num_classes.map(|k| Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(k));
+        let latents = crate::sampling::sample_latents(
+            self.model.as_ref(),
+            &self.schedule,
+            self.parameterization,
+            sample,
+            labels.as_ref(),
+            &self.latent_shape,
+            n,
+            device,
+        )?;
+        Ok(crate::sampling::decode(self.ae.as_ref(), &self.codec, &latents)?.to_device(Device::Cpu))
+    }
 }
 
-/// FD-EffNet, precision/recall/density/coverage (k = 3) and the spectrum band errors of `fake`
-/// against `real`, both pixel images in `[0, 1]` of the same size.
-pub fn sample_metrics(
-    net: &EfficientNetLite0,
-    real: &Tensor,
-    fake: &Tensor,
-) -> Result<(SampleMetrics, lpl_metrics::spectrum::SpectrumComparison)> {
-    let (m, spectrum) = lpl_metrics::compare_images(net, real, fake)
-        .map_err(|e| TrainError::Torch(e.to_string()))?;
-    Ok((
-        SampleMetrics {
-            fd_effnet: m.fd,
-            precision: m.precision,
-            recall: m.recall,
-            density: m.density,
-            coverage: m.coverage,
-            spectrum_low: m.spectrum_low,
-            spectrum_high: m.spectrum_high,
-        },
-        spectrum,
-    ))
-}
+/// Metrics of generated against real images (FD in a feature network, k = 3 precision,
+/// recall, density, coverage, spectrum band errors).
+pub type SampleMetrics = lpl_metrics::ImageMetrics;
 
 /// The default location of the converted EfficientNet-Lite0 weights.
 pub fn default_effnet_weights() -> Option<PathBuf> {

@@ -1,10 +1,19 @@
-//! Progress bars for long loops (hidden automatically when stderr is not a terminal).
+//! Progress bars for long loops (hidden automatically when stderr is not a terminal). All
+//! bars share one `MultiProgress`, so an ablation's overall bar stays above the bar of the
+//! run in progress.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::OnceLock;
 
-/// A bar over `len` steps with a free-text message.
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+fn multi() -> &'static MultiProgress {
+    static MULTI: OnceLock<MultiProgress> = OnceLock::new();
+    MULTI.get_or_init(MultiProgress::new)
+}
+
+/// A bar over `len` steps with a free-text message, below the bars already shown.
 pub fn bar(len: u64, prefix: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
+    let bar = multi().add(ProgressBar::new(len));
     let style = ProgressStyle::with_template(
         "{prefix} [{elapsed_precise}<{eta_precise}] {wide_bar} {pos}/{len} {msg}",
     )

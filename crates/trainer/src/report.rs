@@ -1,0 +1,479 @@
+//! The ablation's report: `results.json` and `results.csv` (every arm and seed),
+//! `report.md` and a self-contained `report.html` (images inlined, opens offline) with the
+//! table (mean +- std over seeds, relative change, per-seed values, a paired verdict on the
+//! sign of the effect, the command reproducing each row), spectrum plots per
+//! parameterisation, loss curves, and sample grids.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use lpl_metrics::{LinePlot, Series};
+
+use crate::ablation::{AblationConfig, ArmResult};
+use crate::error::{Result, invalid};
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// One row of the table: an LPL variant against MSE for one parameterisation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// eps, v or flow.
+    pub parameterization: String,
+    /// The LPL variant.
+    pub arm: String,
+    /// Seeds present in both arms, in order.
+    pub seeds: Vec<u64>,
+    /// Per-seed FD of the MSE arm.
+    pub fd_mse: Vec<f64>,
+    /// Per-seed FD of the LPL arm.
+    pub fd_lpl: Vec<f64>,
+    /// Mean and std of precision, recall, high-band spectrum error: (MSE, LPL).
+    pub precision: ((f64, f64), (f64, f64)),
+    /// See `precision`.
+    pub recall: ((f64, f64), (f64, f64)),
+    /// See `precision`.
+    pub spectrum_high: ((f64, f64), (f64, f64)),
+    /// One sentence on the sign of the FD change and whether it exceeds the seed spread.
+    pub verdict: String,
+    /// The command reproducing this row.
+    pub command: String,
+}
+
+fn verdict(mse: &[f64], lpl: &[f64], metric: &str) -> String {
+    let diffs: Vec<f64> = lpl.iter().zip(mse).map(|(l, m)| l - m).collect();
+    let (d, sd) = mean_std(&diffs);
+    let (m, _) = mean_std(mse);
+    let direction = if d < 0.0 { "lower (better)" } else { "higher (worse)" };
+    let change = format!("{metric} {:.2} -> {:.2} ({:+.1}%)", m, m + d, d / m * 100.0);
+    if diffs.len() < 2 {
+        return format!("LPL {direction}: {change}, one seed: no spread estimate, inconclusive");
+    }
+    let t = d / (sd / (diffs.len() as f64).sqrt()).max(1e-12);
+    let better = diffs.iter().filter(|x| **x < 0.0).count();
+    let strength = if t.abs() >= 2.0 {
+        "larger than the seed-to-seed spread"
+    } else {
+        "within the seed-to-seed spread: not distinguishable from noise"
+    };
+    format!(
+        "LPL {direction}: {change}; paired difference {d:+.2} +- {sd:.2} (t = {t:.1}), {strength}; LPL better in {better} of {} seeds",
+        diffs.len()
+    )
+}
+
+fn rows(config: &AblationConfig, command: &str, results: &[ArmResult]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for p in &config.parameterizations {
+        let name = p.to_string();
+        let of = |arm: &str| -> Vec<&ArmResult> {
+            results.iter().filter(|r| r.parameterization == name && r.arm == arm).collect()
+        };
+        let mse = of("mse");
+        for v in &config.variants {
+            let lpl = of(&v.name);
+            let seeds: Vec<u64> =
+                mse.iter().map(|r| r.seed).filter(|s| lpl.iter().any(|r| r.seed == *s)).collect();
+            let pick = |set: &[&ArmResult], f: fn(&ArmResult) -> f64| -> Vec<f64> {
+                seeds
+                    .iter()
+                    .filter_map(|s| set.iter().find(|r| r.seed == *s).map(|r| f(r)))
+                    .collect()
+            };
+            let both =
+                |f: fn(&ArmResult) -> f64| (mean_std(&pick(&mse, f)), mean_std(&pick(&lpl, f)));
+            let (fd_mse, fd_lpl) = (pick(&mse, |r| r.metrics.fd), pick(&lpl, |r| r.metrics.fd));
+            let metric = mse.first().map_or("FD".to_string(), |r| r.metrics.metric.clone());
+            out.push(Row {
+                parameterization: name.clone(),
+                arm: v.name.clone(),
+                verdict: verdict(&fd_mse, &fd_lpl, &metric),
+                seeds: seeds.clone(),
+                fd_mse,
+                fd_lpl,
+                precision: both(|r| r.metrics.precision),
+                recall: both(|r| r.metrics.recall),
+                spectrum_high: both(|r| r.metrics.spectrum_high),
+                command: format!("{command} --only {name}"),
+            });
+        }
+    }
+    out
+}
+
+/// Mean spectrum over seeds of one arm (radius 1..=R).
+fn mean_spectrum(results: &[&ArmResult], real: bool) -> Vec<(f64, f64)> {
+    let Some(first) = results.first() else { return Vec::new() };
+    let len = first.spectrum.len();
+    (1..len)
+        .map(|r| {
+            let v: Vec<f64> = results
+                .iter()
+                .filter_map(|a| {
+                    if real { a.real_spectrum.get(r) } else { a.spectrum.get(r) }.copied()
+                })
+                .collect();
+            (r as f64, mean_std(&v).0)
+        })
+        .collect()
+}
+
+/// Reads `(step, key)` pairs of a run's `metrics.jsonl`.
+fn curve(run: &Path, key: &str, offset: f64) -> Vec<(f64, f64)> {
+    let Ok(text) = std::fs::read_to_string(run.join("metrics.jsonl")) else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_f64()? + offset, v[key].as_f64()?)))
+        .collect()
+}
+
+/// Writes the spectrum and loss-curve plots; returns (title, path relative to `out`).
+fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, PathBuf)>> {
+    let out = &config.output_dir;
+    let dir = out.join("plots");
+    std::fs::create_dir_all(&dir).map_err(|e| invalid("output_dir", e.to_string()))?;
+    let err = |e: lpl_metrics::StatsError| invalid("output_dir", e.to_string());
+    let mut made = Vec::new();
+    for p in &config.parameterizations {
+        let name = p.to_string();
+        let arm_results = |arm: &str| -> Vec<&ArmResult> {
+            results.iter().filter(|r| r.parameterization == name && r.arm == arm).collect()
+        };
+        let mut series =
+            vec![Series { name: "real".into(), points: mean_spectrum(&arm_results("mse"), true) }];
+        for arm in config.arms() {
+            series.push(Series {
+                name: arm.clone(),
+                points: mean_spectrum(&arm_results(&arm), false),
+            });
+        }
+        if series[0].points.is_empty() {
+            continue;
+        }
+        let plot = LinePlot {
+            title: format!("{name}: radially averaged power spectrum (mean over seeds)"),
+            x_label: "spatial frequency (radius)".into(),
+            y_label: "power".into(),
+            log_y: true,
+            series,
+        };
+        let rel = PathBuf::from("plots").join(format!("spectrum-{name}.png"));
+        plot.save_png(&out.join(&rel)).map_err(err)?;
+        made.push((format!("{name}: power spectra"), rel));
+        // loss curves: pre-training, then each arm's first seed (diffusion MSE term)
+        let pre = out.join(&name).join("pretrain");
+        let offset = config.pretrain_steps as f64;
+        let mut series =
+            vec![Series { name: "pre-training (MSE)".into(), points: curve(&pre, "mse", 0.0) }];
+        if let Some(seed) = config.seeds.first() {
+            for arm in config.arms() {
+                let run = out.join(&name).join(format!("seed{seed}")).join(&arm);
+                series.push(Series {
+                    name: format!("{arm}: MSE term"),
+                    points: curve(&run, "mse", offset),
+                });
+                if arm != "mse" {
+                    series.push(Series {
+                        name: format!("{arm}: LPL term"),
+                        points: curve(&run, "lpl", offset),
+                    });
+                }
+            }
+        }
+        series.retain(|s| !s.points.is_empty());
+        if series.is_empty() {
+            continue;
+        }
+        let plot = LinePlot {
+            title: format!(
+                "{name}: training loss (seed {})",
+                config.seeds.first().copied().unwrap_or(0)
+            ),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            log_y: true,
+            series,
+        };
+        let rel = PathBuf::from("plots").join(format!("loss-{name}.png"));
+        plot.save_png(&out.join(&rel)).map_err(err)?;
+        made.push((format!("{name}: loss curves"), rel));
+    }
+    Ok(made)
+}
+
+fn pm(v: (f64, f64)) -> String {
+    format!("{:.3} +- {:.3}", v.0, v.1)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Writes every report file into the ablation's output directory and prints the table.
+pub fn write_report(config: &AblationConfig, command: &str, results: &[ArmResult]) -> Result<()> {
+    let out = &config.output_dir;
+    let io = |e: std::io::Error| invalid("output_dir", e.to_string());
+    let rows = rows(config, command, results);
+    let json =
+        serde_json::json!({"command": command, "config": config, "rows": rows, "results": results});
+    let text =
+        serde_json::to_string_pretty(&json).map_err(|e| invalid("output_dir", e.to_string()))?;
+    lpl_tensor_io::write_atomically(&out.join("results.json"), text.as_bytes())
+        .map_err(|e| invalid("output_dir", e.to_string()))?;
+    let mut csv = String::from(
+        "parameterization,seed,arm,metric,fd,precision,recall,density,coverage,spectrum_low,spectrum_high,run\n",
+    );
+    for r in results {
+        let m = &r.metrics;
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}",
+            r.parameterization,
+            r.seed,
+            r.arm,
+            m.metric,
+            m.fd,
+            m.precision,
+            m.recall,
+            m.density,
+            m.coverage,
+            m.spectrum_low,
+            m.spectrum_high,
+            r.run.display()
+        );
+    }
+    std::fs::write(out.join("results.csv"), csv).map_err(io)?;
+    let figures = plots(config, results)?;
+    let metric = results.first().map_or("FD".to_string(), |r| r.metrics.metric.clone());
+    let setup = format!(
+        "{metric}: Frechet distance in EfficientNet-Lite0 ImageNet features between {n} generated and {n} real test images (lower is better). \
+         Sampling: EMA weights, {} steps ({}), guidance {}, noise seed {}. Each parameterisation is pre-trained once with MSE for {} steps; \
+         every arm continues that checkpoint for {} steps with the same data order and seeds {:?}. Precision / recall: k = 3 in the same features. \
+         High-band spectrum error: mean |log10 power| difference to the real images above half the maximum radius (lower is better).",
+        config.eval_steps,
+        "DDIM, Euler for flow",
+        config.eval_guidance,
+        config.eval_seed,
+        config.pretrain_steps,
+        config.continuation_steps,
+        config.seeds,
+        n = config.eval_count,
+    );
+    let header = [
+        "parameterisation",
+        "arm",
+        &format!("{metric} MSE"),
+        &format!("{metric} LPL"),
+        "change",
+        "per-seed MSE",
+        "per-seed LPL",
+        "precision MSE / LPL",
+        "recall MSE / LPL",
+        "high-band spectrum err MSE / LPL",
+    ];
+    let cells = |r: &Row| -> Vec<String> {
+        let ((m, ms), (l, ls)) = (mean_std(&r.fd_mse), mean_std(&r.fd_lpl));
+        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        vec![
+            r.parameterization.clone(),
+            r.arm.clone(),
+            format!("{m:.2} +- {ms:.2}"),
+            format!("{l:.2} +- {ls:.2}"),
+            format!("{:+.1}%", (l - m) / m * 100.0),
+            fmt(&r.fd_mse),
+            fmt(&r.fd_lpl),
+            format!("{} / {}", pm(r.precision.0), pm(r.precision.1)),
+            format!("{} / {}", pm(r.recall.0), pm(r.recall.1)),
+            format!("{} / {}", pm(r.spectrum_high.0), pm(r.spectrum_high.1)),
+        ]
+    };
+    let mut md = format!("# MSE vs MSE + LPL\n\nReproduce everything: `{command}`\n\n{setup}\n\n");
+    md += &format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len()));
+    for r in &rows {
+        md += &format!("| {} |\n", cells(r).join(" | "));
+    }
+    md += "\n## What the numbers say\n\n";
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "- **{} / {}**: {}. Reproduce: `{}`",
+            r.parameterization, r.arm, r.verdict, r.command
+        );
+    }
+    md += "\n## Figures\n\n";
+    for (title, path) in &figures {
+        let _ = writeln!(md, "![{title}]({})", path.display());
+    }
+    md += "\nSample grids (first seed, one row per class order): ";
+    md += &grids(config)
+        .iter()
+        .map(|(t, p)| format!("[{t}]({})", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    md += "\n";
+    std::fs::write(out.join("report.md"), &md).map_err(io)?;
+    std::fs::write(
+        out.join("report.html"),
+        html(config, command, &setup, &header, &rows, &cells, &figures)?,
+    )
+    .map_err(io)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// The first seed's sample grid of every arm: (title, path relative to the output dir).
+fn grids(config: &AblationConfig) -> Vec<(String, PathBuf)> {
+    let Some(seed) = config.seeds.first() else { return Vec::new() };
+    config
+        .parameterizations
+        .iter()
+        .flat_map(|p| {
+            config.arms().into_iter().map(move |arm| {
+                (
+                    format!("{p} {arm}"),
+                    PathBuf::from(p.to_string())
+                        .join(format!("seed{seed}"))
+                        .join(&arm)
+                        .join("samples.png"),
+                )
+            })
+        })
+        .filter(|(_, p)| config.output_dir.join(p).is_file())
+        .collect()
+}
+
+fn inline_png(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|b| format!("data:image/png;base64,{}", base64(&b)))
+}
+
+fn html(
+    config: &AblationConfig,
+    command: &str,
+    setup: &str,
+    header: &[&str],
+    rows: &[Row],
+    cells: &dyn Fn(&Row) -> Vec<String>,
+    figures: &[(String, PathBuf)],
+) -> Result<String> {
+    let mut h = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>lpl: MSE vs MSE + LPL</title><style>\
+         body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}\
+         table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}\
+         th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}code{background:#f6f6f6;padding:1px 4px}\
+         .better{color:#16702e;font-weight:600}.worse{color:#a11;font-weight:600}\
+         figure{display:inline-block;margin:8px;vertical-align:top}figcaption{font-size:13px;text-align:center}\
+         img{border:1px solid #ddd}</style></head><body>\n<h1>MSE vs MSE + LPL</h1>\n",
+    );
+    let _ = writeln!(
+        h,
+        "<p>Reproduce everything: <code>{}</code></p><p>{}</p>",
+        html_escape(command),
+        html_escape(setup)
+    );
+    h += "<table id=\"results\"><tr>";
+    for c in header {
+        let _ = write!(h, "<th>{}</th>", html_escape(c));
+    }
+    h += "</tr>\n";
+    for r in rows {
+        h += "<tr>";
+        for (i, c) in cells(r).iter().enumerate() {
+            let class = if i == 4 {
+                if c.starts_with('-') { " class=\"better\"" } else { " class=\"worse\"" }
+            } else {
+                ""
+            };
+            let _ = write!(h, "<td{class}>{}</td>", html_escape(c));
+        }
+        h += "</tr>\n";
+    }
+    h += "</table>\n<h2>What the numbers say</h2><ul>\n";
+    for r in rows {
+        let _ = writeln!(
+            h,
+            "<li><b>{} / {}</b>: {}. Reproduce: <code>{}</code></li>",
+            html_escape(&r.parameterization),
+            html_escape(&r.arm),
+            html_escape(&r.verdict),
+            html_escape(&r.command)
+        );
+    }
+    h += "</ul>\n<h2>Figures</h2>\n";
+    for (title, path) in figures {
+        if let Some(src) = inline_png(&config.output_dir.join(path)) {
+            let _ = writeln!(
+                h,
+                "<figure><img class=\"plot\" src=\"{src}\" width=\"720\" alt=\"{0}\"><figcaption>{0}</figcaption></figure>",
+                html_escape(title)
+            );
+        }
+    }
+    h += "\n<h2>Samples (first seed)</h2>\n";
+    for (title, path) in grids(config) {
+        if let Some(src) = inline_png(&config.output_dir.join(&path)) {
+            let _ = writeln!(
+                h,
+                "<figure><img class=\"grid\" src=\"{src}\" width=\"360\" style=\"image-rendering:pixelated\" alt=\"{0}\"><figcaption>{0}</figcaption></figure>",
+                html_escape(&title)
+            );
+        }
+    }
+    h += "\n</body></html>\n";
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")]
+        {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn verdicts_state_sign_and_spread() {
+        let v = verdict(&[10.0, 11.0, 12.0], &[9.0, 10.1, 11.0], "FD");
+        assert!(
+            v.contains("lower (better)") && v.contains("larger than the seed-to-seed spread"),
+            "{v}"
+        );
+        let v = verdict(&[10.0, 11.0, 12.0], &[11.0, 10.0, 12.5], "FD");
+        assert!(v.contains("higher (worse)") && v.contains("not distinguishable"), "{v}");
+        assert!(verdict(&[10.0], &[9.0], "FD").contains("inconclusive"));
+    }
+}
