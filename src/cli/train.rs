@@ -273,6 +273,6 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
         args.out.as_ref().map(|o| format!(" --out {}", o.display())).unwrap_or_default()
     );
     lpl_trainer::ablation::run_ablation(&config, &command, super::parse_device(&args.device)?)?;
-    println!("report: {}", config.output_dir.join("report.md").display());
+    println!("report: {}", config.output_dir.join(format!("{}.md", config.report_name)).display());
     Ok(())
 }

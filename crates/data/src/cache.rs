@@ -88,6 +88,19 @@ pub fn write_shard(
     flipped: Option<&Tensor>,
     labels: Option<&Tensor>,
 ) -> Result<ShardInfo> {
+    write_shard_with_metadata(dir, i, latents, flipped, labels, &BTreeMap::new())
+}
+
+/// [`write_shard`] with string metadata in the file (what a resumed build checks before it
+/// keeps the shard: the autoencoder, the source range).
+pub fn write_shard_with_metadata(
+    dir: &Path,
+    i: usize,
+    latents: &Tensor,
+    flipped: Option<&Tensor>,
+    labels: Option<&Tensor>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<ShardInfo> {
     let mut tensors = vec![("latents".to_string(), latents.to_kind(Kind::Float).contiguous())];
     if let Some(f) = flipped {
         tensors.push(("latents_flipped".to_string(), f.to_kind(Kind::Float).contiguous()));
@@ -97,8 +110,7 @@ pub fn write_shard(
     }
     let file = shard_name(i);
     let path = dir.join(&file);
-    lpl_tensor_io::save(&tensors, &BTreeMap::new(), &path)
-        .map_err(|e| format_err(&path, e.to_string()))?;
+    lpl_tensor_io::save(&tensors, metadata, &path).map_err(|e| format_err(&path, e.to_string()))?;
     Ok(ShardInfo { file, count: latents.size()[0] })
 }
 

@@ -85,4 +85,4 @@ pub use idx::{FashionMnist, IdxArray, LabeledImages, Split, read_idx};
 pub use prefetch::Prefetch;
 pub use preprocess::{ImagePipeline, ResizeMode};
 pub use shuffle::{BatchCursor, BatchStream, CacheBatches};
-pub use source::DatasetConfig;
+pub use source::{DatasetConfig, ImageSource};

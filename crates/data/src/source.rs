@@ -1,15 +1,18 @@
 //! One dataset description for configs: which source, where, and how images are brought to
 //! the training size. Fashion-MNIST has its own train/test split; for image folders and the
 //! emoji set every 20th image (index 19, 39, ...) is the test split, the rest is training.
+//!
+//! [`DatasetConfig::open`] gives an [`ImageSource`] that decodes image files a chunk at a
+//! time (ImageNet does not fit in memory), [`DatasetConfig::load`] everything at once.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::emoji::NotoEmoji;
 use crate::error::{DataError, Result};
-use crate::folder::{ReadOptions, read_folder};
+use crate::folder::{Decoded, ImageFolder, ReadOptions, decode_files};
 use crate::idx::{FashionMnist, LabeledImages, Split};
 use crate::preprocess::{self, ImagePipeline, ResizeMode};
 
@@ -68,8 +71,8 @@ impl DatasetConfig {
             |field: &str, msg: String| Err(DataError::Invalid(format!("`data.{field}`: {msg}")));
         match self.dataset.as_str() {
             "fashion_mnist" => {}
-            "folder" | "emoji" if self.dir.is_none() => {
-                return bad("dir", format!("the `{}` dataset needs a directory", self.dataset));
+            "folder" if self.dir.is_none() => {
+                return bad("dir", "the `folder` dataset needs a directory".into());
             }
             "folder" | "emoji" => {}
             other => {
@@ -105,6 +108,7 @@ impl DatasetConfig {
         }
     }
 
+    /// The directory (required for folders).
     fn need_dir(&self) -> Result<PathBuf> {
         self.dir.clone().ok_or_else(|| {
             DataError::Invalid(format!(
@@ -114,37 +118,60 @@ impl DatasetConfig {
         })
     }
 
+    /// The emoji set's default place: `$LPL_HOME/assets/emoji-datasource-google` (where
+    /// `cargo xtask setup` puts it).
+    fn dir_or_default(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        if self.dataset == "emoji" {
+            let home = std::env::var_os("LPL_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lpl")));
+            if let Some(home) = home {
+                return Ok(home.join("assets/emoji-datasource-google"));
+            }
+        }
+        self.need_dir()
+    }
+
+    /// The images of `split`, decoded on demand.
+    pub fn open(&self, split: Split) -> Result<Box<dyn ImageSource>> {
+        self.validate()?;
+        let (entries, classes): (Vec<(PathBuf, i64)>, usize) = match self.dataset.as_str() {
+            "fashion_mnist" => {
+                let data = self.pad(FashionMnist::load(self.dir.as_deref(), split)?)?;
+                return Ok(Box::new(data));
+            }
+            "folder" => {
+                let folder = ImageFolder::scan(&self.need_dir()?)?;
+                let n = folder.classes.len();
+                (folder.entries.into_iter().map(|(p, l)| (p, l.unwrap_or(0))).collect(), n)
+            }
+            _ => {
+                let (files, classes) = NotoEmoji::list(&self.dir_or_default()?)?;
+                (files, classes.len())
+            }
+        };
+        let entries = entries
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| (*i as i64 % TEST_EVERY == TEST_EVERY - 1) == (split == Split::Test))
+            .map(|(_, e)| e)
+            .collect();
+        Ok(Box::new(FileSource {
+            entries,
+            num_classes: classes.max(1) as i64,
+            options: self.read_options(),
+            pad_to: self.pad_to,
+        }))
+    }
+
     /// Loads `split`: `(N, C, H, W)` u8 images (resized and padded as configured) with labels
     /// (a flat folder has one class).
     pub fn load(&self, split: Split) -> Result<LabeledImages> {
-        self.validate()?;
-        let data = match self.dataset.as_str() {
-            "fashion_mnist" => return self.pad(FashionMnist::load(self.dir.as_deref(), split)?),
-            "folder" => read_folder(&self.need_dir()?, &self.read_options())?,
-            "emoji" => NotoEmoji::load(&self.need_dir()?, &self.read_options())?,
-            other => {
-                return Err(DataError::Invalid(format!(
-                    "data.dataset: unknown dataset `{other}` (fashion_mnist, folder, emoji)"
-                )));
-            }
-        };
-        let n = data.images.size()[0];
-        let labels =
-            data.labels.unwrap_or_else(|| Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu)));
-        let num_classes = data.classes.len().max(1) as i64;
-        let index = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu));
-        let test = index.remainder(TEST_EVERY).eq(TEST_EVERY - 1);
-        let keep = match split {
-            Split::Train => test.logical_not(),
-            Split::Test => test,
-        }
-        .nonzero()
-        .squeeze_dim(1);
-        self.pad(LabeledImages {
-            images: data.images.index_select(0, &keep),
-            labels: labels.index_select(0, &keep),
-            num_classes,
-        })
+        let source = self.open(split)?;
+        source.read(0, source.len())
     }
 
     fn pad(&self, mut data: LabeledImages) -> Result<LabeledImages> {
@@ -152,5 +179,77 @@ impl DatasetConfig {
             data.images = preprocess::pad_to(&data.images, size)?;
         }
         Ok(data)
+    }
+}
+
+/// Labelled images that can be read a range at a time.
+pub trait ImageSource {
+    /// Images in the source.
+    fn len(&self) -> i64;
+
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of classes of the labels.
+    fn num_classes(&self) -> i64;
+
+    /// Images `start..start + len`: `(n, C, H, W)` u8 and labels `(n,)`; `n < len` when
+    /// undecodable files were skipped (within the tolerance).
+    fn read(&self, start: i64, len: i64) -> Result<LabeledImages>;
+}
+
+impl ImageSource for LabeledImages {
+    fn len(&self) -> i64 {
+        self.images.size()[0]
+    }
+
+    fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    fn read(&self, start: i64, len: i64) -> Result<LabeledImages> {
+        Ok(LabeledImages {
+            images: self.images.f_narrow(0, start, len)?,
+            labels: self.labels.f_narrow(0, start, len)?,
+            num_classes: self.num_classes,
+        })
+    }
+}
+
+/// Image files decoded a range at a time.
+struct FileSource {
+    entries: Vec<(PathBuf, i64)>,
+    num_classes: i64,
+    options: ReadOptions,
+    pad_to: Option<i64>,
+}
+
+impl ImageSource for FileSource {
+    fn len(&self) -> i64 {
+        self.entries.len() as i64
+    }
+
+    fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    fn read(&self, start: i64, len: i64) -> Result<LabeledImages> {
+        let (s, e) =
+            (start.max(0) as usize, ((start + len).max(0) as usize).min(self.entries.len()));
+        let chunk = &self.entries[s.min(e)..e];
+        let files: Vec<PathBuf> = chunk.iter().map(|(p, _)| p.clone()).collect();
+        let Decoded { images, kept, .. } = decode_files(&files, &self.options)?;
+        let labels: Vec<i64> = kept.iter().map(|&i| chunk[i].1).collect();
+        let mut images = images;
+        if let Some(size) = self.pad_to {
+            images = preprocess::pad_to(&images, size)?;
+        }
+        Ok(LabeledImages {
+            images,
+            labels: Tensor::from_slice(&labels),
+            num_classes: self.num_classes,
+        })
     }
 }

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lpl_data::{LatentCache, Split};
+use lpl_data::{ImageSource, LatentCache, Split};
 use lpl_loss::{LplConfig, LplGate, Normalization};
 use lpl_metrics::RealReference;
 use lpl_schedulers::{Parameterization, SamplerConfig, SamplerKind};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
 use crate::ae_training::{AeTrainConfig, load_split, train_autoencoder};
-use crate::cache_building::{CacheOptions, build_cache};
+use crate::cache_building::{CacheOptions, build_cache_from};
 use crate::diffusion_training::{Start, train};
 use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
 use crate::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights};
@@ -35,6 +35,10 @@ fn default_seeds() -> Vec<u64> {
 
 fn default_variants() -> Vec<LplVariant> {
     vec![LplVariant { name: "lpl".into(), ..LplVariant::default() }]
+}
+
+fn default_report_name() -> String {
+    "report".into()
 }
 
 fn default_eval_seed() -> u64 {
@@ -93,8 +97,25 @@ impl LplVariant {
 pub struct AblationConfig {
     /// Where everything goes.
     pub output_dir: PathBuf,
-    /// The autoencoder training config (its `output_dir` is replaced by `<output_dir>/ae`).
-    pub autoencoder_config: PathBuf,
+    /// The autoencoder training config (its `output_dir` is replaced by `<output_dir>/ae`);
+    /// or give `autoencoder` (a pretrained one) and `data` instead.
+    #[serde(default)]
+    pub autoencoder_config: Option<PathBuf>,
+    /// A pretrained autoencoder (a diffusers VAE folder, a TAESD pair folder or an lpl
+    /// checkpoint): nothing is trained, `data` is encoded with it.
+    #[serde(default)]
+    pub autoencoder: Option<PathBuf>,
+    /// The dataset, with a pretrained `autoencoder` (otherwise the autoencoder config's).
+    #[serde(default)]
+    pub data: Option<lpl_data::DatasetConfig>,
+    /// A latent cache built beforehand (`lpl cache --config ...`) with that autoencoder, used
+    /// instead of encoding `data` here (paper scale).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+    /// Base name of the report files (`<name>.md`, `<name>.html`; results as
+    /// `results[-suffix].json`), so sweeps sharing an output directory keep their own.
+    #[serde(default = "default_report_name")]
+    pub report_name: String,
     /// The base diffusion run config (paths, steps, seed and loss are set per run).
     pub run_config: PathBuf,
     /// Parameterisations compared (`eps`, `v`, `flow`).
@@ -164,6 +185,22 @@ impl AblationConfig {
             v.apply(&c.lpl)
                 .validate()
                 .map_err(|e| invalid("variants", format!("`{}`: {e}", v.name)))?;
+        }
+        match (&c.autoencoder_config, &c.autoencoder, &c.data) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => {
+                return Err(invalid(
+                    "autoencoder_config",
+                    "give either `autoencoder_config` (an autoencoder trained here) or `autoencoder` \
+                     (pretrained) together with `[data]`",
+                ));
+            }
+        }
+        if let Some(d) = &c.data {
+            d.validate()?;
+        }
+        if c.report_name.is_empty() || c.report_name.contains('/') {
+            return Err(invalid("report_name", "a plain file name"));
         }
         if c.variants.is_empty() {
             return Err(invalid("variants", "need at least one LPL variant"));
@@ -267,65 +304,81 @@ pub fn run_ablation(
     let out = &config.output_dir;
     std::fs::create_dir_all(out)
         .map_err(|e| invalid("output_dir", format!("{}: {e}", out.display())))?;
-    // 1. the autoencoder
-    let mut ae_config = AeTrainConfig::from_file(&config.autoencoder_config)?;
-    ae_config.output_dir = out.join("ae");
-    ae_config.train.steps = config.autoencoder_steps;
-    if let Some(n) = config.train_images {
-        // a small ablation also evaluates the autoencoder on fewer images
-        ae_config.eval.test_images = ae_config.eval.test_images.clamp(1, n.clamp(1, 500));
-        ae_config.eval.codec_images = ae_config.eval.codec_images.min(n.max(1));
-    }
-    let ae_path = ae_config.output_dir.join("autoencoder.safetensors");
-    let mut train_split = load_split(&ae_config.data, Split::Train)?;
-    if let Some(n) = config.train_images {
-        let n = (n as i64).min(train_split.images.size()[0]);
-        train_split.images = train_split.images.narrow(0, 0, n);
-        train_split.labels = train_split.labels.narrow(0, 0, n);
-    }
-    if !ae_path.is_file() {
+    // 1. the autoencoder: trained here, or pretrained
+    let ae_config = match &config.autoencoder_config {
+        Some(path) => {
+            let mut c = AeTrainConfig::from_file(path)?;
+            c.output_dir = out.join("ae");
+            c.train.steps = config.autoencoder_steps;
+            if let Some(n) = config.train_images {
+                // a small ablation also evaluates the autoencoder on fewer images
+                c.eval.test_images = c.eval.test_images.clamp(1, n.clamp(1, 500));
+                c.eval.codec_images = c.eval.codec_images.min(n.max(1));
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    let (ae_path, data) = match (&ae_config, &config.autoencoder, &config.data) {
+        (Some(c), _, _) => (c.output_dir.join("autoencoder.safetensors"), c.data.clone()),
+        (None, Some(p), Some(d)) => (p.clone(), d.clone()),
+        _ => return Err(invalid("autoencoder", "no autoencoder configured")),
+    };
+    // the training images: all of the source, or its first `train_images` (in memory)
+    let full = data.open(Split::Train)?;
+    let subset = match config.train_images {
+        Some(n) => Some(full.read(0, (n as i64).min(full.len()))?),
+        None => None,
+    };
+    let train_source: &dyn ImageSource = match &subset {
+        Some(s) => s,
+        None => full.as_ref(),
+    };
+    if let Some(c) = ae_config.as_ref().filter(|_| !ae_path.is_file()) {
         tracing::info!("training the autoencoder ({} steps)", config.autoencoder_steps);
-        let test = load_split(&ae_config.data, Split::Test)?;
-        let report = train_autoencoder(&ae_config, &train_split.images, &test.images, device)?;
+        let train = train_source.read(0, train_source.len())?;
+        let test = load_split(&data, Split::Test)?;
+        let report = train_autoencoder(c, &train.images, &test.images, device)?;
         tracing::info!("autoencoder test PSNR {:.2} dB", report.test_psnr);
     }
-    // 2. the latent cache
-    let cache_dir = out.join("cache");
+    // 2. the latent cache: given, or built here (shard by shard)
     let mut ae = lpl_autoencoder::open(&ae_path, device, Kind::Float)?;
     ae.set_requires_grad(false);
     let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
-    let fresh_cache = LatentCache::open(&cache_dir).is_ok_and(|c| {
-        c.check_autoencoder(&fingerprint, ae.codec()).is_ok()
-            && c.len() == train_split.images.size()[0]
-    });
-    if !fresh_cache {
-        let options = CacheOptions {
-            pad_to: ae_config.data.pad_to,
-            shard_size: 8192,
-            batch: 256,
-            flip: false,
-            num_classes: Some(train_split.num_classes),
-            autoencoder_name: ae_path.display().to_string(),
-        };
-        build_cache(
-            ae.as_ref(),
-            &train_split.images,
-            Some(&train_split.labels),
-            &options,
-            &cache_dir,
-            device,
-        )?;
-    }
+    let cache_dir = match &config.cache {
+        Some(dir) => {
+            LatentCache::open(dir)?.check_autoencoder(&fingerprint, ae.codec())?;
+            dir.clone()
+        }
+        None => {
+            let dir = out.join("cache");
+            let fresh = LatentCache::open(&dir).is_ok_and(|c| {
+                c.check_autoencoder(&fingerprint, ae.codec()).is_ok()
+                    && c.len() <= train_source.len()
+                    && c.len() >= train_source.len() * 99 / 100
+            });
+            if !fresh {
+                let options = CacheOptions {
+                    pad_to: data.pad_to,
+                    shard_size: 8192,
+                    batch: 256,
+                    flip: false,
+                    num_classes: Some(train_source.num_classes()),
+                    autoencoder_name: ae_path.display().to_string(),
+                };
+                build_cache_from(ae.as_ref(), train_source, &options, &dir, device)?;
+            }
+            dir
+        }
+    };
     drop(ae);
     // 3. pre-training, continuations, evaluation
     let base = RunConfig::from_file(&config.run_config)?;
     let mut results = Vec::new();
-    let test = load_split(&ae_config.data, Split::Test)?;
-    let real = lpl_data::preprocess::to_unit_range(&test.images.narrow(
-        0,
-        0,
-        (config.eval_count as i64).min(test.images.size()[0]),
-    ))?;
+    let test = data.open(Split::Test)?;
+    let real = lpl_data::preprocess::to_unit_range(
+        &test.read(0, (config.eval_count as i64).min(test.len()))?.images,
+    )?;
     // the feature network and the real statistics, made on first need
     let mut reference: Option<(lpl_metrics::EfficientNetLite0, RealReference)> = None;
     let arms = config.arms();

@@ -22,7 +22,7 @@ use crate::adamw::AdamW;
 use crate::ema::Ema;
 use crate::error::{Result, TrainError, invalid};
 use crate::run_checkpoint::{self, RunState};
-use crate::run_config::RunConfig;
+use crate::run_config::{RunConfig, SampleConfig};
 use crate::{progress, sampling};
 
 /// Batches gathered ahead of the training step on a background thread.
@@ -228,6 +228,10 @@ pub fn train_model(
     let mut last_loss = f64::NAN;
     let mut last_checkpoint = run_checkpoint::list_checkpoints(&config.output_dir).last().cloned();
     let mut grid = None;
+    let mut evaluator = match &config.eval {
+        Some(e) => Some(PeriodicEvaluator::new(e, &config.output_dir, device)?),
+        None => None,
+    };
     let cache = Arc::new(cache);
     let mut batches = CacheBatches::new(
         cache.clone(),
@@ -320,10 +324,7 @@ pub fn train_model(
                 )?
                 .into();
             }
-            writeln!(metrics, "{line}").map_err(|e| TrainError::ConfigFile {
-                path: metrics_path.clone(),
-                message: e.to_string(),
-            })?;
+            append_line(&mut metrics, &metrics_path, &line)?;
             bar.set_message(format!("loss {last_loss:.4} lr {lr:.1e} {sps:.0} samples/s"));
         }
         let checkpoint_now =
@@ -347,6 +348,34 @@ pub fn train_model(
                 tensors,
                 t.keep_checkpoints,
             )?);
+        }
+        if let Some(ev) = evaluator.as_mut()
+            && (step.is_multiple_of(ev.config.every) || step == total)
+            && checkpoint_now
+        {
+            let sample = SampleConfig {
+                sampler: ev.config.sampler.clone(),
+                guidance: ev.config.guidance.clone(),
+                count: ev.config.count,
+                seed: ev.config.seed,
+                every: 0,
+            };
+            let images = sampling::sample_ema_images(
+                model,
+                &ema,
+                ae.as_ref(),
+                &codec,
+                &schedule,
+                param,
+                &sample,
+                cache.manifest.num_classes,
+                &cache.manifest.latent_shape,
+                device,
+            )?;
+            let m = ev.evaluate(&images, step, last_checkpoint.as_deref())?;
+            let line = serde_json::json!({"step": step, "eval": m});
+            append_line(&mut metrics, &metrics_path, &line)?;
+            tracing::info!("step {step}: {} {:.3} (best {:.3})", m.metric, m.fd, ev.best_fd);
         }
         if let Some(sample) = &config.sample {
             let periodic = sample.every > 0 && step.is_multiple_of(sample.every);
@@ -380,4 +409,88 @@ pub fn train_model(
         grid,
         skipped_steps: skipped,
     })
+}
+
+/// The state of `[eval]`: the feature network, the real images' statistics and the best FD.
+struct PeriodicEvaluator {
+    config: crate::run_config::PeriodicEval,
+    net: lpl_metrics::EfficientNetLite0,
+    reference: lpl_metrics::RealReference,
+    best_fd: f64,
+    dir: PathBuf,
+}
+
+impl PeriodicEvaluator {
+    fn new(
+        config: &crate::run_config::PeriodicEval,
+        dir: &std::path::Path,
+        device: Device,
+    ) -> Result<Self> {
+        let weights = config
+            .effnet
+            .clone()
+            .or_else(crate::evaluation::default_effnet_weights)
+            .filter(|p| p.is_file())
+            .ok_or_else(|| {
+                invalid(
+                    "eval.effnet",
+                    "EfficientNet-Lite0 weights not found (`cargo xtask test` converts them)",
+                )
+            })?;
+        let err = |e: lpl_metrics::StatsError| TrainError::Torch(e.to_string());
+        let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device).map_err(err)?;
+        let test = config.data.open(lpl_data::Split::Test)?;
+        let real = lpl_data::preprocess::to_unit_range(
+            &test.read(0, (config.count as i64).min(test.len()))?.images,
+        )?;
+        let reference = lpl_metrics::RealReference::new(&net, &real).map_err(err)?;
+        // a resumed run remembers its best so far
+        let best_fd = std::fs::read_to_string(dir.join("best.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["fd"].as_f64())
+            .unwrap_or(f64::INFINITY);
+        Ok(Self { config: config.clone(), net, reference, best_fd, dir: dir.to_path_buf() })
+    }
+
+    /// Metrics of `images` (CPU or device, `[0, 1]`); a new best copies `checkpoint` to
+    /// `best.safetensors` (atomically) and records it in `best.json`.
+    fn evaluate(
+        &mut self,
+        images: &Tensor,
+        step: usize,
+        checkpoint: Option<&std::path::Path>,
+    ) -> Result<lpl_metrics::ImageMetrics> {
+        let (m, _) = self
+            .reference
+            .compare(&self.net, &images.to_device(Device::Cpu))
+            .map_err(|e| TrainError::Torch(e.to_string()))?;
+        if m.fd < self.best_fd
+            && let Some(ckpt) = checkpoint
+        {
+            let bytes = std::fs::read(ckpt)
+                .map_err(|e| invalid("output_dir", format!("{}: {e}", ckpt.display())))?;
+            let io = |e: lpl_tensor_io::TensorIoError| invalid("output_dir", e.to_string());
+            lpl_tensor_io::write_atomically(&self.dir.join("best.safetensors"), &bytes)
+                .map_err(io)?;
+            let record = serde_json::json!({"step": step, "fd": m.fd, "metric": m.metric, "checkpoint": ckpt});
+            lpl_tensor_io::write_atomically(
+                &self.dir.join("best.json"),
+                record.to_string().as_bytes(),
+            )
+            .map_err(io)?;
+            self.best_fd = m.fd;
+        }
+        Ok(m)
+    }
+}
+
+/// Appends one JSON line to the metrics file.
+fn append_line(
+    file: &mut std::fs::File,
+    path: &std::path::Path,
+    line: &serde_json::Value,
+) -> Result<()> {
+    writeln!(file, "{line}")
+        .map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
 }

@@ -169,7 +169,8 @@ fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, 
             log_y: true,
             series,
         };
-        let rel = PathBuf::from("plots").join(format!("spectrum-{name}.png"));
+        let rel =
+            PathBuf::from("plots").join(format!("{}-spectrum-{name}.png", config.report_name));
         plot.save_png(&out.join(&rel)).map_err(err)?;
         made.push((format!("{name}: power spectra"), rel));
         // loss curves: pre-training, then each arm's first seed (diffusion MSE term)
@@ -206,7 +207,7 @@ fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, 
             log_y: true,
             series,
         };
-        let rel = PathBuf::from("plots").join(format!("loss-{name}.png"));
+        let rel = PathBuf::from("plots").join(format!("{}-loss-{name}.png", config.report_name));
         plot.save_png(&out.join(&rel)).map_err(err)?;
         made.push((format!("{name}: loss curves"), rel));
     }
@@ -248,7 +249,9 @@ pub fn write_report(config: &AblationConfig, command: &str, results: &[ArmResult
         serde_json::json!({"command": command, "config": config, "rows": rows, "results": results});
     let text =
         serde_json::to_string_pretty(&json).map_err(|e| invalid("output_dir", e.to_string()))?;
-    lpl_tensor_io::write_atomically(&out.join("results.json"), text.as_bytes())
+    let name = &config.report_name;
+    let suffix = name.strip_prefix("report").unwrap_or(name);
+    lpl_tensor_io::write_atomically(&out.join(format!("results{suffix}.json")), text.as_bytes())
         .map_err(|e| invalid("output_dir", e.to_string()))?;
     let mut csv = String::from(
         "parameterization,seed,arm,metric,fd,precision,recall,density,coverage,spectrum_low,spectrum_high,run\n",
@@ -272,7 +275,7 @@ pub fn write_report(config: &AblationConfig, command: &str, results: &[ArmResult
             r.run.display()
         );
     }
-    std::fs::write(out.join("results.csv"), csv).map_err(io)?;
+    std::fs::write(out.join(format!("results{suffix}.csv")), csv).map_err(io)?;
     let figures = plots(config, results)?;
     let metric = results.first().map_or("FD".to_string(), |r| r.metrics.metric.clone());
     let setup = format!(

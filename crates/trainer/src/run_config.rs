@@ -221,6 +221,10 @@ pub struct RunConfig {
     /// Sampling for grids.
     #[serde(default)]
     pub sample: Option<SampleConfig>,
+    /// Periodic evaluation (FD-EffNet of EMA samples against real images) and the best
+    /// checkpoint by it.
+    #[serde(default)]
+    pub eval: Option<PeriodicEval>,
 }
 
 fn no_lpl() -> LossConfig {
@@ -237,6 +241,33 @@ fn default_optim() -> OptimConfig {
         eps: adam_eps(),
         weight_decay: 0.0,
     }
+}
+
+/// `[eval]`: every `every` steps (a multiple of `train.checkpoint_every`), `count` images
+/// sampled from the EMA weights are compared with the first `count` test images of `data` by
+/// FD-EffNet, precision and recall (a line `{"step", "eval": {...}}` in metrics.jsonl); the
+/// checkpoint with the lowest FD so far is copied to `best.safetensors` (`best.json` says
+/// which step and FD).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodicEval {
+    /// Steps between evaluations.
+    pub every: usize,
+    /// Images per side.
+    pub count: usize,
+    /// How to sample.
+    pub sampler: SamplerConfig,
+    /// Classifier-free guidance.
+    #[serde(default)]
+    pub guidance: Guidance,
+    /// Seed of the sampling noise (the same at every evaluation).
+    #[serde(default)]
+    pub seed: u64,
+    /// The real images (their test split), at the size the autoencoder decodes to.
+    pub data: lpl_data::DatasetConfig,
+    /// EfficientNet-Lite0 weights (default: `$LPL_HOME/assets/efficientnet-lite0.pth`).
+    #[serde(default)]
+    pub effnet: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -291,6 +322,19 @@ impl RunConfig {
         }
         if self.train.log_every == 0 {
             return Err(invalid("train.log_every", "must be >= 1"));
+        }
+        if let Some(e) = &self.eval {
+            let ckpt = self.train.checkpoint_every;
+            if e.every == 0 || (ckpt > 0 && !e.every.is_multiple_of(ckpt)) || ckpt == 0 {
+                return Err(invalid(
+                    "eval.every",
+                    format!("must be a positive multiple of train.checkpoint_every ({ckpt})"),
+                ));
+            }
+            if e.count < 4 {
+                return Err(invalid("eval.count", "needs at least 4 images (k = 3 neighbours)"));
+            }
+            e.data.validate()?;
         }
         if !(self.model.preset.starts_with("dit-") || self.model.preset.starts_with("unet-")) {
             return Err(invalid(

@@ -69,11 +69,11 @@ pub fn decode(ae: &dyn Autoencoder, codec: &LatentCodec, latents: &Tensor) -> Re
     })
 }
 
-/// Samples `sample.count` images from the EMA weights of `model` (labels cycle over the
-/// classes, so each grid row shows the classes in order), decodes them and writes a grid PNG
-/// at `path`. The model's own weights are restored afterwards.
+/// Samples `sample.count` images `(N, C, H, W)` in `[0, 1]` from the EMA weights of `model`
+/// (labels cycle over the classes, so each grid row shows the classes in order). The model's
+/// own weights are restored afterwards.
 #[allow(clippy::too_many_arguments)]
-pub fn write_grid(
+pub fn sample_ema_images(
     model: &dyn Denoiser,
     ema: &Ema,
     ae: &dyn Autoencoder,
@@ -83,9 +83,8 @@ pub fn write_grid(
     sample: &SampleConfig,
     classes: Option<i64>,
     latent_shape: &[i64; 3],
-    path: &Path,
     device: Device,
-) -> Result<()> {
+) -> Result<Tensor> {
     let vs = model.var_store();
     let backup: Vec<(String, Tensor)> =
         vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
@@ -102,7 +101,37 @@ pub fn write_grid(
             }
         }
     });
-    let images = decode(ae, codec, &result?)?;
+    decode(ae, codec, &result?)
+}
+
+/// [`sample_ema_images`], written as a grid PNG at `path`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_grid(
+    model: &dyn Denoiser,
+    ema: &Ema,
+    ae: &dyn Autoencoder,
+    codec: &LatentCodec,
+    schedule: &NoiseSchedule,
+    param: Parameterization,
+    sample: &SampleConfig,
+    classes: Option<i64>,
+    latent_shape: &[i64; 3],
+    path: &Path,
+    device: Device,
+) -> Result<()> {
+    let images = sample_ema_images(
+        model,
+        ema,
+        ae,
+        codec,
+        schedule,
+        param,
+        sample,
+        classes,
+        latent_shape,
+        device,
+    )?;
+    let n = images.size()[0];
     let nrow = classes.unwrap_or((n as f64).sqrt().ceil() as i64).max(1);
     let grid = lpl_metrics::grid::make_grid(&images, nrow, 2);
     lpl_data::folder::write_png(&grid, path)?;

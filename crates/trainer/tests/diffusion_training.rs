@@ -197,3 +197,68 @@ fn config_errors_name_the_field() {
     assert!(msg.contains("nope") && msg.contains("manifest.json"), "{msg}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn periodic_evaluation_keeps_the_best_checkpoint() {
+    if !lpl_trainer::evaluation::default_effnet_weights().is_some_and(|p| p.is_file()) {
+        println!("SKIPPED: no EfficientNet-Lite0 weights (`cargo xtask test` converts them)");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("eval");
+    // real images: a folder of 200 smooth grey 16x16 PNGs (its test split: every 20th, 10)
+    let real = (Tensor::rand([200, 1, 4, 4], (Kind::Float, Device::Cpu)).upsample_bilinear2d(
+        [16, 16],
+        false,
+        None,
+        None,
+    ))
+    .clamp(0.0, 1.0);
+    lpl_data::folder::write_pngs(&real, &dir.join("real"), 0).unwrap();
+    let mut c = config(&dir, "run", 9, false);
+    c.eval = Some(lpl_trainer::run_config::PeriodicEval {
+        every: 3,
+        count: 8,
+        sampler: lpl_schedulers::SamplerConfig::new(lpl_schedulers::SamplerKind::Ddim, 3),
+        guidance: lpl_schedulers::Guidance::new(1.0),
+        seed: 0,
+        data: lpl_data::DatasetConfig {
+            dataset: "folder".into(),
+            dir: Some(dir.join("real")),
+            channels: Some(1),
+            ..lpl_data::DatasetConfig::fashion_mnist(None, None)
+        },
+        effnet: None,
+    });
+    c.validate().unwrap();
+    train(&c, Start::Fresh, Device::Cpu).unwrap();
+    let out = dir.join("run");
+    let evals: Vec<(u64, f64)> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("eval").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["eval"]["fd"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 6, 9]);
+    let (best_step, best_fd) = evals.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("best.json")).unwrap()).unwrap();
+    assert_eq!(best["step"].as_u64(), Some(best_step));
+    assert_eq!(best["fd"].as_f64(), Some(best_fd));
+    // best.safetensors is that step's checkpoint, byte for byte (when it is still kept)
+    let kept = run_checkpoint::checkpoint_path(&out, best_step as usize);
+    if kept.exists() {
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            std::fs::read(out.join("best.safetensors")).unwrap()
+        );
+    }
+    let (state, _) = run_checkpoint::load(&out.join("best.safetensors")).unwrap();
+    assert_eq!(state.step as u64, best_step);
+    // eval.every must be a multiple of checkpoint_every
+    let mut bad = c.clone();
+    bad.eval.as_mut().unwrap().every = 4;
+    let msg = bad.validate().unwrap_err().to_string();
+    assert!(msg.contains("eval.every"), "{msg}");
+}

@@ -1,0 +1,222 @@
+//! Training-step throughput (`cargo xtask bench` runs it): one full step (noising, DiT
+//! forward, MSE on eps, backward, our AdamW) in images/s and peak memory, with and without
+//! the paper's LPL, for the tiny default (DiT-mini at 8x8x4, the Fashion-MNIST AE's decoder)
+//! and DiT-S/2 and DiT-B/2 at 32x32x4 (an SD-architecture decoder, random weights); and the
+//! same MSE step in PyTorch eager (diffusers' DiTTransformer2DModel, torch.optim.AdamW;
+//! benches/pytorch_step.py) with the torch install that provides our libtorch, in the same
+//! invocation: the ratio ours / PyTorch.
+//!
+//! `cargo bench -p lpl-trainer --bench train_step [-- --steps N --device cpu|cuda
+//! --batch-small B --batch-large B]`. Each case runs in a child process (its own peak RSS;
+//! on CUDA the PyTorch side reports the allocator's peak, ours RSS only, as tch exposes no
+//! allocator statistics). Writes `target/bench/train_step.json` and prints a table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: failures abort it
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use lpl_autoencoder::{Autoencoder, AutoencoderKl, AutoencoderKlConfig};
+use lpl_denoiser::{Conditioning, Denoiser, Dit, DitConfig};
+use lpl_loss::{LatentPerceptualLoss, LplConfig, x0_from_prediction};
+use lpl_schedulers::{NoiseSchedule, Parameterization};
+use lpl_trainer::adamw::{AdamW, AdamWConfig};
+use tch::{Device, Kind, Tensor};
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The DiT of a case, in diffusers' layout (one conditioning embedder per block), so that the
+/// PyTorch reference builds the identical model.
+fn dit_config(preset: &str) -> DitConfig {
+    DitConfig { shared_conditioning: Some(false), ..DitConfig::preset(preset).unwrap() }
+}
+
+fn ae_config(preset: &str) -> AutoencoderKlConfig {
+    AutoencoderKlConfig::preset(if preset == "dit-mini" { "fmnist" } else { "sd" }).unwrap()
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// One case in this process: prints `{"ms": median step ms, "peak_mb": ...}`.
+fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device) {
+    tch::manual_seed(0);
+    let config = dit_config(preset);
+    let dit = Dit::new(&config, device, Kind::Float).unwrap();
+    let mut opt = AdamW::new(dit.var_store(), AdamWConfig::default()).unwrap();
+    let schedule = NoiseSchedule::preset("dit").unwrap().to_device(device);
+    let mut ae = AutoencoderKl::new(&ae_config(preset), device, Kind::Float).unwrap();
+    ae.set_requires_grad(false);
+    let loss_fn = lpl.then(|| {
+        LatentPerceptualLoss::new(&ae, ae.codec().clone(), LplConfig::preset("paper").unwrap())
+            .unwrap()
+    });
+    let (c, s) = (config.in_channels, config.sample_size);
+    let classes = config.num_embeds_ada_norm.unwrap_or(1000);
+    let mut times = Vec::new();
+    for step in 0..=steps {
+        // the same t for both arms at a step (the LPL gate keeps a comparable fraction)
+        tch::manual_seed(step as i64);
+        let z0 = Tensor::randn([batch, c, s, s], (Kind::Float, device));
+        let eps = z0.randn_like();
+        let t = Tensor::randint(1000, [batch], (Kind::Int64, Device::Cpu));
+        let labels = Tensor::randint(classes, [batch], (Kind::Int64, device));
+        sync(device);
+        let start = Instant::now();
+        let t_dev = t.to_device(device);
+        let z_t = schedule.add_noise(&z0, &eps, &t_dev).unwrap();
+        let pred = dit
+            .forward_t(
+                &z_t,
+                &schedule.model_time(&t_dev).unwrap(),
+                &Conditioning::labels(labels),
+                true,
+            )
+            .unwrap();
+        let mut loss = pred.mse_loss(&eps, tch::Reduction::Mean);
+        if let Some(lpl) = &loss_fn {
+            let x0 =
+                x0_from_prediction(&pred, &z_t, &t_dev, Parameterization::Eps, &schedule).unwrap();
+            loss += lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap().total;
+        }
+        opt.zero_grad();
+        loss.backward();
+        opt.step(1e-4);
+        sync(device);
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!("{{\"ms\": {}, \"peak_mb\": {}}}", times[times.len() / 2], peak_rss_mb());
+}
+
+/// The python of the torch install our libtorch comes from (`<venv>/bin/python`).
+fn torch_python() -> Option<PathBuf> {
+    let lib = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .or_else(|| Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch")))?;
+    let torch = std::fs::canonicalize(lib).ok()?; // <venv>/lib/python3.X/site-packages/torch
+    let python = torch.parent()?.parent()?.parent()?.parent()?.join("bin/python");
+    python.is_file().then_some(python)
+}
+
+fn main() {
+    let steps: usize = arg("--steps", "3").parse().unwrap();
+    let device_name = arg("--device", "cpu");
+    let device = if device_name.starts_with("cuda") { Device::Cuda(0) } else { Device::Cpu };
+    let small: i64 = arg("--batch-small", "128").parse().unwrap();
+    let large: i64 =
+        arg("--batch-large", if device.is_cuda() { "64" } else { "4" }).parse().unwrap();
+    if let Some(case) =
+        std::env::args().position(|a| a == "--case").and_then(|i| std::env::args().nth(i + 1))
+    {
+        let (preset, lpl) = case.split_once(':').unwrap();
+        let batch = if preset == "dit-mini" { small } else { large };
+        child(preset, lpl == "lpl", batch, steps, device);
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let common = [
+        "--steps".to_string(),
+        steps.to_string(),
+        "--device".into(),
+        device_name.clone(),
+        "--batch-small".into(),
+        small.to_string(),
+        "--batch-large".into(),
+        large.to_string(),
+    ];
+    let json_line = |out: std::process::Output, what: &str| -> serde_json::Value {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("{what}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+        serde_json::from_str(line).unwrap()
+    };
+    let python = torch_python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_step.py");
+    let mut rows = Vec::new();
+    println!("\ntraining step, {device_name}, median of {steps} after one warm-up\n");
+    println!(
+        "| model | latent | batch | ours img/s | PyTorch img/s | ours / PyTorch | ours + LPL img/s | LPL time x | peak MB ours / PyTorch | peak MB + LPL |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---|---:|");
+    for preset in ["dit-mini", "dit-s-2", "dit-b-2"] {
+        let batch = if preset == "dit-mini" { small } else { large };
+        let run = |lpl: &str| {
+            json_line(
+                Command::new(&exe)
+                    .args(["--case", &format!("{preset}:{lpl}")])
+                    .args(&common)
+                    .output()
+                    .unwrap(),
+                preset,
+            )
+        };
+        let (mse, with_lpl) = (run("mse"), run("lpl"));
+        let config = dit_config(preset);
+        let torch = python.as_ref().map(|py| {
+            json_line(
+                Command::new(py)
+                    .arg(&script)
+                    .arg(serde_json::to_string(&config).unwrap())
+                    .args([batch.to_string(), steps.to_string(), device_name.clone()])
+                    .output()
+                    .unwrap(),
+                "pytorch",
+            )
+        });
+        let ips = |v: &serde_json::Value| batch as f64 * 1000.0 / v["ms"].as_f64().unwrap();
+        let (ours, lpl_ips) = (ips(&mse), ips(&with_lpl));
+        let torch_ips = torch.as_ref().map(|t| t["images_per_s"].as_f64().unwrap());
+        let torch_peak = torch.as_ref().and_then(|t| t["peak_mb"].as_f64());
+        let latent = format!("{0}x{0}x{1}", config.sample_size, config.in_channels);
+        println!(
+            "| {preset} | {latent} | {batch} | {ours:.1} | {} | {} | {lpl_ips:.1} | {:.2} | {:.0} / {} | {:.0} |",
+            torch_ips.map_or("n/a".into(), |v| format!("{v:.1}")),
+            torch_ips.map_or("n/a".into(), |v| format!("{:.2}", ours / v)),
+            ours / lpl_ips,
+            mse["peak_mb"].as_f64().unwrap_or(f64::NAN),
+            torch_peak.map_or("RSS n/a".into(), |v| format!("{v:.0} (allocator)")),
+            with_lpl["peak_mb"].as_f64().unwrap_or(f64::NAN),
+        );
+        rows.push(serde_json::json!({
+            "model": preset, "latent": latent, "batch": batch,
+            "ours_images_per_s": ours, "pytorch_images_per_s": torch_ips,
+            "ours_over_pytorch": torch_ips.map(|v| ours / v),
+            "lpl_images_per_s": lpl_ips, "lpl_time_ratio": ours / lpl_ips,
+            "ours_peak_rss_mb": mse["peak_mb"], "lpl_peak_rss_mb": with_lpl["peak_mb"],
+            "pytorch_peak_cuda_mb": torch_peak, "pytorch_threads": torch.as_ref().map(|t| t["threads"].clone()),
+        }));
+    }
+    if python.is_none() {
+        println!("\n(no Python next to our libtorch: the PyTorch column is n/a)");
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let json = serde_json::json!({"bench": "train_step", "device": device_name, "steps": steps, "threads": tch::get_num_threads(), "rows": rows});
+    std::fs::write(out.join("train_step.json"), serde_json::to_string_pretty(&json).unwrap())
+        .unwrap();
+}
