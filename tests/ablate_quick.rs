@@ -68,8 +68,8 @@ fn quick_ablation_resumes_after_sigkill_and_reports() {
         "report.html",
         "results.csv",
         "results.json",
-        "plots/spectrum-eps.png",
-        "plots/loss-eps.png",
+        "plots/report-spectrum-eps.png",
+        "plots/report-loss-eps.png",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }

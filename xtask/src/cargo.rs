@@ -61,12 +61,16 @@ pub fn lint() -> Result<()> {
     run(clippy, "cargo clippy")
 }
 
-/// The benchmarks that exist so far (`cargo bench`, release profile), forwarding `extra`
+/// Every benchmark (`cargo bench`, release profile): LPL overhead (forwarding `extra`),
+/// the training step against PyTorch eager, data throughput. `extra` goes to the first
 /// (e.g. `-- --batch 4 --device cuda`).
 pub fn bench(extra: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["bench", "--package", "lpl-loss", "--bench", "overhead"]).args(extra);
     run(cmd, "cargo bench (lpl overhead)")?;
+    let mut step = cargo();
+    step.args(["bench", "--package", "lpl-trainer", "--bench", "train_step"]);
+    run(step, "cargo bench (training step vs PyTorch eager)")?;
     let mut data = cargo();
     data.args(["bench", "--package", "lpl-data", "--bench", "throughput"]);
     run(data, "cargo bench (data throughput)")

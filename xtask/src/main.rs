@@ -30,9 +30,11 @@ commands:
   lint             cargo fmt --check and cargo clippy --workspace --all-targets -D warnings
   ablate [ARGS..]  the MSE vs MSE+LPL ablation on Fashion-MNIST (configs/ablate-default.toml):
                    autoencoder, latent cache, MSE pre-training, MSE and MSE+LPL continuations
-                   over seeds, FD-EffNet, report.md; `--quick` for a smoke run; resumable
-  bench [ARGS..]   the benchmarks so far: LPL overhead per decoder depth (time and peak
-                   memory vs the MSE step); ARGS after `--` go to the bench";
+                   over seeds, FD-EffNet, report.md/.html with plots; `--quick` for a smoke
+                   run, `--config F`, `--out D`, `--only eps`, `--device cuda`; resumable
+  bench [ARGS..]   LPL overhead per decoder depth, training-step images/s vs PyTorch eager,
+                   latent-cache and PNG-decode throughput; ARGS after `--` go to the LPL
+                   overhead bench; JSON in target/bench/";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);

@@ -72,6 +72,19 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// A short tick label: up to 3 significant digits, scientific outside [1e-3, 1e5).
+fn tick(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    if !(1e-3..1e5).contains(&v.abs()) {
+        return format!("{v:.1e}");
+    }
+    let decimals = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+}
+
 fn draw_err(e: impl std::fmt::Display) -> StatsError {
     StatsError::Input(format!("plot: {e}"))
 }
@@ -118,7 +131,12 @@ impl LinePlot {
                     let mut chart = $chart;
                     let mut mesh = chart.configure_mesh();
                     if text {
-                        mesh.x_desc(&self.x_label).y_desc(&self.y_label);
+                        mesh.x_desc(&self.x_label)
+                            .y_desc(&self.y_label)
+                            .x_labels(8)
+                            .y_labels(8)
+                            .x_label_formatter(&|v| tick(*v))
+                            .y_label_formatter(&|v| tick(*v));
                     } else {
                         mesh.x_labels(0).y_labels(0);
                     }
@@ -178,5 +196,20 @@ impl LinePlot {
         img.save_with_format(&tmp, image::ImageFormat::Png).map_err(io)?;
         std::fs::rename(&tmp, path)
             .map_err(|e| StatsError::Input(format!("{}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick;
+
+    #[test]
+    fn tick_labels_are_short() {
+        assert_eq!(tick(0.30000000000000004), "0.3");
+        assert_eq!(tick(0.125), "0.125");
+        assert_eq!(tick(2000.0), "2000");
+        assert_eq!(tick(12.5), "12.5");
+        assert_eq!(tick(0.0001), "1.0e-4");
+        assert_eq!(tick(0.0), "0");
     }
 }

@@ -63,15 +63,30 @@ fn verdict(mse: &[f64], lpl: &[f64], metric: &str) -> String {
     }
     let t = d / (sd / (diffs.len() as f64).sqrt()).max(1e-12);
     let better = diffs.iter().filter(|x| **x < 0.0).count();
-    let strength = if t.abs() >= 2.0 {
-        "larger than the seed-to-seed spread"
+    let critical = t_critical_95(diffs.len() - 1);
+    let strength = if t.abs() >= critical {
+        format!("significant at 95% (paired t-test, |t| >= {critical:.2})")
     } else {
-        "within the seed-to-seed spread: not distinguishable from noise"
+        format!("within the seed-to-seed spread: not significant at 95% (|t| < {critical:.2})")
     };
     format!(
-        "LPL {direction}: {change}; paired difference {d:+.2} +- {sd:.2} (t = {t:.1}), {strength}; LPL better in {better} of {} seeds",
+        "LPL {direction}: {change}; paired difference {d:+.2} +- {sd:.2} over {} seeds (t = {t:.1}), {strength}; LPL better in {better} of {} seeds",
+        diffs.len(),
         diffs.len()
     )
+}
+
+/// Two-sided 95% critical value of Student's t with `df` degrees of freedom.
+fn t_critical_95(df: usize) -> f64 {
+    const TABLE: [f64; 10] =
+        [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    match df {
+        0 => f64::INFINITY,
+        1..=10 => TABLE[df - 1],
+        11..=20 => 2.1,
+        21..=30 => 2.05,
+        _ => 1.96,
+    }
 }
 
 fn rows(config: &AblationConfig, command: &str, results: &[ArmResult]) -> Vec<Row> {
@@ -471,12 +486,13 @@ mod tests {
     #[test]
     fn verdicts_state_sign_and_spread() {
         let v = verdict(&[10.0, 11.0, 12.0], &[9.0, 10.1, 11.0], "FD");
-        assert!(
-            v.contains("lower (better)") && v.contains("larger than the seed-to-seed spread"),
-            "{v}"
-        );
+        assert!(v.contains("lower (better)") && v.contains("significant at 95%"), "{v}");
+        assert!(!v.contains("not significant"), "{v}");
+        // t = 3.6 on 3 seeds is below the 4.30 of 2 degrees of freedom
+        let v = verdict(&[10.0, 11.0, 12.0], &[10.6, 12.3, 12.6], "FD");
+        assert!(v.contains("higher (worse)") && v.contains("not significant"), "{v}");
         let v = verdict(&[10.0, 11.0, 12.0], &[11.0, 10.0, 12.5], "FD");
-        assert!(v.contains("higher (worse)") && v.contains("not distinguishable"), "{v}");
+        assert!(v.contains("higher (worse)") && v.contains("not significant"), "{v}");
         assert!(verdict(&[10.0], &[9.0], "FD").contains("inconclusive"));
     }
 }
