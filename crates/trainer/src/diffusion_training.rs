@@ -243,43 +243,57 @@ pub fn train_model(
     .prefetch(PREFETCH_BATCHES);
     while step < total {
         tch::manual_seed(step_seed(t.seed, step));
-        let (batch, batch_cursor) =
-            batches.next().ok_or_else(|| invalid("data.cache", "the batch reader stopped"))??;
-        cursor = batch_cursor;
-        let z0 = batch.latents.to_device(device);
-        let labels = batch.labels.as_ref().map(|l| l.to_device(device));
-        let b = batch.indices.len();
-        let t_cpu = time_sampler.sample(&schedule, b, Device::Cpu)?;
-        let t_dev = t_cpu.to_device(device);
-        let eps = z0.randn_like();
-        let z_t = schedule.add_noise(&z0, &eps, &t_dev)?;
-        let cond = match &labels {
-            Some(l) => Conditioning::labels(l.shallow_clone()),
-            None => Conditioning::none(),
-        };
-        let pred = model
-            .forward_t(&z_t, &schedule.model_time(&t_dev)?, &cond, true)
-            .map_err(|e| TrainError::Torch(e.to_string()))?;
-        let target = param.target(&schedule, &z0, &eps, &t_dev)?;
-        let mut per_sample = (pred.to_kind(Kind::Float) - target).square().flatten(1, -1).mean_dim(
-            1,
-            false,
-            Kind::Float,
-        );
-        if let Some(gamma) = config.loss.min_snr_gamma {
-            per_sample *= min_snr_weights(&schedule, param, &t_dev, gamma)?;
+        opt.zero_grad();
+        let accum = t.grad_accum.max(1);
+        let (mut value, mut nonfinite) = (0.0, None);
+        let (mut mse, mut lpl_out) = (Tensor::zeros([], (Kind::Float, Device::Cpu)), None);
+        for _micro in 0..accum {
+            let (batch, batch_cursor) = batches
+                .next()
+                .ok_or_else(|| invalid("data.cache", "the batch reader stopped"))??;
+            cursor = batch_cursor;
+            let z0 = batch.latents.to_device(device);
+            let labels = batch.labels.as_ref().map(|l| l.to_device(device));
+            let b = batch.indices.len();
+            let t_cpu = time_sampler.sample(&schedule, b, Device::Cpu)?;
+            let t_dev = t_cpu.to_device(device);
+            let eps = z0.randn_like();
+            let z_t = schedule.add_noise(&z0, &eps, &t_dev)?;
+            let cond = match &labels {
+                Some(l) => Conditioning::labels(l.shallow_clone()),
+                None => Conditioning::none(),
+            };
+            let pred = model
+                .forward_t(&z_t, &schedule.model_time(&t_dev)?, &cond, true)
+                .map_err(|e| TrainError::Torch(e.to_string()))?;
+            let target = param.target(&schedule, &z0, &eps, &t_dev)?;
+            let mut per_sample = (pred.to_kind(Kind::Float) - target)
+                .square()
+                .flatten(1, -1)
+                .mean_dim(1, false, Kind::Float);
+            if let Some(gamma) = config.loss.min_snr_gamma {
+                per_sample *= min_snr_weights(&schedule, param, &t_dev, gamma)?;
+            }
+            mse = per_sample.mean(Kind::Float);
+            let mut loss = mse.shallow_clone();
+            lpl_out = None;
+            if let Some(lpl) = lpl.as_ref().filter(|l| l.active_at(step)) {
+                let x0_hat = x0_from_prediction(&pred, &z_t, &t_dev, param, &schedule)?;
+                let out = lpl.loss(&x0_hat, &z0, &t_cpu, &schedule, param)?;
+                loss = &loss + &out.total;
+                lpl_out = Some(out);
+            }
+            let micro_value = f64::try_from(&loss)?;
+            if !micro_value.is_finite() {
+                nonfinite = Some(micro_value);
+                break;
+            }
+            value += micro_value / accum as f64;
+            // the mean over micro-batches: gradients add up to those of one batch of
+            // batch_size * grad_accum samples
+            (loss / accum as f64).backward();
         }
-        let mse = per_sample.mean(Kind::Float);
-        let mut loss = mse.shallow_clone();
-        let mut lpl_out = None;
-        if let Some(lpl) = lpl.as_ref().filter(|l| l.active_at(step)) {
-            let x0_hat = x0_from_prediction(&pred, &z_t, &t_dev, param, &schedule)?;
-            let out = lpl.loss(&x0_hat, &z0, &t_cpu, &schedule, param)?;
-            loss = &loss + &out.total;
-            lpl_out = Some(out);
-        }
-        let value = f64::try_from(&loss)?;
-        if !value.is_finite() {
+        if let Some(value) = nonfinite {
             nonfinite_run += 1;
             skipped += 1;
             tracing::warn!("non-finite loss {value} at step {step}: step skipped");
@@ -291,8 +305,6 @@ pub fn train_model(
             continue;
         }
         nonfinite_run = 0;
-        opt.zero_grad();
-        loss.backward();
         let grad_norm = config.optim.grad_clip.map(|c| opt.clip_grad_norm(c));
         let lr = config.optim.lr
             * ((step + 1) as f64 / config.optim.warmup_steps.max(1) as f64).min(1.0);
@@ -304,8 +316,8 @@ pub fn train_model(
         if step.is_multiple_of(t.log_every) || step == total {
             last_loss = window.iter().sum::<f64>() / window.len().max(1) as f64;
             window.clear();
-            let sps =
-                (step - first_step) as f64 * t.batch_size as f64 / started.elapsed().as_secs_f64();
+            let sps = (step - first_step) as f64 * (t.batch_size * t.grad_accum.max(1)) as f64
+                / started.elapsed().as_secs_f64();
             let mut line = serde_json::json!({
                 "step": step,
                 "loss": last_loss,
@@ -405,7 +417,8 @@ pub fn train_model(
         step,
         last_loss,
         checkpoint,
-        samples_per_sec: (step - first_step) as f64 * t.batch_size as f64 / elapsed.max(1e-9),
+        samples_per_sec: (step - first_step) as f64 * (t.batch_size * t.grad_accum.max(1)) as f64
+            / elapsed.max(1e-9),
         grid,
         skipped_steps: skipped,
     })

@@ -130,6 +130,10 @@ impl OptimConfig {
     }
 }
 
+fn default_grad_accum() -> usize {
+    1
+}
+
 fn default_batch() -> usize {
     64
 }
@@ -152,6 +156,10 @@ pub struct TrainConfig {
     /// Samples per step.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Micro-batches of `batch_size` whose gradients are accumulated into one optimiser step
+    /// (the effective batch is `batch_size * grad_accum`).
+    #[serde(default = "default_grad_accum")]
+    pub grad_accum: usize,
     /// Progress and JSONL metrics every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
@@ -319,6 +327,9 @@ impl RunConfig {
         }
         if self.train.batch_size == 0 {
             return Err(invalid("train.batch_size", "must be >= 1"));
+        }
+        if self.train.grad_accum == 0 {
+            return Err(invalid("train.grad_accum", "must be >= 1"));
         }
         if self.train.log_every == 0 {
             return Err(invalid("train.log_every", "must be >= 1"));

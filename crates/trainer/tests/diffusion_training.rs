@@ -262,3 +262,35 @@ fn periodic_evaluation_keeps_the_best_checkpoint() {
     let msg = bad.validate().unwrap_err().to_string();
     assert!(msg.contains("eval.every"), "{msg}");
 }
+
+#[test]
+fn gradient_accumulation_resumes_exactly_and_sees_more_samples() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("accum");
+    let with_accum = |out: &str, steps: usize| {
+        let mut c = config(&dir, out, steps, false);
+        c.train.grad_accum = 2;
+        c
+    };
+    let full = train(&with_accum("full", 6), Start::Fresh, Device::Cpu).unwrap();
+    train(&with_accum("split", 3), Start::Fresh, Device::Cpu).unwrap();
+    train(&with_accum("split", 6), Start::Resume, Device::Cpu).unwrap();
+    let (a, b) = (losses(&dir.join("full")), losses(&dir.join("split")));
+    for step in 4..=6 {
+        assert_eq!(a[&step].to_bits(), b[&step].to_bits(), "step {step}");
+    }
+    // two micro-batches of 8 per step: the data cursor advanced by 16 samples per step
+    let (state, _) = run_checkpoint::load(&full.checkpoint).unwrap();
+    let per_epoch = 64 / 8; // 64 cached samples, batches of 8
+    let batches = 6 * 2;
+    assert_eq!(state.cursor.epoch as usize, batches / per_epoch);
+    assert_eq!(state.cursor.position, (batches % per_epoch) * 8);
+    // different from a run without accumulation
+    let single = train(&config(&dir, "single", 6, false), Start::Fresh, Device::Cpu).unwrap();
+    assert_ne!(losses(&dir.join("single"))[&6].to_bits(), a[&6].to_bits());
+    let _ = single;
+    let mut bad = config(&dir, "bad", 6, false);
+    bad.train.grad_accum = 0;
+    assert!(bad.validate().unwrap_err().to_string().contains("train.grad_accum"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
