@@ -336,8 +336,8 @@ pub fn run_ablation(
     };
     if let Some(c) = ae_config.as_ref().filter(|_| !ae_path.is_file()) {
         tracing::info!("training the autoencoder ({} steps)", config.autoencoder_steps);
-        let train = train_source.read(0, train_source.len())?;
-        let test = load_split(&data, Split::Test)?;
+        let train = train_source.read(0, train_source.len())?; // padded; prepare() is a no-op on it
+        let test = load_split(&data, Split::Test)?; // unpadded: PSNR on the original pixels
         let report = train_autoencoder(c, &train.images, &test.images, device)?;
         tracing::info!("autoencoder test PSNR {:.2} dB", report.test_psnr);
     }
@@ -359,7 +359,7 @@ pub fn run_ablation(
             });
             if !fresh {
                 let options = CacheOptions {
-                    pad_to: data.pad_to,
+                    pad_to: None, // the source pads (DatasetConfig::pad_to)
                     shard_size: 8192,
                     batch: 256,
                     flip: false,

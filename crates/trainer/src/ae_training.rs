@@ -194,9 +194,10 @@ fn prepare(images: &Tensor, pad_to: Option<i64>, codec: &LatentCodec) -> Result<
     Ok(codec.pixels_to_input(&preprocess::to_unit_range(&images)?))
 }
 
-/// Loads the configured dataset split.
+/// Loads the configured dataset split at its decoded size, without `pad_to`: autoencoder
+/// training pads each batch itself (`prepare`) and measures PSNR on the unpadded pixels.
 pub fn load_split(data: &AeDataConfig, split: Split) -> Result<LabeledImages> {
-    Ok(data.load(split)?)
+    Ok(DatasetConfig { pad_to: None, ..data.clone() }.load(split)?)
 }
 
 /// Trains on in-memory `train` images and evaluates on `test` (both `(N, C, h, w)` u8).

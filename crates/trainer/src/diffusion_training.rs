@@ -245,7 +245,7 @@ pub fn train_model(
         tch::manual_seed(step_seed(t.seed, step));
         opt.zero_grad();
         let accum = t.grad_accum.max(1);
-        let (mut value, mut nonfinite) = (0.0, None);
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let (mut mse, mut lpl_out) = (Tensor::zeros([], (Kind::Float, Device::Cpu)), None);
         for _micro in 0..accum {
             let (batch, batch_cursor) = batches
@@ -283,17 +283,16 @@ pub fn train_model(
                 loss = &loss + &out.total;
                 lpl_out = Some(out);
             }
-            let micro_value = f64::try_from(&loss)?;
-            if !micro_value.is_finite() {
-                nonfinite = Some(micro_value);
-                break;
-            }
-            value += micro_value / accum as f64;
             // the mean over micro-batches: gradients add up to those of one batch of
             // batch_size * grad_accum samples
-            (loss / accum as f64).backward();
+            let loss = loss / accum as f64;
+            loss_sum += loss.detach().to_kind(Kind::Float);
+            loss.backward();
         }
-        if let Some(value) = nonfinite {
+        // one host read per step (the NaN check decides whether the optimiser steps); a
+        // non-finite micro-batch makes the sum non-finite and its gradients are discarded
+        let value = f64::try_from(&loss_sum)?;
+        if !value.is_finite() {
             nonfinite_run += 1;
             skipped += 1;
             tracing::warn!("non-finite loss {value} at step {step}: step skipped");
@@ -481,11 +480,8 @@ impl PeriodicEvaluator {
         if m.fd < self.best_fd
             && let Some(ckpt) = checkpoint
         {
-            let bytes = std::fs::read(ckpt)
-                .map_err(|e| invalid("output_dir", format!("{}: {e}", ckpt.display())))?;
+            link_atomically(ckpt, &self.dir.join("best.safetensors"))?;
             let io = |e: lpl_tensor_io::TensorIoError| invalid("output_dir", e.to_string());
-            lpl_tensor_io::write_atomically(&self.dir.join("best.safetensors"), &bytes)
-                .map_err(io)?;
             let record = serde_json::json!({"step": step, "fd": m.fd, "metric": m.metric, "checkpoint": ckpt});
             lpl_tensor_io::write_atomically(
                 &self.dir.join("best.json"),
@@ -506,4 +502,20 @@ fn append_line(
 ) -> Result<()> {
     writeln!(file, "{line}")
         .map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Makes `to` another name of the finished checkpoint `from` (a hard link: checkpoints are
+/// never modified in place, and pruning `from` later leaves `to` intact), through a temporary
+/// name and a rename so `to` is never half there; copies when linking is not possible.
+fn link_atomically(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    let tmp = to.with_extension(format!("tmp-{}", std::process::id()));
+    let io = |e: std::io::Error| {
+        invalid("output_dir", format!("{} -> {}: {e}", from.display(), to.display()))
+    };
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(from, &tmp).is_err() {
+        std::fs::copy(from, &tmp).map_err(io)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    }
+    std::fs::rename(&tmp, to).map_err(io)
 }
