@@ -26,6 +26,11 @@ pub struct Report {
     pub cudnn_available: bool,
     pub cudnn_version: Option<i64>,
     pub cpu_threads: i32,
+    /// Devices on which a bf16 autocast matmul ran and gave bf16 (`cpu`, `cuda:0`).
+    pub bf16_autocast: Vec<String>,
+    /// Whether CUDA f32 matmuls use TF32 (libtorch's default: off; `lpl train` turns it on
+    /// unless `precision.tf32 = false`).
+    pub tf32_matmul: Option<bool>,
     /// Everything that is off, one line each; empty when healthy.
     pub problems: Vec<String>,
 }
@@ -88,6 +93,16 @@ impl Report {
         if cuda_available && let Err(e) = smoke(Device::Cuda(0)) {
             problems.push(format!("a tiny computation on cuda:0 failed: {e}"));
         }
+        let mut bf16_autocast = Vec::new();
+        let devices = std::iter::once(Device::Cpu).chain(cuda_available.then_some(Device::Cuda(0)));
+        for device in devices {
+            let name = if device.is_cuda() { "cuda:0" } else { "cpu" };
+            match smoke_bf16(device) {
+                Ok(()) => bf16_autocast.push(name.to_string()),
+                Err(e) => problems.push(format!("bf16 autocast on {name} failed: {e}")),
+            }
+        }
+        let tf32_matmul = lpl_torch_ext::tf32::get().ok().map(|(matmul, _)| matmul);
         Self {
             tch_version: env!("LPL_TCH_VERSION"),
             build_lib_dir,
@@ -99,6 +114,8 @@ impl Report {
             cudnn_available,
             cudnn_version,
             cpu_threads: tch::get_num_threads(),
+            bf16_autocast,
+            tf32_matmul,
             problems,
         }
     }
@@ -131,6 +148,14 @@ impl fmt::Display for Report {
             None => "false".to_string(),
         };
         writeln!(f, "cuDNN available  {cudnn}")?;
+        let bf16 = if self.bf16_autocast.is_empty() {
+            "unavailable".to_string()
+        } else {
+            self.bf16_autocast.join(", ")
+        };
+        writeln!(f, "bf16 autocast    {bf16}")?;
+        let tf32 = self.tf32_matmul.map_or("unknown".to_string(), |t| t.to_string());
+        writeln!(f, "TF32 matmul      {tf32} (lpl train sets precision.tf32, default true)")?;
         write!(f, "CPU threads      {}", self.cpu_threads)
     }
 }
@@ -172,6 +197,23 @@ fn smoke(device: Device) -> Result<(), tch::TchError> {
     Ok(())
 }
 
+/// The same product under bf16 autocast: the result must be bf16 and exact (small integers).
+fn smoke_bf16(device: Device) -> Result<(), String> {
+    let _region = lpl_torch_ext::Autocast::enter(device, lpl_torch_ext::AutocastDtype::BFloat16)
+        .map_err(|e| e.to_string())?;
+    let a = Tensor::f_arange(6, (Kind::Float, device)).and_then(|a| a.f_view([2, 3]));
+    let b = Tensor::f_ones([3, 2], (Kind::Float, device));
+    let product = a.and_then(|a| b.and_then(|b| a.f_matmul(&b))).map_err(|e| e.to_string())?;
+    if product.kind() != Kind::BFloat16 {
+        return Err(format!("the product came out {:?}, not bf16", product.kind()));
+    }
+    let sum = product.to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
+    if sum != 30.0 {
+        return Err(format!("expected 30, got {sum}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +233,6 @@ mod tests {
     #[test]
     fn smoke_computation_passes_on_cpu() {
         smoke(Device::Cpu).unwrap();
+        smoke_bf16(Device::Cpu).unwrap();
     }
 }

@@ -3,19 +3,33 @@ training step (diffusers' DiTTransformer2DModel with the DiT preset's config, ep
 prediction with MSE on the DiT linear schedule, torch.optim.AdamW, lr 1e-4), the same batch,
 warm-up then the median of N steps, in the torch install that provides our libtorch.
 
-Usage: python pytorch_step.py '<config json>' BATCH STEPS DEVICE. Prints one JSON line:
-{"ms": median step ms, "images_per_s": ..., "peak_mb": peak CUDA memory or null}.
+Usage: python pytorch_step.py '<config json>' BATCH STEPS DEVICE [f32|bf16]. f32 on CUDA uses
+TF32 matmuls and convolutions (as ours); bf16 is torch.autocast around the forward pass and
+the loss. Prints one JSON line: {"ms": median step ms, "images_per_s": ..., "peak_mb": the
+CUDA allocator's peak of a steady-state step, or the process's peak RSS on CPU}, or
+{"error": ...} when diffusers cannot be imported.
 """
 
+import contextlib
 import json
+import resource
 import sys
 import time
 
 import torch
-from diffusers import DiTTransformer2DModel
+
+try:
+    from diffusers import DiTTransformer2DModel
+except ImportError as e:
+    print(json.dumps({"error": f"cannot import diffusers: {e}"}))
+    sys.exit(0)
 
 config = json.loads(sys.argv[1])
 batch, steps, device = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+precision = sys.argv[5] if len(sys.argv) > 5 else "f32"
+if device.startswith("cuda"):
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 keep = {
     "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers",
     "dropout", "norm_num_groups", "attention_bias", "sample_size", "patch_size",
@@ -39,8 +53,14 @@ def step():
     labels = torch.randint(0, classes, (batch,), device=device)
     a = alpha_bar[t].view(-1, 1, 1, 1)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-    out = model(zt, timestep=t, class_labels=labels).sample[:, :c]
-    loss = torch.nn.functional.mse_loss(out, eps)
+    region = (
+        torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    with region:
+        out = model(zt, timestep=t, class_labels=labels).sample[:, :c]
+    loss = torch.nn.functional.mse_loss(out.float(), eps)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -59,5 +79,8 @@ for _ in range(steps):
     times.append((time.perf_counter() - t0) * 1000)
 times.sort()
 ms = times[len(times) // 2]
-peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+if device.startswith("cuda"):
+    peak = torch.cuda.max_memory_allocated() / 2**20
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"ms": ms, "images_per_s": batch * 1000 / ms, "peak_mb": peak, "threads": torch.get_num_threads()}))

@@ -7,9 +7,12 @@
 //! invocation: the ratio ours / PyTorch.
 //!
 //! `cargo bench -p lpl-trainer --bench train_step [-- --steps N --device cpu|cuda
-//! --batch-small B --batch-large B]`. Each case runs in a child process (its own peak RSS;
-//! on CUDA the PyTorch side reports the allocator's peak, ours RSS only, as tch exposes no
-//! allocator statistics). Writes `target/bench/train_step.json` and prints a table.
+//! --batch-small B --batch-large B --precision f32|bf16|all]`. Precision: `f32` (on CUDA
+//! with TF32 matmuls on both sides) or `bf16` autocast (f32 master weights; the LPL decoder
+//! branch in f32, as `lpl train` does); default `f32` on CPU and both on CUDA. Each case
+//! runs in a child process: peak memory is the process's peak RSS on CPU and the CUDA
+//! allocator's peak allocated bytes on CUDA (both sides). Writes
+//! `target/bench/train_step.json` (or `$LPL_BENCH_OUT/train_step.json`) and prints a table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: failures abort it
 
@@ -21,6 +24,7 @@ use lpl_autoencoder::{Autoencoder, AutoencoderKl, AutoencoderKlConfig};
 use lpl_denoiser::{Conditioning, Denoiser, Dit, DitConfig};
 use lpl_loss::{LatentPerceptualLoss, LplConfig, x0_from_prediction};
 use lpl_schedulers::{NoiseSchedule, Parameterization};
+use lpl_torch_ext::{Autocast, AutocastDtype};
 use lpl_trainer::adamw::{AdamW, AdamWConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -58,9 +62,22 @@ fn sync(device: Device) {
     }
 }
 
+/// Peak memory of this process's case: the CUDA allocator's peak, else peak RSS.
+fn peak_mb(device: Device) -> f64 {
+    match device {
+        Device::Cuda(_) => lpl_torch_ext::memory::stats(device)
+            .map_or(f64::NAN, |m| m.peak as f64 / (1u64 << 20) as f64),
+        _ => peak_rss_mb(),
+    }
+}
+
 /// One case in this process: prints `{"ms": median step ms, "peak_mb": ...}`.
-fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device) {
+fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16: bool) {
     tch::manual_seed(0);
+    if device.is_cuda() {
+        lpl_torch_ext::tf32::set(true).unwrap();
+    }
+    let autocast = bf16.then_some(AutocastDtype::BFloat16);
     let config = dit_config(preset);
     let dit = Dit::new(&config, device, Kind::Float).unwrap();
     let mut opt = AdamW::new(dit.var_store(), AdamWConfig::default()).unwrap();
@@ -85,6 +102,7 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device) {
         let start = Instant::now();
         let t_dev = t.to_device(device);
         let z_t = schedule.add_noise(&z0, &eps, &t_dev).unwrap();
+        let region = autocast.map(|d| Autocast::enter(device, d).unwrap());
         let pred = dit
             .forward_t(
                 &z_t,
@@ -92,27 +110,37 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device) {
                 &Conditioning::labels(labels),
                 true,
             )
-            .unwrap();
+            .unwrap()
+            .to_kind(Kind::Float);
         let mut loss = pred.mse_loss(&eps, tch::Reduction::Mean);
         if let Some(lpl) = &loss_fn {
             let x0 =
                 x0_from_prediction(&pred, &z_t, &t_dev, Parameterization::Eps, &schedule).unwrap();
+            let _f32 = region.as_ref().map(|_| Autocast::disable(device).unwrap());
             loss += lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap().total;
         }
+        drop(region);
         opt.zero_grad();
         loss.backward();
         opt.step(1e-4);
         sync(device);
         if step > 0 {
             times.push(start.elapsed().as_secs_f64() * 1000.0);
+        } else if device.is_cuda() {
+            // the peak of a steady-state step (the warm-up step allocates AdamW's moments)
+            lpl_torch_ext::memory::reset_peak(device).unwrap();
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    println!("{{\"ms\": {}, \"peak_mb\": {}}}", times[times.len() / 2], peak_rss_mb());
+    println!("{{\"ms\": {}, \"peak_mb\": {}}}", times[times.len() / 2], peak_mb(device));
 }
 
-/// The python of the torch install our libtorch comes from (`<venv>/bin/python`).
+/// The python of the torch install our libtorch comes from (`<venv>/bin/python`), or
+/// `$LPL_TORCH_PYTHON` (e.g. a system `python3` on a machine whose torch is not in a venv).
 fn torch_python() -> Option<PathBuf> {
+    if let Some(python) = std::env::var_os("LPL_TORCH_PYTHON") {
+        return Some(PathBuf::from(python));
+    }
     let lib = std::env::var_os("LIBTORCH")
         .map(PathBuf::from)
         .or_else(|| Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch")))?;
@@ -121,32 +149,50 @@ fn torch_python() -> Option<PathBuf> {
     python.is_file().then_some(python)
 }
 
+/// `benches/pytorch_step.py` of this checkout; a binary carried to another machine looks in
+/// the working directory's `crates/trainer/benches/`.
+fn pytorch_script() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_step.py");
+    if built.is_file() { built } else { PathBuf::from("crates/trainer/benches/pytorch_step.py") }
+}
+
 fn main() {
-    let steps: usize = arg("--steps", "3").parse().unwrap();
     let device_name = arg("--device", "cpu");
     let device = if device_name.starts_with("cuda") { Device::Cuda(0) } else { Device::Cpu };
+    let steps: usize = arg("--steps", if device.is_cuda() { "10" } else { "3" }).parse().unwrap();
     let small: i64 = arg("--batch-small", "128").parse().unwrap();
     let large: i64 =
         arg("--batch-large", if device.is_cuda() { "64" } else { "4" }).parse().unwrap();
+    let precision = arg("--precision", if device.is_cuda() { "all" } else { "f32" });
     if let Some(case) =
         std::env::args().position(|a| a == "--case").and_then(|i| std::env::args().nth(i + 1))
     {
         let (preset, lpl) = case.split_once(':').unwrap();
         let batch = if preset == "dit-mini" { small } else { large };
-        child(preset, lpl == "lpl", batch, steps, device);
+        child(preset, lpl == "lpl", batch, steps, device, precision == "bf16");
         return;
     }
+    let precisions: Vec<&str> = match precision.as_str() {
+        "all" => vec!["f32", "bf16"],
+        "f32" => vec!["f32"],
+        "bf16" => vec!["bf16"],
+        other => panic!("--precision {other}: expected f32, bf16 or all"),
+    };
     let exe = std::env::current_exe().unwrap();
-    let common = [
-        "--steps".to_string(),
-        steps.to_string(),
-        "--device".into(),
-        device_name.clone(),
-        "--batch-small".into(),
-        small.to_string(),
-        "--batch-large".into(),
-        large.to_string(),
-    ];
+    let common = |precision: &str| {
+        [
+            "--steps".to_string(),
+            steps.to_string(),
+            "--device".into(),
+            device_name.clone(),
+            "--batch-small".into(),
+            small.to_string(),
+            "--batch-large".into(),
+            large.to_string(),
+            "--precision".into(),
+            precision.to_string(),
+        ]
+    };
     let json_line = |out: std::process::Output, what: &str| -> serde_json::Value {
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text
@@ -156,65 +202,83 @@ fn main() {
         serde_json::from_str(line).unwrap()
     };
     let python = torch_python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pytorch_step.py");
+    let script = pytorch_script();
     let mut rows = Vec::new();
-    println!("\ntraining step, {device_name}, median of {steps} after one warm-up\n");
-    println!(
-        "| model | latent | batch | ours img/s | PyTorch img/s | ours / PyTorch | ours + LPL img/s | LPL time x | peak MB ours / PyTorch | peak MB + LPL |"
-    );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---|---:|");
-    for preset in ["dit-mini", "dit-s-2", "dit-b-2"] {
-        let batch = if preset == "dit-mini" { small } else { large };
-        let run = |lpl: &str| {
-            json_line(
-                Command::new(&exe)
-                    .args(["--case", &format!("{preset}:{lpl}")])
-                    .args(&common)
-                    .output()
-                    .unwrap(),
-                preset,
-            )
+    let memory = if device.is_cuda() { "CUDA allocator peak" } else { "peak RSS" };
+    for precision in precisions {
+        let math = match (precision, device.is_cuda()) {
+            ("bf16", _) => "bf16 autocast, f32 master weights",
+            (_, true) => "f32 with TF32 matmuls",
+            _ => "f32",
         };
-        let (mse, with_lpl) = (run("mse"), run("lpl"));
-        let config = dit_config(preset);
-        let torch = python.as_ref().map(|py| {
-            json_line(
-                Command::new(py)
+        println!(
+            "\ntraining step, {device_name}, {math}; median of {steps} after one warm-up; memory: {memory}\n"
+        );
+        println!(
+            "| model | latent | batch | ours img/s | PyTorch img/s | ours / PyTorch | ours + LPL img/s | LPL time x | peak MB ours / PyTorch | peak MB + LPL |"
+        );
+        println!("|---|---|---|---:|---:|---:|---:|---:|---|---:|");
+        for preset in ["dit-mini", "dit-s-2", "dit-b-2"] {
+            let batch = if preset == "dit-mini" { small } else { large };
+            let run = |lpl: &str| {
+                json_line(
+                    Command::new(&exe)
+                        .args(["--case", &format!("{preset}:{lpl}")])
+                        .args(common(precision))
+                        .output()
+                        .unwrap(),
+                    preset,
+                )
+            };
+            let (mse, with_lpl) = (run("mse"), run("lpl"));
+            let config = dit_config(preset);
+            let torch = python.as_ref().and_then(|py| {
+                let out = Command::new(py)
                     .arg(&script)
                     .arg(serde_json::to_string(&config).unwrap())
                     .args([batch.to_string(), steps.to_string(), device_name.clone()])
+                    .arg(precision)
                     .output()
-                    .unwrap(),
-                "pytorch",
-            )
-        });
-        let ips = |v: &serde_json::Value| batch as f64 * 1000.0 / v["ms"].as_f64().unwrap();
-        let (ours, lpl_ips) = (ips(&mse), ips(&with_lpl));
-        let torch_ips = torch.as_ref().map(|t| t["images_per_s"].as_f64().unwrap());
-        let torch_peak = torch.as_ref().and_then(|t| t["peak_mb"].as_f64());
-        let latent = format!("{0}x{0}x{1}", config.sample_size, config.in_channels);
-        println!(
-            "| {preset} | {latent} | {batch} | {ours:.1} | {} | {} | {lpl_ips:.1} | {:.2} | {:.0} / {} | {:.0} |",
-            torch_ips.map_or("n/a".into(), |v| format!("{v:.1}")),
-            torch_ips.map_or("n/a".into(), |v| format!("{:.2}", ours / v)),
-            ours / lpl_ips,
-            mse["peak_mb"].as_f64().unwrap_or(f64::NAN),
-            torch_peak.map_or("RSS n/a".into(), |v| format!("{v:.0} (allocator)")),
-            with_lpl["peak_mb"].as_f64().unwrap_or(f64::NAN),
-        );
-        rows.push(serde_json::json!({
-            "model": preset, "latent": latent, "batch": batch,
-            "ours_images_per_s": ours, "pytorch_images_per_s": torch_ips,
-            "ours_over_pytorch": torch_ips.map(|v| ours / v),
-            "lpl_images_per_s": lpl_ips, "lpl_time_ratio": ours / lpl_ips,
-            "ours_peak_rss_mb": mse["peak_mb"], "lpl_peak_rss_mb": with_lpl["peak_mb"],
-            "pytorch_peak_cuda_mb": torch_peak, "pytorch_threads": torch.as_ref().map(|t| t["threads"].clone()),
-        }));
+                    .unwrap();
+                let v = json_line(out, "pytorch");
+                if let Some(e) = v.get("error") {
+                    println!("(PyTorch reference unavailable: {e})");
+                    return None;
+                }
+                Some(v)
+            });
+            let ips = |v: &serde_json::Value| batch as f64 * 1000.0 / v["ms"].as_f64().unwrap();
+            let (ours, lpl_ips) = (ips(&mse), ips(&with_lpl));
+            let torch_ips = torch.as_ref().map(|t| t["images_per_s"].as_f64().unwrap());
+            let torch_peak = torch.as_ref().and_then(|t| t["peak_mb"].as_f64());
+            let latent = format!("{0}x{0}x{1}", config.sample_size, config.in_channels);
+            println!(
+                "| {preset} | {latent} | {batch} | {ours:.1} | {} | {} | {lpl_ips:.1} | {:.2} | {:.0} / {} | {:.0} |",
+                torch_ips.map_or("n/a".into(), |v| format!("{v:.1}")),
+                torch_ips.map_or("n/a".into(), |v| format!("{:.2}", ours / v)),
+                ours / lpl_ips,
+                mse["peak_mb"].as_f64().unwrap_or(f64::NAN),
+                torch_peak.map_or("n/a".into(), |v| format!("{v:.0}")),
+                with_lpl["peak_mb"].as_f64().unwrap_or(f64::NAN),
+            );
+            rows.push(serde_json::json!({
+                "model": preset, "latent": latent, "batch": batch, "precision": precision,
+                "ours_images_per_s": ours, "pytorch_images_per_s": torch_ips,
+                "ours_over_pytorch": torch_ips.map(|v| ours / v),
+                "lpl_images_per_s": lpl_ips, "lpl_time_ratio": ours / lpl_ips,
+                "ours_peak_mb": mse["peak_mb"], "lpl_peak_mb": with_lpl["peak_mb"],
+                "pytorch_peak_mb": torch_peak, "memory": memory,
+                "pytorch_threads": torch.as_ref().map(|t| t["threads"].clone()),
+            }));
+        }
     }
     if python.is_none() {
         println!("\n(no Python next to our libtorch: the PyTorch column is n/a)");
     }
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let out = std::env::var_os("LPL_BENCH_OUT").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench"),
+        PathBuf::from,
+    );
     std::fs::create_dir_all(&out).unwrap();
     let json = serde_json::json!({"bench": "train_step", "device": device_name, "steps": steps, "threads": tch::get_num_threads(), "rows": rows});
     std::fs::write(out.join("train_step.json"), serde_json::to_string_pretty(&json).unwrap())

@@ -151,6 +151,11 @@ pub fn train_model(
     }
     let schedule = NoiseSchedule::new(&config.diffusion.schedule()?)?.to_device(device);
     let param = config.diffusion.parameterization;
+    let precision = &config.precision;
+    if device.is_cuda() {
+        lpl_torch_ext::tf32::set(precision.tf32)?;
+    }
+    let autocast = precision.compute.autocast();
     let mut opt = AdamW::new(model.var_store(), config.optim.adamw())?;
     let mut ema = Ema::new(model.var_store(), config.ema.clone())?;
     let mut time_sampler =
@@ -263,9 +268,13 @@ pub fn train_model(
                 Some(l) => Conditioning::labels(l.shallow_clone()),
                 None => Conditioning::none(),
             };
+            // the forward pass under autocast (bf16 matmuls); the losses below take its
+            // output cast back to f32
+            let region = autocast.map(|d| lpl_torch_ext::Autocast::enter(device, d)).transpose()?;
             let pred = model
                 .forward_t(&z_t, &schedule.model_time(&t_dev)?, &cond, true)
-                .map_err(|e| TrainError::Torch(e.to_string()))?;
+                .map_err(|e| TrainError::Torch(e.to_string()))?
+                .to_kind(Kind::Float);
             let target = param.target(&schedule, &z0, &eps, &t_dev)?;
             let mut per_sample = (pred.to_kind(Kind::Float) - target)
                 .square()
@@ -279,12 +288,16 @@ pub fn train_model(
             lpl_out = None;
             if let Some(lpl) = lpl.as_ref().filter(|l| l.active_at(step)) {
                 let x0_hat = x0_from_prediction(&pred, &z_t, &t_dev, param, &schedule)?;
+                let _f32 = (region.is_some() && !precision.lpl_decoder_autocast)
+                    .then(|| lpl_torch_ext::Autocast::disable(device))
+                    .transpose()?;
                 let out = lpl.loss(&x0_hat, &z0, &t_cpu, &schedule, param)?;
                 loss = &loss + &out.total;
                 lpl_out = Some(out);
             }
             // the mean over micro-batches: gradients add up to those of one batch of
             // batch_size * grad_accum samples
+            drop(region); // backward outside the region, as with torch.autocast
             let loss = loss / accum as f64;
             loss_sum += loss.detach().to_kind(Kind::Float);
             loss.backward();

@@ -58,6 +58,12 @@ impl From<tch::TchError> for TrainError {
     }
 }
 
+impl From<lpl_torch_ext::TorchExtError> for TrainError {
+    fn from(e: lpl_torch_ext::TorchExtError) -> Self {
+        Self::Torch(e.to_string())
+    }
+}
+
 /// `Result` with [`TrainError`].
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 

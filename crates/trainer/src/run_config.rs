@@ -177,6 +177,57 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// The dtype the denoiser's matmuls and convolutions run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    /// Plain f32 (with TF32 on CUDA when `precision.tf32`).
+    #[default]
+    F32,
+    /// bf16 autocast: parameters, optimiser state and gradients stay f32 (master weights);
+    /// softmax, norms and the losses run in f32. No loss scaling needed.
+    Bf16,
+}
+
+impl ComputeDtype {
+    /// The autocast dtype, if any.
+    pub fn autocast(self) -> Option<lpl_torch_ext::AutocastDtype> {
+        match self {
+            Self::F32 => None,
+            Self::Bf16 => Some(lpl_torch_ext::AutocastDtype::BFloat16),
+        }
+    }
+}
+
+/// `[precision]`: mixed precision of the training step (fp16 is not offered: it needs loss
+/// scaling, which bf16's f32 exponent range makes unnecessary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecisionConfig {
+    /// `"f32"` (default) or `"bf16"` autocast of the denoiser's forward pass (CPU or CUDA;
+    /// on CPU bf16 is usually slower, use it there only to check a config).
+    #[serde(default)]
+    pub compute: ComputeDtype,
+    /// TF32 tensor-core math for the remaining f32 matmuls and convolutions on CUDA (default
+    /// on, as in DiT's training script; no effect on CPU).
+    #[serde(default = "yes")]
+    pub tf32: bool,
+    /// Run the LPL decoder branch under the autocast dtype too. Default off: the decoder
+    /// features and their statistics are computed in f32 from the f32-cast prediction.
+    #[serde(default)]
+    pub lpl_decoder_autocast: bool,
+}
+
+impl Default for PrecisionConfig {
+    fn default() -> Self {
+        Self { compute: ComputeDtype::F32, tf32: true, lpl_decoder_autocast: false }
+    }
+}
+
 fn default_count() -> usize {
     64
 }
@@ -226,6 +277,9 @@ pub struct RunConfig {
     /// The EMA.
     #[serde(default)]
     pub ema: EmaConfig,
+    /// Mixed precision.
+    #[serde(default)]
+    pub precision: PrecisionConfig,
     /// Sampling for grids.
     #[serde(default)]
     pub sample: Option<SampleConfig>,

@@ -1,0 +1,33 @@
+//! What `tch` does not expose, through a small C++ shim (`src/shim.cpp`) compiled against the
+//! headers of the libtorch that torch-sys links:
+//!
+//! - [`autocast`]: mixed-precision regions with a chosen dtype (tch's `autocast` is CUDA fp16
+//!   only); bf16 on CUDA for training, bf16 on CPU for tests of the same code path;
+//! - [`tf32`]: the TF32 switch of CUDA matmuls and convolutions
+//!   (`torch.backends.cuda.matmul.fp32_precision`);
+//! - [`memory`]: the device allocator's current and peak allocated bytes
+//!   (`torch.cuda.max_memory_allocated`).
+//!
+//! Every shim call reports a libtorch exception as [`TorchExtError`], never as a crash.
+#![allow(unsafe_code)] // the FFI boundary of this crate, and only this crate
+
+pub mod autocast;
+pub mod memory;
+pub mod tf32;
+
+mod ffi;
+
+pub use autocast::{Autocast, AutocastDtype};
+
+/// A libtorch call of the shim failed.
+#[derive(Debug, thiserror::Error)]
+#[error("libtorch ({call}): {message}")]
+pub struct TorchExtError {
+    /// The shim function.
+    pub call: &'static str,
+    /// libtorch's exception message.
+    pub message: String,
+}
+
+/// `Result` of this crate.
+pub type Result<T> = std::result::Result<T, TorchExtError>;
