@@ -27,8 +27,10 @@ if [ "${1:-}" = "--prepare" ]; then
     cp "$ae" "$G/ae.safetensors"
     [ -d "$G/cache-test" ] || target/release/lpl cache --ae "$G/ae.safetensors" --split test \
         --pad-to 32 --out "$G/cache-test" --device cpu
-    if [ ! -f "$G/pydeps.tar.xz" ]; then
-        echo "no $G/pydeps.tar.xz: the PyTorch column of the bench needs diffusers there" >&2
+    if [ ! -f "$G/pydeps.tar.xz" ]; then # diffusers for the PyTorch column (not in the image)
+        site=$(dirname "$(readlink -f "${LIBTORCH:-.libtorch}")") # the torch install's site-packages
+        (cd "$site" && tar -cJf - --exclude=__pycache__ diffusers diffusers-*.dist-info \
+            importlib_metadata importlib_metadata-*.dist-info) > "$G/pydeps.tar.xz"
     fi
     du -sh "$G"
     exit 0
@@ -44,6 +46,8 @@ export LPL_BENCH_OUT="$OUT"
 export RUST_LOG=warn
 DEVICE=${DEVICE:-cuda}   # DEVICE=cpu QUICK=1: a dry run of this script on a CPU machine
 QUICK=${QUICK:-0}
+STAGES=${STAGES:-"doctor tests train sample bench"} # e.g. STAGES=bench for the bench alone
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 stage() { echo; echo "=== $1 ($(date +%T))"; }
 now() { date +%s.%N; }
 since() { python3 -c "print(round($(now) - $1, 1))"; }
@@ -55,9 +59,13 @@ python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", 
 stage "lpl doctor"
 $G/lpl doctor 2>&1 | tee "$OUT/doctor.txt"
 
+if want tests; then
+
 stage "lpl-torch-ext tests on CUDA"
 timeout 120 $G/torch_ext_autocast --test-threads 1 2>&1 | tail -12
+fi
 
+if want train; then
 stage "lpl train on CUDA"
 rm -rf /tmp/lpl-gpu-runs
 run() { # name preset compute steps batch lpl
@@ -123,7 +131,9 @@ if [ "$QUICK" != 1 ]; then
     run b2-bf16-lpl dit-b-2 bf16 200 256 lpl
 fi
 ls "$OUT"/runs/*/grids/*.png
+fi
 
+if want sample; then
 stage "sampling throughput (EMA DiT-mini, DDIM 50, guidance 2, 1000 images)"
 t0=$(now)
 count=1000
@@ -131,17 +141,18 @@ count=1000
 timeout 120 $G/lpl sample --run /tmp/lpl-gpu-runs/mini-bf16 --count $count --steps 50 --guidance 2 \
     --out "$OUT/sample-$count.png" --device "$DEVICE" > "$OUT/sample.log" 2>&1
 echo "rc $?, $(since $t0) s wall incl. start-up"
+fi
 
+if want bench; then
 stage "training-step bench"
 if ! python3 -c 'import diffusers' 2>/dev/null && [ -f "$G/pydeps.tar.xz" ]; then
+    # diffusers and what the CUDA image lacks (importlib_metadata); the rest is the machine's
     mkdir -p /tmp/pydeps && tar -xJf "$G/pydeps.tar.xz" -C /tmp/pydeps
-    # the machine's own compiled packages win over the carried (CPython 3.11) ones
-    for m in numpy PIL yaml regex safetensors charset_normalizer; do
-        python3 -c "import $m" 2>/dev/null && rm -rf "/tmp/pydeps/$m"
-    done
     export PYTHONPATH=/tmp/pydeps
 fi
 python3 -c 'import diffusers; print("diffusers", diffusers.__version__)' 2>&1 | tail -1
-[ "$QUICK" = 1 ] && { stage "done (quick)"; exit 0; }
+[ "$QUICK" = 1 ] && BENCH_TIMEOUT=1
 timeout "${BENCH_TIMEOUT:-300}" $G/train_step --device cuda --steps 10 --precision all 2>&1 | tee "$OUT/bench.txt"
+fi
+[ -d "$OUT/runs" ] && tar -cf "$OUT/runs.tar" -C "$OUT" runs $(cd "$OUT" && ls *.log *.toml *.png 2>/dev/null) && rm -rf "$OUT/runs" "$OUT"/*.log "$OUT"/*.toml "$OUT"/*.png
 stage "done"

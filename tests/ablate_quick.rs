@@ -6,6 +6,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+#[path = "support/chromium.rs"]
+#[allow(dead_code)] // the shared helper; this test uses part of it
+mod chromium;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -76,6 +80,14 @@ fn quick_ablation_resumes_after_sigkill_and_reports() {
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.matches("data:image/png;base64,").count() >= 4, "plots and grids are inlined");
     assert!(html.contains("<table id=\"results\">") && html.contains("--only eps"));
+    // and it renders: every plot and grid decodes in headless Chromium (when there is one)
+    if let Some(browser) = chromium::find() {
+        let page = chromium::render(&browser, &out.join("report.html"), &out.join("render"), 3000)
+            .unwrap();
+        assert_eq!(page.images.len(), html.matches("<img").count());
+        assert!(page.images.iter().all(|&(w, h)| w >= 64 && h >= 64), "{:?}", page.images);
+        assert!(chromium::ink(&page.screenshot) > 0.05);
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let fd = json["results"][1]["metrics"]["fd"].as_f64().unwrap();

@@ -25,22 +25,45 @@ const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// Installs `dataset-fashion-mnist` with apt-get when it is missing and we are root.
 pub fn ensure_fashion_mnist() {
-    if Path::new(FASHION_MNIST_DIR).join("train-images-idx3-ubyte.gz").is_file() {
-        return;
+    let present = Path::new(FASHION_MNIST_DIR).join("train-images-idx3-ubyte.gz").is_file();
+    if !present {
+        apt_install(
+            "dataset-fashion-mnist",
+            "Fashion-MNIST",
+            "or download its four IDX files and pass their directory",
+        );
     }
+}
+
+/// On CI, Debian's Chromium for the test that renders the HTML report
+/// (`tests/report_render.rs`); elsewhere that test says SKIPPED without one, and nothing as
+/// large as a browser is installed behind a user's back.
+pub fn ensure_chromium_on_ci() {
+    let on_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
+        .iter()
+        .any(|p| Path::new(p).is_file());
+    if on_ci && !found && std::env::var_os("LPL_CHROMIUM").is_none() {
+        apt_install("chromium", "Chromium", "or set LPL_CHROMIUM to a Chromium binary");
+    }
+}
+
+/// `apt-get install -y PACKAGE` when we are root on a Debian-like system (retrying once after
+/// `apt-get update`); otherwise, or when it fails, a warning saying how to get `what`.
+fn apt_install(package: &str, what: &str, otherwise: &str) {
     let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
     let apt = Path::new("/usr/bin/apt-get").exists();
     if !(is_root && apt) {
         eprintln!(
-            "warning: Fashion-MNIST is not installed; run `apt-get install dataset-fashion-mnist` \
-             (Debian/Ubuntu) or download its four IDX files and pass their directory"
+            "warning: {what} is not installed; run `apt-get install {package}` (Debian/Ubuntu) \
+             {otherwise}"
         );
         return;
     }
-    eprintln!("installing Fashion-MNIST (apt-get install dataset-fashion-mnist)");
+    eprintln!("installing {what} (apt-get install {package})");
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "dataset-fashion-mnist"])
+            .args(["install", "-y", "-qq", package])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .status()
@@ -50,7 +73,7 @@ pub fn ensure_fashion_mnist() {
         let _ = Command::new("apt-get").args(["update", "-qq"]).stdin(Stdio::null()).status();
         if !install() {
             eprintln!(
-                "warning: apt-get install dataset-fashion-mnist failed; tests that need it will be skipped"
+                "warning: apt-get install {package} failed; tests that need {what} will be skipped"
             );
         }
     }

@@ -46,7 +46,10 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "setup" => setup::run().map(|_| ()),
         "doctor" => setup::run().and_then(|_| cargo::doctor()),
-        "test" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::test(&rest)),
+        "test" => setup::run()
+            .and_then(|_| assets::ensure())
+            .map(|_| assets::ensure_chromium_on_ci())
+            .and_then(|_| cargo::test(&rest)),
         "lint" => cargo::lint(),
         "fixtures" => setup::run().and_then(|_| fixtures::run()),
         "bench" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::bench(&rest)),

@@ -1,6 +1,8 @@
 //! The C functions of `shim.cpp` and the error-buffer convention they share.
 
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, c_char, c_void};
+
+use tch::Tensor;
 
 use crate::{Result, TorchExtError};
 
@@ -26,6 +28,113 @@ unsafe extern "C" {
         len: usize,
     ) -> i32;
     fn lpl_device_memory_reset_peak(index: i32, err: *mut c_char, len: usize) -> i32;
+    fn lpl_fused_adamw(
+        params: *const *const c_void,
+        grads: *const *const c_void,
+        exp_avgs: *const *const c_void,
+        exp_avg_sqs: *const *const c_void,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        step: i64,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
+    fn lpl_foreach_lerp(
+        targets: *const *const c_void,
+        ends: *const *const c_void,
+        n: usize,
+        weight: f64,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
+    fn lpl_foreach_total_norm(
+        tensors: *const *const c_void,
+        n: usize,
+        out: *const c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
+    fn lpl_foreach_mul(
+        tensors: *const *const c_void,
+        n: usize,
+        scale: *const c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
+}
+
+/// The `at::Tensor*` handles of tch tensors (valid while the tensors live).
+fn handles(tensors: &[Tensor]) -> Vec<*const c_void> {
+    tensors.iter().map(|t| t.as_ptr() as *const c_void).collect()
+}
+
+/// AdamW hyper-parameters of one fused update.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamWArgs {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+    pub step: i64,
+}
+
+pub(crate) fn fused_adamw(
+    params: &[Tensor],
+    grads: &[Tensor],
+    m: &[Tensor],
+    v: &[Tensor],
+    a: AdamWArgs,
+) -> Result<()> {
+    let (p, g, m, v) = (handles(params), handles(grads), handles(m), handles(v));
+    let n = p.len();
+    // SAFETY: four arrays of `n` live tensor handles (the caller checked the lengths); the
+    // shim only reads the arrays during the call.
+    checked("fused_adamw", |e, l| unsafe {
+        lpl_fused_adamw(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            n,
+            a.lr,
+            a.beta1,
+            a.beta2,
+            a.weight_decay,
+            a.eps,
+            a.step,
+            e,
+            l,
+        )
+    })
+}
+
+pub(crate) fn foreach_lerp(targets: &[Tensor], ends: &[Tensor], weight: f64) -> Result<()> {
+    let (t, x) = (handles(targets), handles(ends));
+    // SAFETY: two arrays of `t.len()` live handles (lengths checked by the caller).
+    checked("foreach_lerp", |e, l| unsafe {
+        lpl_foreach_lerp(t.as_ptr(), x.as_ptr(), t.len(), weight, e, l)
+    })
+}
+
+pub(crate) fn foreach_total_norm(tensors: &[Tensor], out: &Tensor) -> Result<()> {
+    let t = handles(tensors);
+    // SAFETY: live handles; `out` outlives the call.
+    checked("foreach_total_norm", |e, l| unsafe {
+        lpl_foreach_total_norm(t.as_ptr(), t.len(), out.as_ptr() as *const c_void, e, l)
+    })
+}
+
+pub(crate) fn foreach_mul(tensors: &[Tensor], scale: &Tensor) -> Result<()> {
+    let t = handles(tensors);
+    // SAFETY: live handles; `scale` outlives the call.
+    checked("foreach_mul", |e, l| unsafe {
+        lpl_foreach_mul(t.as_ptr(), t.len(), scale.as_ptr() as *const c_void, e, l)
+    })
 }
 
 const ERR_LEN: usize = 1024;

@@ -6,13 +6,16 @@
 //! - [`tf32`]: the TF32 switch of CUDA matmuls and convolutions
 //!   (`torch.backends.cuda.matmul.fp32_precision`);
 //! - [`memory`]: the device allocator's current and peak allocated bytes
-//!   (`torch.cuda.max_memory_allocated`).
+//!   (`torch.cuda.max_memory_allocated`);
+//! - [`multi_tensor`]: fused AdamW and `_foreach_*` operations over parameter lists (the
+//!   optimiser, gradient clipping and EMA in a few kernel launches).
 //!
 //! Every shim call reports a libtorch exception as [`TorchExtError`], never as a crash.
 #![allow(unsafe_code)] // the FFI boundary of this crate, and only this crate
 
 pub mod autocast;
 pub mod memory;
+pub mod multi_tensor;
 pub mod tf32;
 
 mod ffi;

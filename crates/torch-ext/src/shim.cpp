@@ -3,7 +3,9 @@
 // into `err` (capacity `err_len`) and returns -1, so no exception crosses into Rust.
 #include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
+#include <ATen/Functions.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cstdint>
 #include <cstring>
@@ -21,6 +23,16 @@ int32_t fail(const std::exception& e, char* err, size_t err_len) {
     err[err_len - 1] = '\0';
   }
   return -1;
+}
+
+// tch's tensor handles are `at::Tensor*`: copies of the handles (sharing storage) as a list.
+std::vector<at::Tensor> tensor_list(const void* const* handles, size_t n) {
+  std::vector<at::Tensor> list;
+  list.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    list.push_back(*static_cast<const at::Tensor*>(handles[i]));
+  }
+  return list;
 }
 
 }  // namespace
@@ -96,6 +108,8 @@ int32_t lpl_tf32_get(int32_t* matmul, int32_t* conv, char* err, size_t err_len) 
 int32_t lpl_device_memory(int32_t index, int64_t* current, int64_t* peak, char* err,
                           size_t err_len) {
   try {
+    // the caching allocator sizes its per-device state at CUDA's lazy initialisation
+    at::globalContext().lazyInitDevice(at::kCUDA);
     auto stats = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
     const auto& all = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
     *current = all.current;
@@ -108,7 +122,76 @@ int32_t lpl_device_memory(int32_t index, int64_t* current, int64_t* peak, char* 
 
 int32_t lpl_device_memory_reset_peak(int32_t index, char* err, size_t err_len) {
   try {
+    at::globalContext().lazyInitDevice(at::kCUDA);
     at::accelerator::resetPeakStats(static_cast<c10::DeviceIndex>(index));
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// torch.optim.AdamW(fused=True)'s update of one parameter group, after `step` updates
+// including this one: param *= 1 - lr * wd; m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
+// param -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). One multi-tensor
+// kernel on CUDA, a vectorised loop on CPU.
+int32_t lpl_fused_adamw(const void* const* params, const void* const* grads,
+                        const void* const* exp_avgs, const void* const* exp_avg_sqs, size_t n,
+                        double lr, double beta1, double beta2, double weight_decay, double eps,
+                        int64_t step, char* err, size_t err_len) {
+  try {
+    if (n == 0) return 0;
+    at::NoGradGuard no_grad;
+    auto p = tensor_list(params, n);
+    auto steps = std::vector<at::Tensor>(
+        n, at::full({}, static_cast<double>(step), p[0].options().dtype(at::kFloat)));
+    at::_fused_adamw_(p, tensor_list(grads, n), tensor_list(exp_avgs, n),
+                      tensor_list(exp_avg_sqs, n), {}, steps, lr, beta1, beta2, weight_decay,
+                      eps, /*amsgrad=*/false, /*maximize=*/false);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// targets[i] += weight * (ends[i] - targets[i]) for all i (torch._foreach_lerp_).
+int32_t lpl_foreach_lerp(const void* const* targets, const void* const* ends, size_t n,
+                         double weight, char* err, size_t err_len) {
+  try {
+    if (n == 0) return 0;
+    at::NoGradGuard no_grad;
+    at::_foreach_lerp_(tensor_list(targets, n), tensor_list(ends, n), weight);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// out (a 0-d f32 tensor) = the L2 norm of all tensors together, as clip_grad_norm_ computes
+// it: vector_norm(stack(_foreach_norm(tensors))).
+int32_t lpl_foreach_total_norm(const void* const* tensors, size_t n, const void* out, char* err,
+                               size_t err_len) {
+  try {
+    at::NoGradGuard no_grad;
+    auto target = *static_cast<const at::Tensor*>(out);
+    if (n == 0) {
+      target.zero_();
+      return 0;
+    }
+    auto norms = at::_foreach_norm(tensor_list(tensors, n), 2, at::kFloat);
+    target.copy_(at::linalg_vector_norm(at::stack(norms), 2));
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// tensors[i] *= scale (a 0-d tensor on their device, no host synchronisation).
+int32_t lpl_foreach_mul(const void* const* tensors, size_t n, const void* scale, char* err,
+                        size_t err_len) {
+  try {
+    if (n == 0) return 0;
+    at::NoGradGuard no_grad;
+    at::_foreach_mul_(tensor_list(tensors, n), *static_cast<const at::Tensor*>(scale));
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);

@@ -20,7 +20,7 @@ import torch
 
 try:
     from diffusers import DiTTransformer2DModel
-except ImportError as e:
+except Exception as e:  # ImportError, or diffusers' RuntimeError about its dependencies
     print(json.dumps({"error": f"cannot import diffusers: {e}"}))
     sys.exit(0)
 

@@ -122,7 +122,7 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16
         drop(region);
         opt.zero_grad();
         loss.backward();
-        opt.step(1e-4);
+        opt.step(1e-4).unwrap();
         sync(device);
         if step > 0 {
             times.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -240,12 +240,26 @@ fn main() {
                     .arg(precision)
                     .output()
                     .unwrap();
-                let v = json_line(out, "pytorch");
-                if let Some(e) = v.get("error") {
-                    println!("(PyTorch reference unavailable: {e})");
-                    return None;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let v = text.lines().find(|l| l.starts_with('{'));
+                let v: Option<serde_json::Value> = v.and_then(|l| serde_json::from_str(l).ok());
+                match v {
+                    Some(v) if v.get("error").is_none() => Some(v),
+                    other => {
+                        let why = other.map_or_else(
+                            || {
+                                String::from_utf8_lossy(&out.stderr)
+                                    .lines()
+                                    .last()
+                                    .unwrap_or("")
+                                    .to_string()
+                            },
+                            |v| v["error"].to_string(),
+                        );
+                        println!("(PyTorch reference unavailable: {why})");
+                        None
+                    }
                 }
-                Some(v)
             });
             let ips = |v: &serde_json::Value| batch as f64 * 1000.0 / v["ms"].as_f64().unwrap();
             let (ours, lpl_ips) = (ips(&mse), ips(&with_lpl));

@@ -1,9 +1,12 @@
 //! AdamW (Loshchilov & Hutter) with its state as named tensors, so a checkpoint holds it and
 //! a resumed run continues bit-identically. Decoupled weight decay applies to tensors of
 //! rank >= 2 only (not to biases, norms' scales, or ... embeddings keep it: they are 2-D).
+//! The update is libtorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`), gradient
+//! clipping uses the multi-tensor norm: a handful of kernel launches per step on a GPU.
 
 use std::collections::BTreeMap;
 
+use lpl_torch_ext::multi_tensor::{self, AdamWStep};
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -99,52 +102,48 @@ impl AdamW {
         }
     }
 
-    /// Scales gradients so that their global L2 norm is at most `max_norm`; returns the norm
-    /// before clipping as a 0-d tensor (no host synchronisation).
-    pub fn clip_grad_norm(&self, max_norm: f64) -> Tensor {
-        tch::no_grad(|| {
-            let grads: Vec<Tensor> =
-                self.params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
-            if grads.is_empty() {
-                return Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
-            }
-            let norms: Vec<Tensor> =
-                grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float)).collect();
-            let total = Tensor::stack(&norms, 0).sum(Kind::Float).sqrt();
-            let scale = (total.reciprocal() * max_norm).clamp_max(1.0);
-            for g in &grads {
-                let mut g = g.shallow_clone();
-                g *= scale.to_kind(g.kind());
-            }
-            total
-        })
+    /// Scales gradients so that their global L2 norm is at most `max_norm`, as
+    /// `torch.nn.utils.clip_grad_norm_` does (factor `max_norm / (norm + 1e-6)`, capped at 1);
+    /// returns the norm before clipping as a 0-d tensor (no host synchronisation).
+    pub fn clip_grad_norm(&self, max_norm: f64) -> Result<Tensor> {
+        let grads: Vec<Tensor> =
+            self.params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        let total = multi_tensor::total_norm(&grads)?;
+        let scale = tch::no_grad(|| ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0));
+        multi_tensor::mul_(&grads, &scale)?;
+        Ok(total)
     }
 
-    /// One update with learning rate `lr` (variables without gradient are skipped).
-    pub fn step(&mut self, lr: f64) {
+    /// One update with learning rate `lr`: `torch.optim.AdamW(fused=True)` (one multi-tensor
+    /// kernel per group on CUDA), weight decay on tensors of rank >= 2 only. Variables without
+    /// a gradient are skipped.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
         let c = &self.config;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-        tch::no_grad(|| {
-            for ((p, m), v) in self.params.iter().zip(&mut self.m).zip(&mut self.v) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let g = g.to_kind(Kind::Float);
-                *m *= c.beta1;
-                *m += &g * (1.0 - c.beta1);
-                *v *= c.beta2;
-                *v += g.square() * (1.0 - c.beta2);
-                let update = (&*m / bc1) / ((&*v / bc2).sqrt() + c.eps);
-                let mut p = p.shallow_clone();
-                if c.weight_decay > 0.0 && p.dim() >= 2 {
-                    p *= 1.0 - lr * c.weight_decay;
-                }
-                p -= (update * lr).to_kind(p.kind());
+        // (decayed, not decayed) groups of (param, grad, m, v)
+        let mut groups: [[Vec<Tensor>; 4]; 2] = Default::default();
+        for ((p, m), v) in self.params.iter().zip(&self.m).zip(&self.v) {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
             }
-        });
+            let group = &mut groups[usize::from(!(c.weight_decay > 0.0 && p.dim() >= 2))];
+            for (list, t) in group.iter_mut().zip([p, &g, m, v]) {
+                list.push(t.shallow_clone());
+            }
+        }
+        for (i, [p, g, m, v]) in groups.iter().enumerate() {
+            let h = AdamWStep {
+                lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                weight_decay: if i == 0 { c.weight_decay } else { 0.0 },
+                eps: c.eps,
+                step: self.step,
+            };
+            multi_tensor::fused_adamw(p, g, m, v, h)?;
+        }
+        Ok(())
     }
 
     /// The state as named tensors (`adamw.m.<var>`, `adamw.v.<var>`).

@@ -317,11 +317,11 @@ pub fn train_model(
             continue;
         }
         nonfinite_run = 0;
-        let grad_norm = config.optim.grad_clip.map(|c| opt.clip_grad_norm(c));
+        let grad_norm = config.optim.grad_clip.map(|c| opt.clip_grad_norm(c)).transpose()?;
         let lr = config.optim.lr
             * ((step + 1) as f64 / config.optim.warmup_steps.max(1) as f64).min(1.0);
-        opt.step(lr);
-        ema.update(model.var_store(), step);
+        opt.step(lr)?;
+        ema.update(model.var_store(), step)?;
         step += 1;
         window.push(value);
         bar.inc(1);

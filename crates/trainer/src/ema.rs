@@ -59,16 +59,23 @@ impl Ema {
     }
 
     /// `shadow = d * shadow + (1 - d) * weights` for the decay at `step`.
-    pub fn update(&mut self, vs: &VarStore, step: usize) {
+    pub fn update(&mut self, vs: &VarStore, step: usize) -> Result<()> {
         let d = self.decay_at(step);
         let vars = vs.variables();
-        tch::no_grad(|| {
-            for (name, s) in &mut self.shadow {
-                if let Some(p) = vars.get(name) {
-                    let _ = s.lerp_(&p.to_kind(s.kind()), 1.0 - d);
-                }
+        let (mut shadows, mut params) = (Vec::new(), Vec::new());
+        for (name, s) in &self.shadow {
+            if let Some(p) = vars.get(name) {
+                shadows.push(s.shallow_clone());
+                params.push(if p.kind() == s.kind() {
+                    p.shallow_clone()
+                } else {
+                    p.to_kind(s.kind())
+                });
             }
-        });
+        }
+        // one multi-tensor lerp over the whole model
+        lpl_torch_ext::multi_tensor::lerp_(&shadows, &params, 1.0 - d)?;
+        Ok(())
     }
 
     /// The shadow weights by name (`ema.<var>` in checkpoints).

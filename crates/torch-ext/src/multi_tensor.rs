@@ -1,0 +1,73 @@
+//! Multi-tensor operations over whole parameter lists (libtorch's `_foreach_*` and fused
+//! AdamW kernels): one or a few kernel launches per list instead of several per tensor, which
+//! is what makes an optimiser step cheap on a GPU. All run without recording gradients.
+
+use tch::{Kind, Tensor};
+
+use crate::{Result, TorchExtError, ffi};
+
+fn same_len(call: &'static str, lens: &[usize]) -> Result<()> {
+    if lens.windows(2).all(|w| w[0] == w[1]) {
+        Ok(())
+    } else {
+        Err(TorchExtError { call, message: format!("tensor lists of different lengths {lens:?}") })
+    }
+}
+
+/// AdamW hyper-parameters for [`fused_adamw`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate of this update.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Decoupled weight decay (0 for a group without decay).
+    pub weight_decay: f64,
+    /// Denominator epsilon.
+    pub eps: f64,
+    /// Updates taken including this one (bias correction), >= 1.
+    pub step: i64,
+}
+
+/// `torch.optim.AdamW(fused=True)`'s update of one parameter group in place: parameters,
+/// their gradients and both moments (all f32, one device, matching shapes).
+pub fn fused_adamw(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    h: AdamWStep,
+) -> Result<()> {
+    same_len("fused_adamw", &[params.len(), grads.len(), exp_avgs.len(), exp_avg_sqs.len()])?;
+    let args = ffi::AdamWArgs {
+        lr: h.lr,
+        beta1: h.beta1,
+        beta2: h.beta2,
+        weight_decay: h.weight_decay,
+        eps: h.eps,
+        step: h.step,
+    };
+    ffi::fused_adamw(params, grads, exp_avgs, exp_avg_sqs, args)
+}
+
+/// `targets[i] += weight * (ends[i] - targets[i])` (an EMA update with `weight = 1 - decay`).
+pub fn lerp_(targets: &[Tensor], ends: &[Tensor], weight: f64) -> Result<()> {
+    same_len("foreach_lerp", &[targets.len(), ends.len()])?;
+    ffi::foreach_lerp(targets, ends, weight)
+}
+
+/// The L2 norm of all `tensors` together as a 0-d f32 tensor on their device (no host
+/// synchronisation); 0 for an empty list (on the CPU).
+pub fn total_norm(tensors: &[Tensor]) -> Result<Tensor> {
+    let device = tensors.first().map_or(tch::Device::Cpu, Tensor::device);
+    let out = Tensor::zeros([], (Kind::Float, device));
+    ffi::foreach_total_norm(tensors, &out)?;
+    Ok(out)
+}
+
+/// `tensors[i] *= scale` for a 0-d `scale` on their device.
+pub fn mul_(tensors: &[Tensor], scale: &Tensor) -> Result<()> {
+    ffi::foreach_mul(tensors, scale)
+}
