@@ -4,6 +4,7 @@ use std::ffi::{CStr, c_char, c_void};
 
 use tch::Tensor;
 
+use crate::multi_tensor::AdamWStep;
 use crate::{Result, TorchExtError};
 
 unsafe extern "C" {
@@ -72,23 +73,12 @@ fn handles(tensors: &[Tensor]) -> Vec<*const c_void> {
     tensors.iter().map(|t| t.as_ptr() as *const c_void).collect()
 }
 
-/// AdamW hyper-parameters of one fused update.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AdamWArgs {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub weight_decay: f64,
-    pub eps: f64,
-    pub step: i64,
-}
-
 pub(crate) fn fused_adamw(
     params: &[Tensor],
     grads: &[Tensor],
     m: &[Tensor],
     v: &[Tensor],
-    a: AdamWArgs,
+    a: AdamWStep,
 ) -> Result<()> {
     let (p, g, m, v) = (handles(params), handles(grads), handles(m), handles(v));
     let n = p.len();

@@ -41,15 +41,7 @@ pub fn fused_adamw(
     h: AdamWStep,
 ) -> Result<()> {
     same_len("fused_adamw", &[params.len(), grads.len(), exp_avgs.len(), exp_avg_sqs.len()])?;
-    let args = ffi::AdamWArgs {
-        lr: h.lr,
-        beta1: h.beta1,
-        beta2: h.beta2,
-        weight_decay: h.weight_decay,
-        eps: h.eps,
-        step: h.step,
-    };
-    ffi::fused_adamw(params, grads, exp_avgs, exp_avg_sqs, args)
+    ffi::fused_adamw(params, grads, exp_avgs, exp_avg_sqs, h)
 }
 
 /// `targets[i] += weight * (ends[i] - targets[i])` (an EMA update with `weight = 1 - decay`).
