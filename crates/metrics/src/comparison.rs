@@ -45,10 +45,16 @@ pub struct RealReference {
     pub images: Tensor,
 }
 
+/// Images per feature-network forward pass. Small on purpose: at 224x224 a batch of 64 makes
+/// activations of hundreds of MB, which glibc serves with fresh `mmap`s, so most of the time
+/// went to zero-filling pages in the kernel; at 4 they stay under its mmap threshold and are
+/// reused (measured: 500 + 500 images, 2 CPU threads, see docs/benchmarks.md).
+pub const FEATURE_BATCH: i64 = 4;
+
 impl RealReference {
     /// Features and statistics of `real` `(N, C, H, W)` pixels in `[0, 1]`.
     pub fn new(net: &dyn FeatureExtractor, real: &Tensor) -> Result<Self, StatsError> {
-        let features = extract_features(net, real, 64);
+        let features = extract_features(net, real, FEATURE_BATCH);
         let stats = gaussian(net.dim(), &features)?;
         Ok(Self { features, stats, images: real.shallow_clone() })
     }
@@ -61,7 +67,7 @@ impl RealReference {
         net: &dyn FeatureExtractor,
         fake: &Tensor,
     ) -> Result<(ImageMetrics, SpectrumComparison), StatsError> {
-        let ff = extract_features(net, fake, 64);
+        let ff = extract_features(net, fake, FEATURE_BATCH);
         let fd = frechet_distance(&self.stats, &gaussian(net.dim(), &ff)?)?;
         let p = prdc(&self.features, &ff, 3)?;
         let spectrum = compare_spectra(&self.images, fake)?;
