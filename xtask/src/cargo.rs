@@ -62,15 +62,27 @@ pub fn lint() -> Result<()> {
 }
 
 /// Every benchmark (`cargo bench`, release profile): LPL overhead (forwarding `extra`),
-/// the training step against PyTorch eager, data throughput. `extra` goes to the first
-/// (e.g. `-- --batch 4 --device cuda`).
+/// the training step against PyTorch eager, sampling throughput, data throughput. `extra`
+/// goes to the first (e.g. `-- --batch 4 --device cuda`); a `--device` in it goes to the
+/// training-step and sampling benches too.
 pub fn bench(extra: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["bench", "--package", "lpl-loss", "--bench", "overhead"]).args(extra);
     run(cmd, "cargo bench (lpl overhead)")?;
-    let mut step = cargo();
-    step.args(["bench", "--package", "lpl-trainer", "--bench", "train_step"]);
-    run(step, "cargo bench (training step vs PyTorch eager)")?;
+    let device: Vec<String> = extra
+        .iter()
+        .position(|a| a == "--device")
+        .and_then(|i| extra.get(i + 1))
+        .map(|d| vec!["--".to_string(), "--device".to_string(), d.clone()])
+        .unwrap_or_default();
+    for (bench, what) in [
+        ("train_step", "cargo bench (training step vs PyTorch eager)"),
+        ("sampling", "cargo bench (sampling throughput)"),
+    ] {
+        let mut cmd = cargo();
+        cmd.args(["bench", "--package", "lpl-trainer", "--bench", bench]).args(&device);
+        run(cmd, what)?;
+    }
     let mut data = cargo();
     data.args(["bench", "--package", "lpl-data", "--bench", "throughput"]);
     run(data, "cargo bench (data throughput)")

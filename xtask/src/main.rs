@@ -5,7 +5,7 @@
 //! - `test [ARGS...]`: setup, then the whole workspace test suite (nextest when installed);
 //! - `fixtures`: regenerate golden fixtures with the pinned Python references;
 //! - `lint`: `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`;
-//! - `bench`: the benchmarks that exist so far (LPL overhead);
+//! - `bench`: every benchmark (LPL overhead, training step vs PyTorch eager, sampling, data);
 //! - `ablate`: the main job, `lpl ablate` on the embedded default.
 //!
 //! xtask does not depend on `tch`, so it builds and runs before libtorch exists.
@@ -33,8 +33,9 @@ commands:
                    over seeds, FD-EffNet, report.md/.html with plots; `--quick` for a smoke
                    run, `--config F`, `--out D`, `--only eps`, `--device cuda`; resumable
   bench [ARGS..]   LPL overhead per decoder depth, training-step images/s vs PyTorch eager,
-                   latent-cache and PNG-decode throughput; ARGS after `--` go to the LPL
-                   overhead bench; JSON in target/bench/";
+                   sampling images/s, latent-cache and PNG-decode throughput; ARGS after `--`
+                   go to the LPL overhead bench (a --device there to all); JSON in
+                   target/bench/";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);

@@ -40,7 +40,16 @@ unsafe extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
-        step: i64,
+        step: *const c_void,
+        found_inf: *const c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
+    fn lpl_foreach_lerp_tensor(
+        targets: *const *const c_void,
+        ends: *const *const c_void,
+        n: usize,
+        weight: *const c_void,
         err: *mut c_char,
         len: usize,
     ) -> i32;
@@ -79,11 +88,13 @@ pub(crate) fn fused_adamw(
     m: &[Tensor],
     v: &[Tensor],
     a: AdamWStep,
+    step: &Tensor,
+    found_inf: Option<&Tensor>,
 ) -> Result<()> {
     let (p, g, m, v) = (handles(params), handles(grads), handles(m), handles(v));
     let n = p.len();
-    // SAFETY: four arrays of `n` live tensor handles (the caller checked the lengths); the
-    // shim only reads the arrays during the call.
+    // SAFETY: four arrays of `n` live tensor handles (the caller checked the lengths), `step`
+    // and `found_inf` (or null) live; the shim only reads the arrays during the call.
     checked("fused_adamw", |e, l| unsafe {
         lpl_fused_adamw(
             p.as_ptr(),
@@ -96,7 +107,8 @@ pub(crate) fn fused_adamw(
             a.beta2,
             a.weight_decay,
             a.eps,
-            a.step,
+            step.as_ptr() as *const c_void,
+            found_inf.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void),
             e,
             l,
         )
@@ -108,6 +120,26 @@ pub(crate) fn foreach_lerp(targets: &[Tensor], ends: &[Tensor], weight: f64) -> 
     // SAFETY: two arrays of `t.len()` live handles (lengths checked by the caller).
     checked("foreach_lerp", |e, l| unsafe {
         lpl_foreach_lerp(t.as_ptr(), x.as_ptr(), t.len(), weight, e, l)
+    })
+}
+
+pub(crate) fn foreach_lerp_tensor(
+    targets: &[Tensor],
+    ends: &[Tensor],
+    weight: &Tensor,
+) -> Result<()> {
+    let (t, x) = (handles(targets), handles(ends));
+    // SAFETY: two arrays of `t.len()` live handles (lengths checked by the caller); `weight`
+    // outlives the call.
+    checked("foreach_lerp_tensor", |e, l| unsafe {
+        lpl_foreach_lerp_tensor(
+            t.as_ptr(),
+            x.as_ptr(),
+            t.len(),
+            weight.as_ptr() as *const c_void,
+            e,
+            l,
+        )
     })
 }
 

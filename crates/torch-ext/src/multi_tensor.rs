@@ -27,27 +27,37 @@ pub struct AdamWStep {
     pub weight_decay: f64,
     /// Denominator epsilon.
     pub eps: f64,
-    /// Updates taken including this one (bias correction), >= 1.
-    pub step: i64,
 }
 
 /// `torch.optim.AdamW(fused=True)`'s update of one parameter group in place: parameters,
-/// their gradients and both moments (all f32, one device, matching shapes).
+/// their gradients and both moments (all f32, one device, matching shapes). `step` is the
+/// update count including this one (bias correction), a 0-d f32 tensor on the device;
+/// `found_inf`, a 0-d f32 tensor there, skips the whole update when it holds 1 (GradScaler's
+/// mechanism: no host synchronisation).
 pub fn fused_adamw(
     params: &[Tensor],
     grads: &[Tensor],
     exp_avgs: &[Tensor],
     exp_avg_sqs: &[Tensor],
     h: AdamWStep,
+    step: &Tensor,
+    found_inf: Option<&Tensor>,
 ) -> Result<()> {
     same_len("fused_adamw", &[params.len(), grads.len(), exp_avgs.len(), exp_avg_sqs.len()])?;
-    ffi::fused_adamw(params, grads, exp_avgs, exp_avg_sqs, h)
+    ffi::fused_adamw(params, grads, exp_avgs, exp_avg_sqs, h, step, found_inf)
 }
 
 /// `targets[i] += weight * (ends[i] - targets[i])` (an EMA update with `weight = 1 - decay`).
 pub fn lerp_(targets: &[Tensor], ends: &[Tensor], weight: f64) -> Result<()> {
     same_len("foreach_lerp", &[targets.len(), ends.len()])?;
     ffi::foreach_lerp(targets, ends, weight)
+}
+
+/// [`lerp_`] with the weight a 0-d tensor on the device (e.g. `(1 - decay) * finite`, so a
+/// skipped step leaves the targets unchanged without a host synchronisation).
+pub fn lerp_by_tensor_(targets: &[Tensor], ends: &[Tensor], weight: &Tensor) -> Result<()> {
+    same_len("foreach_lerp_tensor", &[targets.len(), ends.len()])?;
+    ffi::foreach_lerp_tensor(targets, ends, weight)
 }
 
 /// The L2 norm of all `tensors` together as a 0-d f32 tensor on their device (no host

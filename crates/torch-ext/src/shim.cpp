@@ -130,23 +130,41 @@ int32_t lpl_device_memory_reset_peak(int32_t index, char* err, size_t err_len) {
   }
 }
 
-// torch.optim.AdamW(fused=True)'s update of one parameter group, after `step` updates
-// including this one: param *= 1 - lr * wd; m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2;
-// param -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). One multi-tensor
-// kernel on CUDA, a vectorised loop on CPU.
+// torch.optim.AdamW(fused=True)'s update of one parameter group: param *= 1 - lr * wd;
+// m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2; param -= lr / (1 - b1^step) * m /
+// (sqrt(v) / sqrt(1 - b2^step) + eps), with `step` a 0-d f32 tensor holding the update count
+// including this one. `found_inf` (a 0-d f32 tensor, or null): when it holds 1 the kernel
+// changes nothing. One multi-tensor kernel on CUDA, a vectorised loop on CPU.
 int32_t lpl_fused_adamw(const void* const* params, const void* const* grads,
                         const void* const* exp_avgs, const void* const* exp_avg_sqs, size_t n,
                         double lr, double beta1, double beta2, double weight_decay, double eps,
-                        int64_t step, char* err, size_t err_len) {
+                        const void* step, const void* found_inf, char* err, size_t err_len) {
   try {
     if (n == 0) return 0;
     at::NoGradGuard no_grad;
-    auto p = tensor_list(params, n);
-    auto steps = std::vector<at::Tensor>(
-        n, at::full({}, static_cast<double>(step), p[0].options().dtype(at::kFloat)));
-    at::_fused_adamw_(p, tensor_list(grads, n), tensor_list(exp_avgs, n),
+    auto steps = std::vector<at::Tensor>(n, *static_cast<const at::Tensor*>(step));
+    std::optional<at::Tensor> inf;
+    if (found_inf != nullptr) inf = *static_cast<const at::Tensor*>(found_inf);
+    at::_fused_adamw_(tensor_list(params, n), tensor_list(grads, n), tensor_list(exp_avgs, n),
                       tensor_list(exp_avg_sqs, n), {}, steps, lr, beta1, beta2, weight_decay,
-                      eps, /*amsgrad=*/false, /*maximize=*/false);
+                      eps, /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt,
+                      inf);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// targets[i] += weight * (ends[i] - targets[i]) for a 0-d weight tensor on their device.
+int32_t lpl_foreach_lerp_tensor(const void* const* targets, const void* const* ends, size_t n,
+                                const void* weight, char* err, size_t err_len) {
+  try {
+    if (n == 0) return 0;
+    at::NoGradGuard no_grad;
+    auto t = tensor_list(targets, n);
+    auto diff = at::_foreach_sub(tensor_list(ends, n), t);
+    at::_foreach_mul_(diff, *static_cast<const at::Tensor*>(weight));
+    at::_foreach_add_(t, diff);
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);

@@ -16,6 +16,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: failures abort it
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -26,25 +28,8 @@ use lpl_loss::{LatentPerceptualLoss, LplConfig, x0_from_prediction};
 use lpl_schedulers::{NoiseSchedule, Parameterization};
 use lpl_torch_ext::{Autocast, AutocastDtype};
 use lpl_trainer::adamw::{AdamW, AdamWConfig};
+use support::{arg, peak_mb, sync};
 use tch::{Device, Kind, Tensor};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 /// The DiT of a case, in diffusers' layout (one conditioning embedder per block), so that the
 /// PyTorch reference builds the identical model.
@@ -54,21 +39,6 @@ fn dit_config(preset: &str) -> DitConfig {
 
 fn ae_config(preset: &str) -> AutoencoderKlConfig {
     AutoencoderKlConfig::preset(if preset == "dit-mini" { "fmnist" } else { "sd" }).unwrap()
-}
-
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-/// Peak memory of this process's case: the CUDA allocator's peak, else peak RSS.
-fn peak_mb(device: Device) -> f64 {
-    match device {
-        Device::Cuda(_) => lpl_torch_ext::memory::stats(device)
-            .map_or(f64::NAN, |m| m.peak as f64 / (1u64 << 20) as f64),
-        _ => peak_rss_mb(),
-    }
 }
 
 /// One case in this process: prints `{"ms": median step ms, "peak_mb": ...}`.
@@ -158,7 +128,7 @@ fn pytorch_script() -> PathBuf {
 
 fn main() {
     let device_name = arg("--device", "cpu");
-    let device = if device_name.starts_with("cuda") { Device::Cuda(0) } else { Device::Cpu };
+    let device = support::device(&device_name);
     let steps: usize = arg("--steps", if device.is_cuda() { "10" } else { "3" }).parse().unwrap();
     let small: i64 = arg("--batch-small", "128").parse().unwrap();
     let large: i64 =
@@ -289,11 +259,7 @@ fn main() {
     if python.is_none() {
         println!("\n(no Python next to our libtorch: the PyTorch column is n/a)");
     }
-    let out = std::env::var_os("LPL_BENCH_OUT").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench"),
-        PathBuf::from,
-    );
-    std::fs::create_dir_all(&out).unwrap();
+    let out = support::out_dir();
     let json = serde_json::json!({"bench": "train_step", "device": device_name, "steps": steps, "threads": tch::get_num_threads(), "rows": rows});
     std::fs::write(out.join("train_step.json"), serde_json::to_string_pretty(&json).unwrap())
         .unwrap();

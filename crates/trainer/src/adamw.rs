@@ -73,7 +73,9 @@ pub struct AdamW {
     params: Vec<Tensor>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
-    step: i64,
+    /// Updates applied, a 0-d f32 tensor on the parameters' device: a skipped step (see
+    /// [`AdamW::step_unless`]) leaves it alone without the host having to look.
+    state_step: Tensor,
 }
 
 impl AdamW {
@@ -87,12 +89,14 @@ impl AdamW {
         let zeros = |ps: &[Tensor]| {
             ps.iter().map(|p| p.zeros_like().to_kind(Kind::Float)).collect::<Vec<_>>()
         };
-        Ok(Self { config, m: zeros(&params), v: zeros(&params), names, params, step: 0 })
+        let device = params.first().map_or(tch::Device::Cpu, Tensor::device);
+        let state_step = Tensor::zeros([], (Kind::Float, device));
+        Ok(Self { config, m: zeros(&params), v: zeros(&params), names, params, state_step })
     }
 
-    /// Updates taken so far.
+    /// Updates applied so far (reads the device counter: a host synchronisation).
     pub fn step_count(&self) -> i64 {
-        self.step
+        self.state_step.double_value(&[]) as i64
     }
 
     /// Clears every gradient.
@@ -118,7 +122,22 @@ impl AdamW {
     /// kernel per group on CUDA), weight decay on tensors of rank >= 2 only. Variables without
     /// a gradient are skipped.
     pub fn step(&mut self, lr: f64) -> Result<()> {
-        self.step += 1;
+        self.update(lr, None)
+    }
+
+    /// [`Self::step`] unless `found_inf` (a 0-d f32 tensor on the device, 1 or 0) is 1: then
+    /// parameters, moments and the update count stay as they are. Decided on the device, as
+    /// PyTorch's GradScaler does, so a training loop need not read its loss on the host to
+    /// skip a non-finite step.
+    pub fn step_unless(&mut self, lr: f64, found_inf: &Tensor) -> Result<()> {
+        self.update(lr, Some(found_inf))
+    }
+
+    fn update(&mut self, lr: f64, found_inf: Option<&Tensor>) -> Result<()> {
+        tch::no_grad(|| match found_inf {
+            Some(skip) => self.state_step += 1.0 - skip,
+            None => self.state_step += 1.0,
+        });
         let c = &self.config;
         // (decayed, not decayed) groups of (param, grad, m, v)
         let mut groups: [[Vec<Tensor>; 4]; 2] = Default::default();
@@ -139,9 +158,8 @@ impl AdamW {
                 beta2: c.beta2,
                 weight_decay: if i == 0 { c.weight_decay } else { 0.0 },
                 eps: c.eps,
-                step: self.step,
             };
-            multi_tensor::fused_adamw(p, g, m, v, h)?;
+            multi_tensor::fused_adamw(p, g, m, v, h, &self.state_step, found_inf)?;
         }
         Ok(())
     }
@@ -181,7 +199,7 @@ impl AdamW {
             }
             Ok(())
         })?;
-        self.step = step;
+        let _ = tch::no_grad(|| self.state_step.fill_(step as f64));
         Ok(())
     }
 }

@@ -228,8 +228,8 @@ pub fn train_model(
     bar.set_position(step.min(total) as u64);
     let started = Instant::now();
     let first_step = step;
-    let (mut nonfinite_run, mut skipped) = (0usize, 0usize);
-    let mut window: Vec<f64> = Vec::new();
+    let mut skipped = 0usize;
+    let mut counters = StepCounters::new(device);
     let mut last_loss = f64::NAN;
     let mut last_checkpoint = run_checkpoint::list_checkpoints(&config.output_dir).last().cloned();
     let mut grid = None;
@@ -302,32 +302,50 @@ pub fn train_model(
             loss_sum += loss.detach().to_kind(Kind::Float);
             loss.backward();
         }
-        // one host read per step (the NaN check decides whether the optimiser steps); a
-        // non-finite micro-batch makes the sum non-finite and its gradients are discarded
-        let value = f64::try_from(&loss_sum)?;
-        if !value.is_finite() {
-            nonfinite_run += 1;
-            skipped += 1;
-            tracing::warn!("non-finite loss {value} at step {step}: step skipped");
-            if nonfinite_run >= t.max_nonfinite {
-                return Err(TrainError::NonFinite { step, value });
-            }
-            opt.zero_grad();
-            step += 1;
-            continue;
-        }
-        nonfinite_run = 0;
+        // A non-finite loss (any micro-batch) skips the step on the device, as PyTorch's
+        // GradScaler does: the fused AdamW kernel leaves everything alone when `found_inf` is
+        // 1 and the EMA's weight becomes 0. Counters live on the device too and are read at
+        // log intervals: no host synchronisation per step.
+        let finite = loss_sum.isfinite();
+        let found_inf = finite.logical_not().to_kind(Kind::Float);
         let grad_norm = config.optim.grad_clip.map(|c| opt.clip_grad_norm(c)).transpose()?;
         let lr = config.optim.lr
             * ((step + 1) as f64 / config.optim.warmup_steps.max(1) as f64).min(1.0);
-        opt.step(lr)?;
-        ema.update(model.var_store(), step)?;
+        opt.step_unless(lr, &found_inf)?;
+        ema.update_unless(model.var_store(), step, &found_inf)?;
+        tch::no_grad(|| {
+            counters.skipped += &found_inf;
+            counters.run = (&counters.run + 1.0) * &found_inf;
+            counters.longest_run = counters.longest_run.maximum(&counters.run);
+            counters.loss_sum += loss_sum.where_self(&finite, &Tensor::zeros_like(&loss_sum));
+            counters.finite_steps += 1.0 - &found_inf;
+        });
         step += 1;
-        window.push(value);
         bar.inc(1);
+        let checkpoint_now =
+            (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == total;
+        if step.is_multiple_of(t.log_every) || checkpoint_now {
+            // the host reads of this interval
+            let skipped_now = counters.skipped.double_value(&[]) as usize;
+            if skipped_now > skipped {
+                tracing::warn!(
+                    "{} step(s) with a non-finite loss skipped by step {step}",
+                    skipped_now - skipped
+                );
+                skipped = skipped_now;
+            }
+            let longest = counters.longest_run.double_value(&[]) as usize;
+            if longest >= t.max_nonfinite {
+                return Err(TrainError::NonFiniteRun { run: longest, step });
+            }
+        }
         if step.is_multiple_of(t.log_every) || step == total {
-            last_loss = window.iter().sum::<f64>() / window.len().max(1) as f64;
-            window.clear();
+            let finite_steps = counters.finite_steps.double_value(&[]);
+            last_loss = counters.loss_sum.double_value(&[]) / finite_steps.max(1.0);
+            if finite_steps == 0.0 {
+                last_loss = f64::NAN;
+            }
+            counters.reset_window();
             let sps = (step - first_step) as f64 * (t.batch_size * t.grad_accum.max(1)) as f64
                 / started.elapsed().as_secs_f64();
             let mut line = serde_json::json!({
@@ -351,8 +369,6 @@ pub fn train_model(
             append_line(&mut metrics, &metrics_path, &line)?;
             bar.set_message(format!("loss {last_loss:.4} lr {lr:.1e} {sps:.0} samples/s"));
         }
-        let checkpoint_now =
-            (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == total;
         if checkpoint_now {
             let mut tensors = named(model.var_store(), "model.");
             tensors
@@ -434,6 +450,37 @@ pub fn train_model(
         grid,
         skipped_steps: skipped,
     })
+}
+
+/// Per-step bookkeeping kept on the device (0-d f32 tensors), read at log intervals.
+struct StepCounters {
+    /// Steps skipped for a non-finite loss, this invocation.
+    skipped: Tensor,
+    /// The current run of consecutive skipped steps.
+    run: Tensor,
+    /// The longest such run so far (the stop criterion, exact even between reads).
+    longest_run: Tensor,
+    /// Sum of the finite losses of the current log window, and their count.
+    loss_sum: Tensor,
+    finite_steps: Tensor,
+}
+
+impl StepCounters {
+    fn new(device: Device) -> Self {
+        let zero = || Tensor::zeros([], (Kind::Float, device));
+        Self {
+            skipped: zero(),
+            run: zero(),
+            longest_run: zero(),
+            loss_sum: zero(),
+            finite_steps: zero(),
+        }
+    }
+
+    fn reset_window(&mut self) {
+        let _ = self.loss_sum.zero_();
+        let _ = self.finite_steps.zero_();
+    }
 }
 
 /// The state of `[eval]`: the feature network, the real images' statistics and the best FD.

@@ -61,6 +61,24 @@ impl Ema {
     /// `shadow = d * shadow + (1 - d) * weights` for the decay at `step`.
     pub fn update(&mut self, vs: &VarStore, step: usize) -> Result<()> {
         let d = self.decay_at(step);
+        let (shadows, params) = self.pairs(vs);
+        // one multi-tensor lerp over the whole model
+        lpl_torch_ext::multi_tensor::lerp_(&shadows, &params, 1.0 - d)?;
+        Ok(())
+    }
+
+    /// [`Self::update`] unless `found_inf` (a 0-d f32 tensor on the device, 1 or 0) is 1: the
+    /// weight `1 - d` is multiplied by `1 - found_inf` on the device (no host read).
+    pub fn update_unless(&mut self, vs: &VarStore, step: usize, found_inf: &Tensor) -> Result<()> {
+        let d = self.decay_at(step);
+        let (shadows, params) = self.pairs(vs);
+        let weight = tch::no_grad(|| (1.0 - found_inf) * (1.0 - d));
+        lpl_torch_ext::multi_tensor::lerp_by_tensor_(&shadows, &params, &weight)?;
+        Ok(())
+    }
+
+    /// (shadow, current weight) pairs, the weight cast to the shadow's dtype.
+    fn pairs(&self, vs: &VarStore) -> (Vec<Tensor>, Vec<Tensor>) {
         let vars = vs.variables();
         let (mut shadows, mut params) = (Vec::new(), Vec::new());
         for (name, s) in &self.shadow {
@@ -73,9 +91,7 @@ impl Ema {
                 });
             }
         }
-        // one multi-tensor lerp over the whole model
-        lpl_torch_ext::multi_tensor::lerp_(&shadows, &params, 1.0 - d)?;
-        Ok(())
+        (shadows, params)
     }
 
     /// The shadow weights by name (`ema.<var>` in checkpoints).

@@ -29,6 +29,17 @@ pub enum TrainError {
         /// The value read.
         value: f64,
     },
+    /// Too many training steps in a row had a non-finite loss (each was skipped).
+    #[error(
+        "{run} training steps in a row had a non-finite loss (each was skipped; stopped at step {step}): \
+         lower optim.lr, enable optim.grad_clip, or raise train.max_nonfinite"
+    )]
+    NonFiniteRun {
+        /// Consecutive non-finite steps.
+        run: usize,
+        /// The step at which the run was noticed (a log or checkpoint step).
+        step: usize,
+    },
     /// An autoencoder error.
     #[error(transparent)]
     Autoencoder(#[from] lpl_autoencoder::AutoencoderError),

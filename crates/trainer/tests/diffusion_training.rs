@@ -344,3 +344,97 @@ fn toml_with_precision(config: &RunConfig, body: &str) -> String {
     let end = text[start + 1..].find("\n[").map_or(text.len(), |i| start + 1 + i);
     format!("{}[precision]\n{body}\n{}", &text[..start], &text[end..])
 }
+
+/// A denoiser whose training-mode forward passes number `bad` return NaN (the graph kept, so
+/// backward runs and yields NaN gradients).
+struct NanAt {
+    inner: Box<dyn lpl_denoiser::Denoiser>,
+    calls: std::cell::Cell<usize>,
+    bad: fn(usize) -> bool,
+}
+
+impl lpl_denoiser::Denoiser for NanAt {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &lpl_denoiser::Conditioning,
+        train: bool,
+    ) -> lpl_denoiser::Result<Tensor> {
+        let out = self.inner.forward_t(x, t, cond, train)?;
+        if !train {
+            return Ok(out);
+        }
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        Ok(if (self.bad)(call) { out * f64::NAN } else { out })
+    }
+    fn in_channels(&self) -> i64 {
+        self.inner.in_channels()
+    }
+    fn out_channels(&self) -> i64 {
+        self.inner.out_channels()
+    }
+    fn num_classes(&self) -> Option<i64> {
+        self.inner.num_classes()
+    }
+    fn var_store(&self) -> &tch::nn::VarStore {
+        self.inner.var_store()
+    }
+}
+
+fn nan_model(config: &RunConfig, bad: fn(usize) -> bool) -> NanAt {
+    let inner =
+        lpl_trainer::diffusion_training::build_model(config, [4, 4, 4], Some(4), Device::Cpu)
+            .unwrap();
+    NanAt { inner, calls: std::cell::Cell::new(0), bad }
+}
+
+#[test]
+fn non_finite_steps_are_skipped_on_the_device_and_a_run_of_them_stops_training() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("nonfinite");
+    let mut config = config(&dir, "skip", 6, true);
+    config.train.checkpoint_every = 1;
+    config.train.keep_checkpoints = 10;
+    config.train.log_every = 3;
+    // steps 3 and 4 (forward calls 2 and 3) produce NaN
+    let model = nan_model(&config, |call| call == 2 || call == 3);
+    let outcome =
+        lpl_trainer::diffusion_training::train_model(&config, &model, Start::Fresh, Device::Cpu)
+            .unwrap();
+    assert_eq!((outcome.step, outcome.skipped_steps), (6, 2));
+    // the skipped steps changed nothing: model, EMA and AdamW state after step 4 are those
+    // after step 2, bit for bit, and the update count says 2
+    let (s2, w2) =
+        run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("skip"), 2)).unwrap();
+    let (s4, w4) =
+        run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("skip"), 4)).unwrap();
+    assert_eq!((s2.adamw_step, s4.adamw_step), (2, 2));
+    assert_eq!(w2.len(), w4.len());
+    for (name, a) in &w2 {
+        assert!(a.equal(&w4[name]), "{name} changed during skipped steps");
+    }
+    let (s6, w6) =
+        run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("skip"), 6)).unwrap();
+    assert_eq!(s6.adamw_step, 4);
+    assert!(w6.values().all(|t| t.isfinite().all().int64_value(&[]) == 1));
+    assert!(
+        w6.iter().any(|(k, t)| k.starts_with("model.") && !t.equal(&w4[k])),
+        "the finite steps 5 and 6 updated the model"
+    );
+    // logged losses are those of the finite steps
+    assert!(losses(&dir.join("skip")).values().all(|l| l.is_finite()));
+
+    // every step from the third on is NaN: stops once 3 in a row are seen, naming the count
+    let mut config = config_with(&dir, "stop", 20, false, "");
+    config.train.max_nonfinite = 3;
+    let model = nan_model(&config, |call| call >= 2);
+    let err =
+        lpl_trainer::diffusion_training::train_model(&config, &model, Start::Fresh, Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(err.contains("3 training steps in a row had a non-finite loss"), "{err}");
+    assert!(err.contains("stopped at step 5"), "{err}");
+}
