@@ -53,14 +53,6 @@ unsafe extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> i32;
-    fn lpl_foreach_lerp(
-        targets: *const *const c_void,
-        ends: *const *const c_void,
-        n: usize,
-        weight: f64,
-        err: *mut c_char,
-        len: usize,
-    ) -> i32;
     fn lpl_foreach_total_norm(
         tensors: *const *const c_void,
         n: usize,
@@ -112,14 +104,6 @@ pub(crate) fn fused_adamw(
             e,
             l,
         )
-    })
-}
-
-pub(crate) fn foreach_lerp(targets: &[Tensor], ends: &[Tensor], weight: f64) -> Result<()> {
-    let (t, x) = (handles(targets), handles(ends));
-    // SAFETY: two arrays of `t.len()` live handles (lengths checked by the caller).
-    checked("foreach_lerp", |e, l| unsafe {
-        lpl_foreach_lerp(t.as_ptr(), x.as_ptr(), t.len(), weight, e, l)
     })
 }
 

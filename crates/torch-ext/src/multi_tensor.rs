@@ -47,14 +47,9 @@ pub fn fused_adamw(
     ffi::fused_adamw(params, grads, exp_avgs, exp_avg_sqs, h, step, found_inf)
 }
 
-/// `targets[i] += weight * (ends[i] - targets[i])` (an EMA update with `weight = 1 - decay`).
-pub fn lerp_(targets: &[Tensor], ends: &[Tensor], weight: f64) -> Result<()> {
-    same_len("foreach_lerp", &[targets.len(), ends.len()])?;
-    ffi::foreach_lerp(targets, ends, weight)
-}
-
-/// [`lerp_`] with the weight a 0-d tensor on the device (e.g. `(1 - decay) * finite`, so a
-/// skipped step leaves the targets unchanged without a host synchronisation).
+/// `targets[i] += weight * (ends[i] - targets[i])` with the weight a 0-d tensor on the device
+/// (an EMA update with `weight = (1 - decay) * finite`: a skipped step leaves the targets
+/// unchanged without a host synchronisation).
 pub fn lerp_by_tensor_(targets: &[Tensor], ends: &[Tensor], weight: &Tensor) -> Result<()> {
     same_len("foreach_lerp_tensor", &[targets.len(), ends.len()])?;
     ffi::foreach_lerp_tensor(targets, ends, weight)

@@ -171,19 +171,6 @@ int32_t lpl_foreach_lerp_tensor(const void* const* targets, const void* const* e
   }
 }
 
-// targets[i] += weight * (ends[i] - targets[i]) for all i (torch._foreach_lerp_).
-int32_t lpl_foreach_lerp(const void* const* targets, const void* const* ends, size_t n,
-                         double weight, char* err, size_t err_len) {
-  try {
-    if (n == 0) return 0;
-    at::NoGradGuard no_grad;
-    at::_foreach_lerp_(tensor_list(targets, n), tensor_list(ends, n), weight);
-    return 0;
-  } catch (const std::exception& e) {
-    return fail(e, err, err_len);
-  }
-}
-
 // out (a 0-d f32 tensor) = the L2 norm of all tensors together, as clip_grad_norm_ computes
 // it: vector_norm(stack(_foreach_norm(tensors))).
 int32_t lpl_foreach_total_norm(const void* const* tensors, size_t n, const void* out, char* err,

@@ -276,10 +276,8 @@ pub fn train_model(
                 .map_err(|e| TrainError::Torch(e.to_string()))?
                 .to_kind(Kind::Float);
             let target = param.target(&schedule, &z0, &eps, &t_dev)?;
-            let mut per_sample = (pred.to_kind(Kind::Float) - target)
-                .square()
-                .flatten(1, -1)
-                .mean_dim(1, false, Kind::Float);
+            let mut per_sample =
+                (&pred - target).square().flatten(1, -1).mean_dim(1, false, Kind::Float);
             if let Some(gamma) = config.loss.min_snr_gamma {
                 per_sample *= min_snr_weights(&schedule, param, &t_dev, gamma)?;
             }
@@ -317,7 +315,7 @@ pub fn train_model(
             counters.skipped += &found_inf;
             counters.run = (&counters.run + 1.0) * &found_inf;
             counters.longest_run = counters.longest_run.maximum(&counters.run);
-            counters.loss_sum += loss_sum.where_self(&finite, &Tensor::zeros_like(&loss_sum));
+            counters.loss_sum += loss_sum.where_scalarother(&finite, 0.0);
             counters.finite_steps += 1.0 - &found_inf;
         });
         step += 1;

@@ -60,21 +60,24 @@ impl Ema {
 
     /// `shadow = d * shadow + (1 - d) * weights` for the decay at `step`.
     pub fn update(&mut self, vs: &VarStore, step: usize) -> Result<()> {
-        let d = self.decay_at(step);
-        let (shadows, params) = self.pairs(vs);
-        // one multi-tensor lerp over the whole model
-        lpl_torch_ext::multi_tensor::lerp_(&shadows, &params, 1.0 - d)?;
-        Ok(())
+        let never = Tensor::zeros([], (tch::Kind::Float, self.device()));
+        self.update_unless(vs, step, &never)
     }
 
     /// [`Self::update`] unless `found_inf` (a 0-d f32 tensor on the device, 1 or 0) is 1: the
-    /// weight `1 - d` is multiplied by `1 - found_inf` on the device (no host read).
+    /// weight `1 - d` is multiplied by `1 - found_inf` on the device (no host read), in one
+    /// multi-tensor update over the whole model.
     pub fn update_unless(&mut self, vs: &VarStore, step: usize, found_inf: &Tensor) -> Result<()> {
         let d = self.decay_at(step);
         let (shadows, params) = self.pairs(vs);
         let weight = tch::no_grad(|| (1.0 - found_inf) * (1.0 - d));
         lpl_torch_ext::multi_tensor::lerp_by_tensor_(&shadows, &params, &weight)?;
         Ok(())
+    }
+
+    /// The device of the shadow weights.
+    fn device(&self) -> tch::Device {
+        self.shadow.first().map_or(tch::Device::Cpu, |(_, t)| t.device())
     }
 
     /// (shadow, current weight) pairs, the weight cast to the shadow's dtype.

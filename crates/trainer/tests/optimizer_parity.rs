@@ -85,4 +85,11 @@ fn ema_update_is_the_lerp_towards_the_weights() {
         ema.tensors().iter().map(|(k, t)| (k.as_str(), t)).collect();
     close(shadow["w"], &(&w0 * 0.9 + (&w0 + 1.0) * 0.1), "ema w");
     close(shadow["b"], &(&b0 * 0.9 + (&b0 * 3.0) * 0.1), "ema b");
+    // a skipped step (found_inf = 1) leaves the shadow exactly as it was
+    let before: Vec<Tensor> = ema.tensors().iter().map(|(_, t)| t.copy()).collect();
+    let skip = Tensor::ones([], (Kind::Float, Device::Cpu));
+    ema.update_unless(&vs, 1, &skip).unwrap();
+    for ((name, t), b) in ema.tensors().iter().zip(&before) {
+        assert!(t.equal(b), "{name} moved on a skipped step");
+    }
 }
