@@ -1,8 +1,11 @@
 //! `lpl ablate --quick` end to end (what `cargo xtask ablate --quick` runs): killed with
 //! SIGKILL once the MSE arm is evaluated, then re-run, it completes only the missing runs
 //! (the finished ones keep their files untouched) and writes every report file; a third run
-//! reuses everything and takes seconds. Skipped, saying so, without Fashion-MNIST or the
-//! EfficientNet-Lite0 weights (`cargo xtask test` provides both).
+//! reuses everything and takes seconds. An uninterrupted run into another directory gives
+//! the same `results.csv` to the last digit (determinism on one machine, and exact resume),
+//! and the report's provenance flags an arm recorded under other conditions. Skipped, saying
+//! so, without Fashion-MNIST or the EfficientNet-Lite0 weights (`cargo xtask test` provides
+//! both).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
@@ -27,12 +30,21 @@ fn ablate(out: &Path) -> Command {
     cmd
 }
 
+/// `results.csv` without its last column (the run directory, which names the output dir).
+fn results_without_paths(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out.join("results.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}
+
 fn modified(p: &Path) -> SystemTime {
     std::fs::metadata(p).unwrap().modified().unwrap()
 }
 
 #[test]
-fn quick_ablation_resumes_after_sigkill_and_reports() {
+fn quick_ablation_resumes_after_sigkill_reports_and_is_deterministic() {
     if lpl::data::FashionMnist::locate(None).is_err()
         || !lpl::trainer::evaluation::default_effnet_weights().is_some_and(|p| p.is_file())
     {
@@ -93,10 +105,43 @@ fn quick_ablation_resumes_after_sigkill_and_reports() {
     let fd = json["results"][1]["metrics"]["fd"].as_f64().unwrap();
     assert!(fd.is_finite() && fd > 0.0);
     assert_eq!(json["rows"][0]["arm"], "lpl");
+    // provenance: this build's commit, the machine, the inputs' SHA-256; no warning, since
+    // the killed and the resumed invocation ran under the same conditions
+    let prov = &json["provenance"];
+    assert_eq!(prov["commit"].as_str().unwrap().len(), 40, "{prov}");
+    assert!(prov["threads"].as_i64().unwrap() >= 1 && prov["cpu"].is_string());
+    for input in ["autoencoder", "cache manifest", "efficientnet-lite0", "run_config"] {
+        assert_eq!(prov["inputs"][input].as_str().map(str::len), Some(64), "{input}: {prov}");
+    }
+    assert_eq!(json["provenance_warnings"].as_array().unwrap().len(), 0);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Provenance") && !md.contains("Provenance differs"));
+
+    // determinism: an uninterrupted run gives the same numbers to the last printed digit
+    let fresh = out.with_extension("fresh");
+    let _ = std::fs::remove_dir_all(&fresh);
+    let uninterrupted = ablate(&fresh).output().unwrap();
+    assert!(uninterrupted.status.success(), "{}", String::from_utf8_lossy(&uninterrupted.stderr));
+    assert_eq!(results_without_paths(&out), results_without_paths(&fresh));
+    std::fs::remove_dir_all(&fresh).unwrap();
+
+    // an arm recorded under other conditions is named at the top of the report
+    let eval_path = out.join("eps/seed0/lpl/eval.json");
+    let mut eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval_path).unwrap()).unwrap();
+    eval["provenance"]["threads"] = serde_json::json!(97);
+    std::fs::write(&eval_path, serde_json::to_string(&eval).unwrap()).unwrap();
+
     // everything finished: a re-run only rewrites the report
     let start = Instant::now();
     let again = ablate(&out).output().unwrap();
     assert!(again.status.success());
     assert!(start.elapsed() < Duration::from_secs(60), "re-run took {:?}", start.elapsed());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let warning = md.lines().find(|l| l.starts_with("> - eps seed 0 lpl:")).unwrap_or_else(|| {
+        panic!("no provenance warning for the edited arm:\n{md}");
+    });
+    assert!(warning.contains("threads: ") && warning.contains(" vs 97"), "{warning}");
+    assert!(md.find("Provenance differs").unwrap() < md.find("| parameterisation").unwrap());
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -73,6 +73,7 @@ fn identical_sets_blur_and_errors() {
     assert!(ok, "{stderr}");
     let same = json(&stdout)["metrics"].clone();
     assert_eq!(same["metric"], "FD-EffNet");
+    // 1e-6: bit-identical features; f64 eigh noise (any LAPACK) ~18x under the d*eps*max cut
     assert!(same["fd"].as_f64().unwrap().abs() < 1e-6, "{same}");
     assert_eq!(same["precision"].as_f64(), Some(1.0));
     assert_eq!(same["recall"].as_f64(), Some(1.0));

@@ -49,10 +49,12 @@ fn diffusers_total_matches_the_fixture() {
     ]);
     let total = json["total"].as_f64().unwrap();
     let expected = f64::try_from(golden["per_sample"].mean(Kind::Double)).unwrap();
+    // 1e-4 rel: as in lpl-loss's parity test (means of >= 4096 terms, features ~1e-5 off): ~1e-6
     assert!(((total - expected) / expected).abs() < 1e-4, "{total} vs {expected}");
     let per_layer: Vec<f64> =
         json["per_layer"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_eq!(per_layer.len(), 5);
+    // ~1e-7 abs on 3.6e-3: f64 sum of five f32 terms vs their f32 sum, a few ulps (~1e-9)
     assert!((per_layer.iter().sum::<f64>() - total).abs() < 1e-9 * total.abs().max(1.0) + 1e-7);
     assert_eq!(json["kept_fraction"].as_f64().unwrap(), 1.0);
     assert_eq!(json["masked_fraction"].as_array().unwrap().len(), 5);
@@ -70,6 +72,7 @@ fn diffusers_total_matches_the_fixture() {
         "--t",
         "10,500,20",
     ]);
+    // 1e-6: 2/3 as a host f64 division rounded to f32 (same on any CPU): off by < 3e-8
     assert!((json["kept_fraction"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-6);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -58,6 +58,7 @@ fn taef2_matches_pytorch_reference_from_both_file_formats() {
         let e_feat =
             (0..4).map(|i| max_abs(&features[i], &r[&format!("feature{i}")])).fold(0.0, f64::max);
         println!("taef2 .{ext}: encode {e_enc:.2e}, decode {e_dec:.2e}, features {e_feat:.2e}");
+        // 1e-3 abs: |x| <= 3.3; ~32 K=576 convs a side, any order ~sqrt(K)*eps = 3e-6 each: <3e-4
         assert!(e_enc <= 1e-3 && e_dec <= 1e-3 && e_feat <= 1e-3);
         assert_eq!(features[3].size(), vec![1, 64, 32, 32]);
     }
@@ -108,5 +109,6 @@ fn taef2_round_trip_of_a_real_photo() {
     let mse = f64::try_from((recon - &image).square().mean(Kind::Double)).unwrap();
     let psnr = -10.0 * mse.log10();
     println!("taef2 astronaut round trip: PSNR {psnr:.2} dB (PyTorch reference: 31.19 dB)");
+    // 3 dB under the reference's 31.19: a CPU's ulp-level kernel differences move PSNR by ~1e-4 dB
     assert!(psnr >= 28.0, "PSNR {psnr:.2} dB");
 }

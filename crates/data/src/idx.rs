@@ -124,6 +124,23 @@ impl FashionMnist {
         )))
     }
 
+    /// The four IDX files (train and test images and labels), for provenance records.
+    pub fn files(dir: Option<&Path>) -> Result<Vec<PathBuf>> {
+        let dir = Self::locate(dir)?;
+        [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ]
+        .into_iter()
+        .map(|stem| {
+            idx_file(&dir, stem)
+                .ok_or_else(|| DataError::NotFound(format!("{}: no {stem}[.gz]", dir.display())))
+        })
+        .collect()
+    }
+
     /// Loads one split: images `(N, 1, 28, 28)` u8, labels `(N,)` i64.
     pub fn load(dir: Option<&Path>, split: Split) -> Result<LabeledImages> {
         let dir = Self::locate(dir)?;

@@ -135,6 +135,24 @@ impl DatasetConfig {
         self.need_dir()
     }
 
+    /// Every file the dataset is read from, both splits, in reading order (provenance).
+    pub fn files(&self) -> Result<Vec<PathBuf>> {
+        self.validate()?;
+        Ok(match self.dataset.as_str() {
+            "fashion_mnist" => FashionMnist::files(self.dir.as_deref())?,
+            "folder" => {
+                ImageFolder::scan(&self.need_dir()?)?.entries.into_iter().map(|(p, _)| p).collect()
+            }
+            _ => {
+                let dir = self.dir_or_default()?;
+                let (files, _) = NotoEmoji::list(&dir)?;
+                std::iter::once(dir.join("emoji.json"))
+                    .chain(files.into_iter().map(|(p, _)| p))
+                    .collect()
+            }
+        })
+    }
+
     /// The images of `split`, decoded on demand.
     pub fn open(&self, split: Split) -> Result<Box<dyn ImageSource>> {
         self.validate()?;

@@ -6,6 +6,7 @@
 
 use lpl_denoiser::{Conditioning, Denoiser, Dit, DitConfig, UNet, UNetConfig};
 use lpl_schedulers::{NoiseSchedule, Parameterization, TimeSampler, TimeSampling};
+use lpl_torch_ext::GlobalRng;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor, nn};
 
@@ -48,6 +49,7 @@ fn train(model: &dyn Denoiser, steps: usize) -> (f64, f64) {
 
 #[test]
 fn tiny_dit_learns() {
+    let _rng = GlobalRng::lock();
     let dit = Dit::new(&DitConfig::preset("dit-tiny").unwrap(), Device::Cpu, Kind::Float).unwrap();
     let (first, last) = train(&dit, 300);
     println!("dit-tiny: loss {first:.3} -> {last:.3}");
@@ -56,6 +58,7 @@ fn tiny_dit_learns() {
 
 #[test]
 fn tiny_unet_learns() {
+    let _rng = GlobalRng::lock();
     let mut config = UNetConfig::preset("unet-tiny").unwrap();
     config.block_out_channels = vec![8, 16];
     config.norm_num_groups = 4;
@@ -68,6 +71,7 @@ fn tiny_unet_learns() {
 
 #[test]
 fn bf16_forward() {
+    let _rng = GlobalRng::lock();
     let x = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[1.0f32, 500.0]);
     let dit =

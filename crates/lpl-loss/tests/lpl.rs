@@ -12,6 +12,7 @@ use lpl_autoencoder::{
 };
 use lpl_loss::{LatentPerceptualLoss, LplConfig, LplError, LplGate, Normalization};
 use lpl_schedulers::{NoiseSchedule, Parameterization};
+use lpl_torch_ext::GlobalRng;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -35,8 +36,14 @@ fn golden() -> HashMap<String, Tensor> {
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    max_rel_floored(a, b, 0.0)
+}
+
+/// Max of `|a - b| / max(|b|, floor * max|b|)`: relative, except for entries of `b` near 0.
+fn max_rel_floored(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
     let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    f64::try_from(((&a - &b).abs() / b.abs().clamp_min(1e-12)).max()).unwrap()
+    let floor = (f64::try_from(b.abs().max()).unwrap() * floor).max(1e-12);
+    f64::try_from(((&a - &b).abs() / b.abs().clamp_min(floor)).max()).unwrap()
 }
 
 fn all_kept(mut config: LplConfig) -> LplConfig {
@@ -44,10 +51,14 @@ fn all_kept(mut config: LplConfig) -> LplConfig {
     config
 }
 
-/// Tolerance: relative 1e-4 on values, 1e-3 on the gradient (the bounds); both
-/// sides run the same f32 libtorch kernels, so the observed error is ~1e-6.
+/// Tolerances (the bounds), for any x86-64 CPU (oneDNN/MKL/Sleef: reordered sums, 1-ulp
+/// exp/sqrt; features then <~1e-5 rel off after ~25 layers; observed here ~1e-6):
+/// - values rel 1e-4: losses 2e-3..7e-3, means of >= 4096 (x - y)^2 terms, |x - y| ~ |x|: ~1e-6;
+/// - grad rel 1e-3 with |g| floored at 5% of max|g| (some are 3e-4 max): noise <~1e-5 max -> 2e-4;
+/// - the masks' thresholds q -+ 2 std lie ~4 std out: a 1e-5 shift flips a pixel with p ~1e-3.
 #[test]
 fn diffusers_preset_matches_the_port() {
+    let _rng = GlobalRng::lock();
     let g = golden();
     let vae = frozen_vae();
     let config = all_kept(LplConfig::preset("diffusers").unwrap());
@@ -63,7 +74,7 @@ fn diffusers_preset_matches_the_port() {
     let e_sample = max_rel(&out.per_sample, &g["per_sample"]);
     let e_total = max_rel(&out.total, &g["per_sample"].mean(Kind::Float));
     (out.total * 3.0).backward(); // total is the mean over the 3 kept samples
-    let e_grad = max_rel(&x0_hat.grad(), &g["grad"]);
+    let e_grad = max_rel_floored(&x0_hat.grad(), &g["grad"], 0.05);
     println!(
         "diffusers preset: per layer {e_layers:.1e}, per sample {e_sample:.1e}, total {e_total:.1e}, grad {e_grad:.1e}"
     );
@@ -80,6 +91,7 @@ fn diffusers_preset_matches_the_port() {
 
 #[test]
 fn paper_preset_layer_weights_and_masks() {
+    let _rng = GlobalRng::lock();
     let vae = frozen_vae();
     let lpl =
         LatentPerceptualLoss::new(&vae, vae.codec().clone(), LplConfig::preset("paper").unwrap())
@@ -96,6 +108,7 @@ fn paper_preset_layer_weights_and_masks() {
 
 #[test]
 fn identical_latents_give_zero_loss_and_zero_gradient() {
+    let _rng = GlobalRng::lock();
     let vae = frozen_vae();
     for preset in ["paper", "diffusers"] {
         let lpl = LatentPerceptualLoss::new(
@@ -118,6 +131,7 @@ fn identical_latents_give_zero_loss_and_zero_gradient() {
 
 #[test]
 fn samples_outside_the_gate_get_exactly_zero_gradient() {
+    let _rng = GlobalRng::lock();
     let vae = frozen_vae();
     let lpl =
         LatentPerceptualLoss::new(&vae, vae.codec().clone(), LplConfig::preset("paper").unwrap())
@@ -132,6 +146,7 @@ fn samples_outside_the_gate_get_exactly_zero_gradient() {
     let grad = x0_hat.grad();
     assert_eq!(f64::try_from(grad.get(1).abs().max()).unwrap(), 0.0);
     assert!(f64::try_from(grad.get(0).abs().max()).unwrap() > 0.0);
+    // 1e-6: 2/3 as a host f64 division rounded to f32 (same on any CPU): off by < 3e-8
     assert!((f64::try_from(&out.kept_fraction).unwrap() - 2.0 / 3.0).abs() < 1e-6);
     assert_eq!(f64::try_from(out.per_sample.get(1)).unwrap(), 0.0);
     // nothing kept: zero loss, the decoder is not run, backward still works
@@ -146,6 +161,7 @@ fn samples_outside_the_gate_get_exactly_zero_gradient() {
 
 #[test]
 fn a_trainable_decoder_is_refused() {
+    let _rng = GlobalRng::lock();
     let vae =
         AutoencoderKl::from_diffusers_dir(&fixtures().join("vae_lpl"), Device::Cpu, Kind::Float)
             .unwrap();
@@ -156,6 +172,7 @@ fn a_trainable_decoder_is_refused() {
 
 #[test]
 fn invalid_configs_name_the_field() {
+    let _rng = GlobalRng::lock();
     let vae = frozen_vae();
     let mut c = LplConfig::preset("paper").unwrap();
     c.depth = Some(9);
@@ -172,6 +189,7 @@ fn invalid_configs_name_the_field() {
 
 #[test]
 fn works_with_taef2() {
+    let _rng = GlobalRng::lock();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/assets/taef2");
     if !dir.join("taef2_decoder.safetensors").exists() {
         println!("SKIPPED: TAEF2 weights not found at {}", dir.display());
@@ -269,6 +287,7 @@ impl Autoencoder for Toy {
 
 #[test]
 fn works_with_a_user_defined_autoencoder() {
+    let _rng = GlobalRng::lock();
     let toy = Toy::new();
     for norm in
         [Normalization::PredStats, Normalization::TargetChannelL2, Normalization::SeparateStats]

@@ -69,6 +69,7 @@ pub fn prdc(real: &Tensor, fake: &Tensor, k: i64) -> Result<Prdc, StatsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lpl_torch_ext::GlobalRng;
     use tch::Device;
 
     fn points(v: &[f64]) -> Tensor {
@@ -77,8 +78,10 @@ mod tests {
 
     #[test]
     fn hand_computed_one_dimensional_case() {
+        let _rng = GlobalRng::lock();
         // real 0, 1, 2, 3 (k = 1 radii all 1); fake 0.5 and 10 (radii 9.5)
         let p = prdc(&points(&[0.0, 1.0, 2.0, 3.0]), &points(&[0.5, 10.0]), 1).unwrap();
+        // exact equality: dyadic points, so every f64 distance and radius is exact on any kernel
         assert_eq!(p.precision, 0.5); // 0.5 is inside, 10 is not
         assert_eq!(p.recall, 1.0); // the ball around 0.5 of radius 9.5 holds every real point
         assert_eq!(p.density, 1.0); // 0.5 lies in the balls of 0 and 1: (2 + 0) / (1 * 2)
@@ -87,6 +90,7 @@ mod tests {
 
     #[test]
     fn identical_and_disjoint_sets() {
+        let _rng = GlobalRng::lock();
         let a = Tensor::randn([200, 8], (Kind::Double, Device::Cpu));
         let same = prdc(&a, &a, 3).unwrap();
         assert_eq!((same.precision, same.recall, same.coverage), (1.0, 1.0, 1.0));

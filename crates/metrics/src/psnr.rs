@@ -54,10 +54,12 @@ pub fn ssim(a: &Tensor, b: &Tensor, max: f64) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lpl_torch_ext::GlobalRng;
     use tch::Device;
 
     #[test]
     fn ssim_reference_values() {
+        let _rng = GlobalRng::lock();
         let opts = (Kind::Float, Device::Cpu);
         // constant images p and q: variances and covariance vanish, SSIM is the luminance term
         let (p, q) = (0.3, 0.7);
@@ -72,11 +74,13 @@ mod tests {
         .unwrap();
         let c1 = 0.0001;
         let expected = (2.0 * p * q + c1) / (p * p + q * q + c1);
+        // 1e-6: f64 maths; 0.3 and 0.7 enter as f32 (off by 1.2e-8), moving SSIM by < 5e-8
         assert!((s - expected).abs() < 1e-6, "{s} vs {expected}");
         // identical textured images: 1; more noise, lower SSIM
         tch::manual_seed(0);
         let x = Tensor::rand([2, 1, 32, 32], opts);
         let same = Vec::<f64>::try_from(ssim(&x, &x, 1.0)).unwrap();
+        // 1e-9: numerator and denominator are the same f64 expressions for a = b: 1 to ~1e-16
         assert!(same.iter().all(|v| (v - 1.0).abs() < 1e-9), "{same:?}");
         let noise = x.randn_like();
         let s1 = f64::try_from(ssim(&x, &(&x + &noise * 0.05), 1.0).mean(Kind::Double)).unwrap();
@@ -86,6 +90,7 @@ mod tests {
 
     #[test]
     fn known_values() {
+        let _rng = GlobalRng::lock();
         let a = Tensor::zeros([2, 1, 4, 4], (Kind::Float, Device::Cpu));
         // image 0 off by 0.1 everywhere: mse 0.01 -> 20 dB; image 1 off by 0.01: 40 dB
         let b = Tensor::cat(
@@ -96,6 +101,7 @@ mod tests {
             0,
         );
         let p = Vec::<f64>::try_from(psnr(&a, &b, 1.0)).unwrap();
+        // 1e-4 / 1e-3 (loose): f32 0.1 and 0.01 shift the f64 PSNR by 1.3e-7 / 1.9e-7 dB
         assert!((p[0] - 20.0).abs() < 1e-4 && (p[1] - 40.0).abs() < 1e-3, "{p:?}");
     }
 }

@@ -34,6 +34,7 @@ fn matches_pytorch_fid() {
         let expected = f64::try_from(g[&format!("{case}/fd")].get(0)).unwrap();
         let rel = ((fd - expected) / expected).abs();
         println!("{case}: ours {fd:.10} pytorch-fid {expected:.10} (relative error {rel:.1e})");
+        // 1e-6 rel: f64; scipy's stored sqrtm bias <= 1e-7, LAPACK paths ~1e-13, a stray eig 3e-8
         assert!(rel < 1e-6, "{case}: {fd} vs {expected}");
     }
 }
@@ -42,7 +43,7 @@ fn matches_pytorch_fid() {
 fn identical_statistics_are_at_distance_zero_and_files_round_trip() {
     let g = golden();
     let s = stats(&g, "d64_deficient", "1");
-    // zero up to the round-off of 48 null eigenvalues (sqrt(1e-15) each) on a scale of ~100
+    // 1e-5: f64 eigh noise (~5e-13, any LAPACK) sits under the 2e-12 cut; one stray adds 3e-6
     assert!(frechet_distance(&s, &s).unwrap().abs() < 1e-5);
     let path = std::env::temp_dir().join(format!("lpl-stats-{}.safetensors", std::process::id()));
     let with_count = GaussianStats { count: 17, ..s };
@@ -64,7 +65,9 @@ fn streaming_statistics_equal_the_batch_formulas() {
     let mu = f.mean_dim(0, false, Kind::Double);
     let centered = &f - &mu;
     let cov = centered.transpose(0, 1).matmul(&centered) / 299.0;
+    // 1e-12: f64 sums of 300 values |x| < 16 in any order, / 300: <= n*eps*mean|x| ~ 2e-13
     assert!(f64::try_from((s.mu - mu).abs().max()).unwrap() < 1e-12);
+    // 1e-10: sum x x^T - n mu mu^T cancels ~3000 down to ~9: <= n*eps*3000/299 ~ 7e-13
     assert!(f64::try_from((s.sigma - cov).abs().max()).unwrap() < 1e-10);
     assert!(acc.add(&Tensor::zeros([2, 4], (Kind::Float, Device::Cpu))).is_err());
 }

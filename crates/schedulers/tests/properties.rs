@@ -7,6 +7,7 @@ use lpl_schedulers::{
     SamplerConfig, SamplerKind, ScheduleConfig, ScheduleError, TimeSampler, TimeSampling,
     min_snr_weights, schedule, snr_gate,
 };
+use lpl_torch_ext::GlobalRng;
 use tch::{Device, Kind, Tensor};
 
 const PARAMS: [Parameterization; 4] =
@@ -43,6 +44,7 @@ fn ts(schedule: &NoiseSchedule) -> Tensor {
 
 #[test]
 fn exact_targets_convert_back_to_z0_and_eps() {
+    let _rng = GlobalRng::lock();
     for (name, s) in schedules() {
         let t = ts(&s);
         let b = t.size()[0];
@@ -61,6 +63,7 @@ fn exact_targets_convert_back_to_z0_and_eps() {
             let masked = |d: Tensor| f64::try_from(d.abs().where_self(&keep, &zero).max()).unwrap();
             let x0 = p.to_x0(&s, &target, &z_t, &t).unwrap();
             let err = masked(x0 - &z0);
+            // 1e-5 (x2): f64, /alpha >= 5e-5: 1e-11; 1-ulp f32 sqrt: a^2+s^2 = 1 +- 3e-7: 1.5e-6
             assert!(err <= 1e-5, "{name}/{p}: x0 error {err:e}");
             let e = p.to_eps(&s, &target, &z_t, &t).unwrap();
             let err = masked(e - &eps);
@@ -71,6 +74,7 @@ fn exact_targets_convert_back_to_z0_and_eps() {
 
 #[test]
 fn f32_conversions_hold_where_alpha_is_not_tiny() {
+    let _rng = GlobalRng::lock();
     let s = NoiseSchedule::preset("sd15").unwrap();
     let t = Tensor::from_slice(&[0i64, 100, 500, 999]); // alpha >= 0.068 on this schedule
     let z0 = Tensor::randn([4, 4, 8, 8], (Kind::Float, Device::Cpu));
@@ -80,13 +84,14 @@ fn f32_conversions_hold_where_alpha_is_not_tiny() {
         let target = p.target(&s, &z0, &eps, &t).unwrap();
         let x0 = p.to_x0(&s, &target, &z_t, &t).unwrap();
         let err = f64::try_from((x0 - &z0).abs().max()).unwrap();
-        // f32 rounding of z_t (|z| < 6) amplified by at most 1/alpha = 15
+        // 1e-5: f32 rounding of z_t (|z| < 6: 2.4e-7) times 1/alpha <= 15 = 3.6e-6 (+1.5e-6 v)
         assert!(err <= 1e-5, "{p}: {err:e}");
     }
 }
 
 #[test]
 fn mismatched_parameterizations_are_typed_errors() {
+    let _rng = GlobalRng::lock();
     let discrete = NoiseSchedule::preset("dit").unwrap();
     let flow = NoiseSchedule::preset("flow").unwrap();
     assert!(matches!(
@@ -109,6 +114,7 @@ fn mismatched_parameterizations_are_typed_errors() {
 
 #[test]
 fn snr_is_monotone_decreasing() {
+    let _rng = GlobalRng::lock();
     for (name, s) in schedules() {
         let t = match &s {
             NoiseSchedule::Discrete(_) => Tensor::arange(1000, (Kind::Int64, Device::Cpu)),
@@ -136,6 +142,7 @@ fn snr_is_monotone_decreasing() {
 
 #[test]
 fn continuous_t_agrees_with_the_table_at_integers() {
+    let _rng = GlobalRng::lock();
     let s = NoiseSchedule::preset("sd15").unwrap();
     let ti = Tensor::from_slice(&[0i64, 3, 500, 999]);
     let (a, b) = (s.snr(&ti).unwrap(), s.snr(&ti.to_kind(Kind::Float)).unwrap());
@@ -144,6 +151,7 @@ fn continuous_t_agrees_with_the_table_at_integers() {
 
 #[test]
 fn cosine_betas_are_positive_and_capped() {
+    let _rng = GlobalRng::lock();
     // Integer division in `i / n` (a bug in public ports) gives betas of exactly 0 or 1.
     for n in [10, 1000, 4000] {
         let betas = schedule::cosine_betas(n, 0.999);
@@ -154,15 +162,17 @@ fn cosine_betas_are_positive_and_capped() {
 
 #[test]
 fn flow_quantities() {
+    let _rng = GlobalRng::lock();
     let s = NoiseSchedule::preset("flow").unwrap();
     let t = Tensor::from_slice(&[0.25f32, 0.5]);
     assert_eq!(Vec::<f32>::try_from(s.snr(&t).unwrap()).unwrap(), vec![9.0, 1.0]);
     assert_eq!(Vec::<f32>::try_from(s.model_time(&t).unwrap()).unwrap(), vec![250.0, 500.0]);
-    assert!((schedule::shift_time(3.0, 0.5) - 0.75).abs() < 1e-12);
+    assert!((schedule::shift_time(3.0, 0.5) - 0.75).abs() < 1e-12); // host f64: 1.5 / 2 exactly
 }
 
 #[test]
 fn min_snr_weights_have_the_published_forms() {
+    let _rng = GlobalRng::lock();
     let gamma = 5.0;
     let s = NoiseSchedule::preset("sd15").unwrap();
     let t = Tensor::from_slice(&[0i64, 50, 300, 999]);
@@ -171,6 +181,7 @@ fn min_snr_weights_have_the_published_forms() {
     let check = |p: Parameterization, expected: Tensor| {
         let w = min_snr_weights(&s, p, &t, gamma).unwrap().to_kind(Kind::Double);
         let err = f64::try_from(((&w - &expected) / &expected).abs().max()).unwrap();
+        // 1e-5 rel: (s/a)^2 from 1-ulp (MKL) f32 sqrts vs the f64 ratio of the same snr: ~5e-7
         assert!(err < 1e-5, "{p}: {w} vs {expected}");
     };
     check(Parameterization::Eps, &clipped / &snr);
@@ -184,7 +195,7 @@ fn min_snr_weights_have_the_published_forms() {
     // snr(0.1) = 81 -> 5 * 0.01; snr(0.5) = 1 -> 0.25; snr(0.9) = 1/81 -> 0.81/81
     let expected = [0.05f32, 0.25, 0.01];
     for (a, b) in w.iter().zip(expected) {
-        assert!((a - b).abs() < 1e-6, "{w:?}");
+        assert!((a - b).abs() < 1e-6, "{w:?}"); // <= 0.25, f32 basic ops only: a few ulps, 1e-7
     }
     assert!(matches!(
         min_snr_weights(&s, Parameterization::Eps, &t, -1.0),
@@ -194,6 +205,7 @@ fn min_snr_weights_have_the_published_forms() {
 
 #[test]
 fn snr_gate_keeps_low_noise_samples() {
+    let _rng = GlobalRng::lock();
     let s = NoiseSchedule::preset("sd15").unwrap();
     let t = Tensor::from_slice(&[0i64, 150, 250, 999]);
     let gate = Vec::<bool>::try_from(snr_gate(&s, &t, 3.0).unwrap()).unwrap();
@@ -203,6 +215,7 @@ fn snr_gate_keeps_low_noise_samples() {
 
 #[test]
 fn time_sampling_is_seeded_and_resumable() {
+    let _rng = GlobalRng::lock();
     let d = NoiseSchedule::preset("sd15").unwrap();
     let f = NoiseSchedule::preset("sd3").unwrap();
     let kinds = [
@@ -243,6 +256,7 @@ fn time_sampling_is_seeded_and_resumable() {
 
 #[test]
 fn invalid_configs_name_the_field() {
+    let _rng = GlobalRng::lock();
     let err = |text: &str| -> String {
         match toml::from_str::<ScheduleConfig>(text) {
             Err(e) => e.to_string(),
@@ -273,6 +287,7 @@ fn invalid_configs_name_the_field() {
 
 #[test]
 fn presets_and_toml_round_trip() {
+    let _rng = GlobalRng::lock();
     for name in schedule::SCHEDULE_PRESETS {
         let config = ScheduleConfig::preset(name).unwrap();
         let text = toml::to_string(&config).unwrap();
@@ -297,6 +312,7 @@ fn presets_and_toml_round_trip() {
 
 #[test]
 fn guidance_applies_to_every_channel_and_respects_the_interval() {
+    let _rng = GlobalRng::lock();
     let g = Guidance { scale: 3.0, interval: Some([200.0, 800.0]) };
     // cond and uncond differ on every one of 4 channels
     let cond = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([1, 4, 1, 1]);

@@ -19,6 +19,13 @@ unsafe extern "C" {
     -> i32;
     fn lpl_autocast_increment_nesting() -> i32;
     fn lpl_autocast_decrement_nesting() -> i32;
+    fn lpl_runtime_info(
+        which: i32,
+        out: *mut c_char,
+        out_len: usize,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
     fn lpl_tf32_set(enabled: i32, err: *mut c_char, len: usize) -> i32;
     fn lpl_tf32_get(matmul: *mut i32, conv: *mut i32, err: *mut c_char, len: usize) -> i32;
     fn lpl_device_memory(
@@ -180,6 +187,17 @@ pub(crate) fn autocast_increment_nesting() {
 pub(crate) fn autocast_decrement_nesting() {
     // SAFETY: as above; clears the cast cache when the count reaches zero.
     unsafe { lpl_autocast_decrement_nesting() };
+}
+
+/// A runtime info string of the shim (`which`: 0 ATen's CPU capability, 1 MKL's version).
+pub(crate) fn runtime_info(which: i32) -> Result<String> {
+    let mut out = [0 as c_char; 512];
+    // SAFETY: the shim writes at most `out.len()` bytes, NUL-terminated, into the local.
+    checked("runtime_info", |e, l| unsafe {
+        lpl_runtime_info(which, out.as_mut_ptr(), out.len(), e, l)
+    })?;
+    // SAFETY: NUL-terminated by the shim (or still all zeros: the empty string).
+    Ok(unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned())
 }
 
 pub(crate) fn tf32_set(enabled: bool) -> Result<()> {

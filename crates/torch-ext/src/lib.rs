@@ -8,19 +8,25 @@
 //! - [`memory`]: the device allocator's current and peak allocated bytes
 //!   (`torch.cuda.max_memory_allocated`);
 //! - [`multi_tensor`]: fused AdamW and `_foreach_*` operations over parameter lists (the
-//!   optimiser, gradient clipping and EMA in a few kernel launches).
+//!   optimiser, gradient clipping and EMA in a few kernel launches);
+//! - [`runtime`]: ATen's CPU capability and MKL's version (provenance of results);
+//! - [`global_rng`]: exclusive, reentrant use of libtorch's process-global generators
+//!   ([`GlobalRng`]), so seeded sections stay reproducible beside other threads.
 //!
 //! Every shim call reports a libtorch exception as [`TorchExtError`], never as a crash.
 #![allow(unsafe_code)] // the FFI boundary of this crate, and only this crate
 
 pub mod autocast;
+pub mod global_rng;
 pub mod memory;
 pub mod multi_tensor;
+pub mod runtime;
 pub mod tf32;
 
 mod ffi;
 
 pub use autocast::{Autocast, AutocastDtype};
+pub use global_rng::GlobalRng;
 
 /// A libtorch call of the shim failed.
 #[derive(Debug, thiserror::Error)]

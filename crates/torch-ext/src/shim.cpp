@@ -4,12 +4,15 @@
 #include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/Functions.h>
+#include <ATen/Version.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
+#include <string>
 
 namespace {
 
@@ -72,6 +75,27 @@ int32_t lpl_autocast_decrement_nesting() {
     at::autocast::clear_cache();
   }
   return left;
+}
+
+// What this libtorch runs on, as text: 0 the CPU kernels ATen dispatches to (DEFAULT, AVX2,
+// AVX512; ATEN_CPU_CAPABILITY), 1 the MKL version (MKL's vector maths dispatches on the CPU
+// by itself). Truncated to out_len - 1 bytes, NUL-terminated.
+int32_t lpl_runtime_info(int32_t which, char* out, size_t out_len, char* err, size_t err_len) {
+  try {
+    std::string s;
+    switch (which) {
+      case 0: s = at::get_cpu_capability(); break;
+      case 1: s = at::get_mkl_version(); break;
+      default: throw std::invalid_argument("unknown runtime info " + std::to_string(which));
+    }
+    if (out_len == 0) return 0;
+    size_t n = s.size() < out_len - 1 ? s.size() : out_len - 1;
+    std::memcpy(out, s.data(), n);
+    out[n] = '\0';
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
 }
 
 // TF32 for CUDA matmuls and convolutions (torch.backends.{cuda.matmul,cudnn}.fp32_precision).

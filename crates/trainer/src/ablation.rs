@@ -12,6 +12,7 @@
 //! Every stage is skipped when its output exists, so an interrupted ablation resumes where
 //! it stopped (a half-trained run resumes from its latest checkpoint).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lpl_data::{ImageSource, LatentCache, Split};
@@ -26,6 +27,7 @@ use crate::cache_building::{CacheOptions, build_cache_from};
 use crate::diffusion_training::{Start, train};
 use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
 use crate::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights};
+use crate::provenance::{self, Provenance};
 use crate::run_config::{RunConfig, SampleConfig};
 use crate::{progress, report, run_checkpoint};
 
@@ -263,6 +265,10 @@ pub struct ArmResult {
     pub real_spectrum: Vec<f64>,
     /// The run directory.
     pub run: PathBuf,
+    /// How this arm was evaluated (`None`: an `eval.json` written before provenance was
+    /// recorded).
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
 }
 
 /// What `eval.json` of a run holds.
@@ -275,6 +281,35 @@ struct EvalRecord {
     metrics: SampleMetrics,
     spectrum: Vec<f64>,
     real_spectrum: Vec<f64>,
+    #[serde(default)]
+    provenance: Option<Provenance>,
+}
+
+/// SHA-256 of everything an ablation reads: the dataset's files, the autoencoder (trained
+/// here or given), the latent cache's manifest, the base run config, the autoencoder
+/// config, and the EfficientNet-Lite0 weights when present.
+fn input_digests(
+    config: &AblationConfig,
+    data: &lpl_data::DatasetConfig,
+    ae_path: &Path,
+    cache_dir: &Path,
+) -> Result<BTreeMap<String, String>> {
+    let files = data.files()?;
+    let mut inputs = BTreeMap::from([
+        (format!("dataset ({}, {} files)", data.dataset, files.len()), {
+            provenance::sha256_files(data.dir.as_deref(), &files)?
+        }),
+        ("autoencoder".to_string(), provenance::sha256_path(ae_path)?),
+        ("cache manifest".to_string(), provenance::sha256_file(&cache_dir.join("manifest.json"))?),
+        ("run_config".to_string(), provenance::sha256_file(&config.run_config)?),
+    ]);
+    if let Some(path) = &config.autoencoder_config {
+        inputs.insert("autoencoder_config".to_string(), provenance::sha256_file(path)?);
+    }
+    if let Some(weights) = default_effnet_weights().filter(|p| p.is_file()) {
+        inputs.insert("efficientnet-lite0".to_string(), provenance::sha256_file(&weights)?);
+    }
+    Ok(inputs)
 }
 
 fn done(run: &Path, steps: usize) -> bool {
@@ -372,6 +407,8 @@ pub fn run_ablation(
         }
     };
     drop(ae);
+    let provenance =
+        Provenance::current(device, input_digests(config, &data, &ae_path, &cache_dir)?);
     // 3. pre-training, continuations, evaluation
     let base = RunConfig::from_file(&config.run_config)?;
     let mut results = Vec::new();
@@ -475,6 +512,7 @@ pub fn run_ablation(
                             metrics,
                             spectrum: spectrum.fake,
                             real_spectrum: spectrum.real,
+                            provenance: Some(provenance.clone()),
                         };
                         let text = serde_json::to_string_pretty(&record)
                             .map_err(|e| invalid("output_dir", e.to_string()))?;
@@ -496,12 +534,13 @@ pub fn run_ablation(
                     spectrum: record.spectrum,
                     real_spectrum: record.real_spectrum,
                     run: run.output_dir.clone(),
+                    provenance: record.provenance,
                 });
                 overall.inc(1);
             }
         }
     }
     overall.finish_and_clear();
-    report::write_report(config, command, &results)?;
+    report::write_report(config, command, &provenance, &results)?;
     Ok(results)
 }

@@ -11,6 +11,7 @@ use lpl_autoencoder::{
     ae_loss, checkpoint,
 };
 use lpl_data::{DatasetConfig, LabeledImages, Split, preprocess};
+use lpl_torch_ext::GlobalRng;
 use serde::{Deserialize, Serialize};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor, nn};
@@ -209,7 +210,7 @@ pub fn train_autoencoder(
 ) -> Result<AeTrainReport> {
     config.validate()?;
     let t = &config.train;
-    tch::manual_seed(t.seed as i64);
+    let _rng = GlobalRng::seeded(t.seed as i64);
     let model_config = config.model.resolve()?;
     let mut ae = AutoencoderKl::new(&model_config, device, Kind::Float)?;
     let input_codec = LatentCodec::affine(InputRange::MinusOneToOne, 1.0, 0.0);

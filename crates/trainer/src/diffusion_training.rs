@@ -16,6 +16,7 @@ use lpl_data::{BatchCursor, CacheBatches, LatentCache};
 use lpl_denoiser::{Conditioning, Denoiser, Dit, DitConfig, UNet, UNetConfig};
 use lpl_loss::{LatentPerceptualLoss, x0_from_prediction};
 use lpl_schedulers::{NoiseSchedule, TimeSampler, min_snr_weights};
+use lpl_torch_ext::GlobalRng;
 use tch::{Device, Kind, Tensor};
 
 use crate::adamw::AdamW;
@@ -65,7 +66,7 @@ pub fn build_model(
     classes: Option<i64>,
     device: Device,
 ) -> Result<Box<dyn Denoiser>> {
-    tch::manual_seed(config.train.seed as i64);
+    let _rng = GlobalRng::seeded(config.train.seed as i64);
     let [c, h, _] = latent_shape;
     let preset = config.model.preset.as_str();
     let classes = classes.unwrap_or(1);
@@ -119,6 +120,9 @@ pub fn open_autoencoder(config: &RunConfig, device: Device) -> Result<Box<dyn Au
 /// Trains as configured; see the module docs for determinism.
 pub fn train(config: &RunConfig, start: Start, device: Device) -> Result<TrainOutcome> {
     config.validate()?;
+    // the initialisation and every step draw from libtorch's global generator: hold it
+    // from building the model to the end of training
+    let _rng = GlobalRng::lock();
     let cache = LatentCache::open(&config.data.cache)?;
     let model =
         build_model(config, cache.manifest.latent_shape, cache.manifest.num_classes, device)?;
@@ -134,6 +138,8 @@ pub fn train_model(
     device: Device,
 ) -> Result<TrainOutcome> {
     config.validate()?;
+    // every step reseeds libtorch's global generator: hold it for the whole run
+    let _rng = GlobalRng::lock();
     let cache = LatentCache::open(&config.data.cache)?;
     let ae = open_autoencoder(config, device)?;
     let codec: LatentCodec = cache.manifest.codec.clone();

@@ -40,6 +40,14 @@ pub enum TrainError {
         /// The step at which the run was noticed (a log or checkpoint step).
         step: usize,
     },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// An autoencoder error.
     #[error(transparent)]
     Autoencoder(#[from] lpl_autoencoder::AutoencoderError),

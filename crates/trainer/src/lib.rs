@@ -20,6 +20,7 @@ pub mod ema;
 mod error;
 pub mod evaluation;
 pub mod progress;
+pub mod provenance;
 pub mod report;
 pub mod run_checkpoint;
 pub mod run_config;

@@ -11,6 +11,93 @@ use lpl_metrics::{LinePlot, Series};
 
 use crate::ablation::{AblationConfig, ArmResult};
 use crate::error::{Result, invalid};
+use crate::provenance::Provenance;
+
+/// The provenance part of a report: the invocation's own, as (field, value) lines, and one
+/// warning per arm that was made differently (another commit, machine, thread count or
+/// input), so a reader sees at the top which numbers are comparable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvenanceSummary {
+    /// (field, value) of the current invocation.
+    pub fields: Vec<(String, String)>,
+    /// `"<parameterisation> seed <s> <arm>: <field>: ours vs theirs; ..."`, one per arm.
+    pub warnings: Vec<String>,
+}
+
+impl ProvenanceSummary {
+    /// Compares every arm's recorded provenance with `current`.
+    pub fn new(current: &Provenance, results: &[ArmResult]) -> Self {
+        let mut fields = vec![
+            ("commit".to_string(), current.commit.clone()),
+            (
+                "uncommitted changes".to_string(),
+                current
+                    .dirty
+                    .map_or("unknown".to_string(), |d| if d { "yes" } else { "no" }.into()),
+            ),
+            ("libtorch".to_string(), current.libtorch.clone()),
+            ("CPU".to_string(), current.cpu.clone()),
+            ("ATen CPU capability".to_string(), current.aten_cpu_capability.clone()),
+            ("MKL".to_string(), current.mkl.clone()),
+            ("threads".to_string(), current.threads.to_string()),
+            ("device".to_string(), current.device.clone()),
+        ];
+        fields.extend(current.inputs.iter().map(|(k, v)| (format!("sha256 {k}"), v.clone())));
+        let warnings = results
+            .iter()
+            .filter_map(|r| {
+                let what = format!("{} seed {} {}", r.parameterization, r.seed, r.arm);
+                match &r.provenance {
+                    None => Some(format!("{what}: evaluated before provenance was recorded")),
+                    Some(p) => {
+                        let d = current.differences(p);
+                        (!d.is_empty()).then(|| format!("{what}: {} (now vs then)", d.join("; ")))
+                    }
+                }
+            })
+            .collect();
+        Self { fields, warnings }
+    }
+
+    fn markdown(&self) -> (String, String) {
+        let mut top = String::new();
+        if !self.warnings.is_empty() {
+            top += "> **Provenance differs**: these results were made differently from this \
+                    invocation, so they may differ from a rerun here by more than seed noise:\n";
+            for w in &self.warnings {
+                let _ = writeln!(top, "> - {w}");
+            }
+            top += "\n";
+        }
+        let mut end = String::from("\n## Provenance\n\n| | |\n|---|---|\n");
+        for (k, v) in &self.fields {
+            let _ = writeln!(end, "| {k} | `{v}` |");
+        }
+        (top, end)
+    }
+
+    fn html(&self) -> (String, String) {
+        let mut top = String::new();
+        if !self.warnings.is_empty() {
+            top += "<div id=\"provenance-warning\" style=\"border:2px solid #a11;padding:8px\"><b>Provenance differs</b>: these results were made differently from this invocation, so they may differ from a rerun here by more than seed noise:<ul>";
+            for w in &self.warnings {
+                let _ = write!(top, "<li>{}</li>", html_escape(w));
+            }
+            top += "</ul></div>\n";
+        }
+        let mut end = String::from("<h2>Provenance</h2><table id=\"provenance\">");
+        for (k, v) in &self.fields {
+            let _ = write!(
+                end,
+                "<tr><td>{}</td><td><code>{}</code></td></tr>",
+                html_escape(k),
+                html_escape(v)
+            );
+        }
+        end += "</table>\n";
+        (top, end)
+    }
+}
 
 /// Mean and sample standard deviation (0 for one value).
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -256,12 +343,24 @@ fn html_escape(s: &str) -> String {
 }
 
 /// Writes every report file into the ablation's output directory and prints the table.
-pub fn write_report(config: &AblationConfig, command: &str, results: &[ArmResult]) -> Result<()> {
+pub fn write_report(
+    config: &AblationConfig,
+    command: &str,
+    provenance: &Provenance,
+    results: &[ArmResult],
+) -> Result<()> {
     let out = &config.output_dir;
     let io = |e: std::io::Error| invalid("output_dir", e.to_string());
     let rows = rows(config, command, results);
-    let json =
-        serde_json::json!({"command": command, "config": config, "rows": rows, "results": results});
+    let summary = ProvenanceSummary::new(provenance, results);
+    let json = serde_json::json!({
+        "command": command,
+        "provenance": provenance,
+        "provenance_warnings": summary.warnings,
+        "config": config,
+        "rows": rows,
+        "results": results,
+    });
     let text =
         serde_json::to_string_pretty(&json).map_err(|e| invalid("output_dir", e.to_string()))?;
     let name = &config.report_name;
@@ -335,7 +434,9 @@ pub fn write_report(config: &AblationConfig, command: &str, results: &[ArmResult
             format!("{} / {}", pm(r.spectrum_high.0), pm(r.spectrum_high.1)),
         ]
     };
-    let mut md = format!("# MSE vs MSE + LPL\n\nReproduce everything: `{command}`\n\n{setup}\n\n");
+    let (md_top, md_end) = summary.markdown();
+    let mut md =
+        format!("# MSE vs MSE + LPL\n\n{md_top}Reproduce everything: `{command}`\n\n{setup}\n\n");
     md += &format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len()));
     for r in &rows {
         md += &format!("| {} |\n", cells(r).join(" | "));
@@ -359,10 +460,12 @@ pub fn write_report(config: &AblationConfig, command: &str, results: &[ArmResult
         .collect::<Vec<_>>()
         .join(", ");
     md += "\n";
+    md += &md_end;
     std::fs::write(out.join("report.md"), &md).map_err(io)?;
+    let preamble = Preamble { command, setup: &setup, provenance: summary.html() };
     std::fs::write(
         out.join("report.html"),
-        html(config, command, &setup, &header, &rows, &cells, &figures)?,
+        html(config, &preamble, &header, &rows, &cells, &figures)?,
     )
     .map_err(io)?;
     println!("{md}");
@@ -394,10 +497,17 @@ fn inline_png(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|b| format!("data:image/png;base64,{}", base64(&b)))
 }
 
+/// The text above and below the HTML report's table.
+struct Preamble<'a> {
+    command: &'a str,
+    setup: &'a str,
+    /// (warning at the top, provenance table at the end).
+    provenance: (String, String),
+}
+
 fn html(
     config: &AblationConfig,
-    command: &str,
-    setup: &str,
+    preamble: &Preamble<'_>,
     header: &[&str],
     rows: &[Row],
     cells: &dyn Fn(&Row) -> Vec<String>,
@@ -412,11 +522,12 @@ fn html(
          figure{display:inline-block;margin:8px;vertical-align:top}figcaption{font-size:13px;text-align:center}\
          img{border:1px solid #ddd}</style></head><body>\n<h1>MSE vs MSE + LPL</h1>\n",
     );
+    h += &preamble.provenance.0;
     let _ = writeln!(
         h,
         "<p>Reproduce everything: <code>{}</code></p><p>{}</p>",
-        html_escape(command),
-        html_escape(setup)
+        html_escape(preamble.command),
+        html_escape(preamble.setup)
     );
     h += "<table id=\"results\"><tr>";
     for c in header {
@@ -466,6 +577,7 @@ fn html(
             );
         }
     }
+    h += &preamble.provenance.1;
     h += "\n</body></html>\n";
     Ok(h)
 }

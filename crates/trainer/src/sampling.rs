@@ -5,6 +5,7 @@ use std::path::Path;
 use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_denoiser::{Conditioning, Denoiser};
 use lpl_schedulers::{NoiseSchedule, Parameterization, Sampler, TorchNoise};
+use lpl_torch_ext::GlobalRng;
 use tch::{Device, Kind, Tensor};
 
 use crate::ema::Ema;
@@ -24,7 +25,7 @@ pub fn sample_latents(
     n: i64,
     device: Device,
 ) -> Result<Tensor> {
-    tch::manual_seed(sample.seed as i64);
+    let _rng = GlobalRng::seeded(sample.seed as i64);
     let [c, h, w] = *latent_shape;
     let noise = Tensor::randn([n, c, h, w], (Kind::Float, device));
     let sampler = Sampler::new(schedule, param, &sample.sampler)?;
