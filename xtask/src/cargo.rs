@@ -30,15 +30,59 @@ fn nextest_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The test binaries that compare against reference values (fixtures written by Python
+/// scripts, NumPy or hand-computed references): run a second time under other numerics.
+const PARITY_BINARIES: &[&str] = &[
+    "lpl-schedulers::diffusers_parity",
+    "lpl-autoencoder::diffusers_parity",
+    "lpl-autoencoder::taef2",
+    "lpl-denoiser::dit",
+    "lpl-loss::lpl",
+    "lpl-metrics::frechet",
+    "lpl-metrics::effnet",
+    "lpl-metrics::inception",
+    "lpl-metrics::prdc_spectrum",
+    "lpl-trainer::optimizer_parity",
+    "lpl::loss_probe",
+];
+
+/// Environment of the second parity pass: ATen's portable kernels (no AVX, no FMA), MKL's
+/// SSE4.2 code path (its vector maths gives other last bits than on AVX-512 or AVX2), one
+/// thread (other reduction splits). A tolerance that held only for the machine that wrote a
+/// fixture fails here, on any x86-64 CI machine, instead of on the next user's machine.
+const OTHER_NUMERICS: &[(&str, &str)] = &[
+    ("ATEN_CPU_CAPABILITY", "default"),
+    ("MKL_ENABLE_INSTRUCTIONS", "SSE4_2"),
+    ("OMP_NUM_THREADS", "1"),
+];
+
 /// The whole workspace test suite. With cargo-nextest the unit and integration tests run
-/// under nextest and the doc tests, first, under `cargo test --doc` (nextest cannot run them).
+/// under nextest and the doc tests, first, under `cargo test --doc` (nextest cannot run them);
+/// then, before the whole suite, the parity tests once more under [`OTHER_NUMERICS`].
 pub fn test(extra: &[String]) -> Result<()> {
     if nextest_available() {
-        // Doc tests first, so the run closes with nextest's summary of the whole suite.
+        // Doc tests and the parity pass first, so the run closes with nextest's summary of
+        // the whole suite.
         if extra.is_empty() {
             let mut doc = cargo();
             doc.args(["test", "--workspace", "--doc", "--quiet"]);
             run(doc, "cargo test --doc")?;
+            let filter =
+                PARITY_BINARIES.iter().map(|b| format!("binary_id({b})")).collect::<Vec<_>>();
+            let mut parity = cargo();
+            parity
+                .args(["nextest", "run", "--workspace", "--no-fail-fast", "-E"])
+                .arg(filter.join(" | "))
+                .envs(OTHER_NUMERICS.iter().copied());
+            eprintln!(
+                "parity tests under other numerics: {}",
+                OTHER_NUMERICS
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            run(parity, "cargo nextest run (parity tests under other numerics)")?;
         }
         let mut cmd = cargo();
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(extra);

@@ -362,16 +362,7 @@ impl Attention {
             k = nk.forward(&k);
         }
         let v = split(self.to_v.forward(x));
-        let out = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        );
+        let out = lpl_torch_ext::attention::scaled_dot_product(&q, &k, &v);
         self.to_out.forward(&out.transpose(1, 2).reshape([b, n, d]))
     }
 }

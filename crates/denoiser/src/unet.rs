@@ -371,15 +371,10 @@ impl Module for Attention {
         let split = |l: &nn::Linear| {
             l.forward(&tokens).view([b, h * w, self.heads, c / self.heads]).transpose(1, 2)
         };
-        let out = Tensor::scaled_dot_product_attention(
+        let out = lpl_torch_ext::attention::scaled_dot_product(
             &split(&self.to_q),
             &split(&self.to_k),
             &split(&self.to_v),
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
         );
         let out = self.to_out.forward(&out.transpose(1, 2).reshape([b, h * w, c]));
         out.transpose(1, 2).reshape([b, c, h, w]) + x

@@ -9,6 +9,8 @@
 //!   (`torch.cuda.max_memory_allocated`);
 //! - [`multi_tensor`]: fused AdamW and `_foreach_*` operations over parameter lists (the
 //!   optimiser, gradient clipping and EMA in a few kernel launches);
+//! - [`attention`]: scaled dot-product attention that falls back to the math kernel where
+//!   libtorch's fused CPU kernel refuses bf16 (a forced `ATEN_CPU_CAPABILITY`);
 //! - [`runtime`]: ATen's CPU capability and MKL's version (provenance of results);
 //! - [`global_rng`]: exclusive, reentrant use of libtorch's process-global generators
 //!   ([`GlobalRng`]), so seeded sections stay reproducible beside other threads.
@@ -16,6 +18,7 @@
 //! Every shim call reports a libtorch exception as [`TorchExtError`], never as a crash.
 #![allow(unsafe_code)] // the FFI boundary of this crate, and only this crate
 
+pub mod attention;
 pub mod autocast;
 pub mod global_rng;
 pub mod memory;

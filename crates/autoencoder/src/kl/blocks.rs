@@ -86,15 +86,10 @@ impl Module for Attention {
         let (b, c, h, w) = x.size4().unwrap_or((0, 0, 0, 0));
         let tokens = self.group_norm.forward(x).view([b, c, h * w]).transpose(1, 2); // (B, HW, C)
         let heads = |l: &nn::Linear| l.forward(&tokens).unsqueeze(1); // (B, 1, HW, C)
-        let attended = Tensor::scaled_dot_product_attention(
+        let attended = lpl_torch_ext::attention::scaled_dot_product(
             &heads(&self.to_q),
             &heads(&self.to_k),
             &heads(&self.to_v),
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
         )
         .squeeze_dim(1);
         let out = self.to_out.forward(&attended).transpose(1, 2).reshape([b, c, h, w]);
