@@ -34,7 +34,9 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Sample an image grid from a run's EMA weights.
     Sample(cli::train::SampleArgs),
-    /// Sample from a run and print FD-EffNet against the Fashion-MNIST test split.
+    /// Sample from a run (or take a folder of images) and print FD-EffNet (or FID),
+    /// precision/recall and spectrum errors against real images (a folder, a latent cache or
+    /// Fashion-MNIST).
     Eval(cli::eval::EvalArgs),
     /// MSE vs MSE + LPL: pre-train, fork, evaluate, report (resumable).
     Ablate(cli::train::AblateArgs),

@@ -241,13 +241,15 @@ fn case(name: &str) -> Case {
         "trailing" => TimestepSpacing::Trailing,
         other => panic!("unknown spacing {other}"),
     };
-    let mut config = SamplerConfig::new(kind, 10).with_spacing(spacing);
+    // `..._steps7`: another step count than the fixture script's 10
+    let steps =
+        parts.iter().find_map(|p| p.strip_prefix("steps")).map_or(10, |s| s.parse().unwrap());
+    let mut config = SamplerConfig::new(kind, steps).with_spacing(spacing);
     if kind == SamplerKind::Ddim {
         config.eta = parts[3].trim_start_matches("eta").parse().unwrap();
-        // diffusers' DDIM steps by N / steps; that equals the next grid point except for linspace.
-        if spacing == TimestepSpacing::Linspace {
-            config.ddim_previous = PreviousTimestep::DiffusersStride;
-        }
+        // the default previous-timestep rule is diffusers' (t - N // steps) for every spacing
+        // the default previous-timestep rule is diffusers' (t - N // steps) for every spacing
+        assert_eq!(config.ddim_previous, PreviousTimestep::DiffusersStride);
     }
     Case {
         schedule: ScheduleConfig::Discrete(sd(name.ends_with("zsnr"))),
@@ -262,7 +264,7 @@ fn samplers_match_diffusers_step_and_loop() {
     let mut names: Vec<&str> =
         f.keys().filter_map(|k| k.strip_suffix("/final")).collect::<Vec<_>>();
     names.sort();
-    assert_eq!(names.len(), 39, "fixture cases: {names:?}");
+    assert_eq!(names.len(), 40, "fixture cases: {names:?}");
     let mut report = Vec::new();
     for name in names {
         let c = case(name);

@@ -281,6 +281,10 @@ struct EvalRecord {
     metrics: SampleMetrics,
     spectrum: Vec<f64>,
     real_spectrum: Vec<f64>,
+    /// The step of the checkpoint evaluated (`None` in records written before it was kept:
+    /// they are evaluated again).
+    #[serde(default)]
+    checkpoint_step: Option<usize>,
     #[serde(default)]
     provenance: Option<Provenance>,
 }
@@ -318,7 +322,12 @@ fn done(run: &Path, steps: usize) -> bool {
         .is_some_and(|c| *c == run_checkpoint::checkpoint_path(run, steps))
 }
 
+/// Trains the run unless it is done; resumes it if it has checkpoints. A run directory whose
+/// checkpoints come from another config (an edited variant, seed or schedule) is an error
+/// naming the changed fields: redoing it silently would lose it, reusing it would report a
+/// run that was not made.
 fn run_or_resume(config: &RunConfig, init: Option<&Path>, device: Device) -> Result<()> {
+    run_checkpoint::check_same_run(&config.output_dir, config)?;
     if done(&config.output_dir, config.train.steps) {
         return Ok(());
     }
@@ -458,12 +467,15 @@ pub fn run_ablation(
                     .ok()
                     .and_then(|t| serde_json::from_str::<EvalRecord>(&t).ok())
                     .filter(|r| {
-                        (r.count, r.steps, r.guidance, r.seed)
+                        // the sampling settings and the checkpoint: a continuation extended
+                        // by a larger `continuation_steps` is evaluated again
+                        (r.count, r.steps, r.guidance, r.seed, r.checkpoint_step)
                             == (
                                 config.eval_count,
                                 config.eval_steps,
                                 config.eval_guidance,
                                 config.eval_seed,
+                                Some(config.continuation_steps),
                             )
                     });
                 let record = match cached {
@@ -512,6 +524,7 @@ pub fn run_ablation(
                             metrics,
                             spectrum: spectrum.fake,
                             real_spectrum: spectrum.real,
+                            checkpoint_step: Some(config.continuation_steps),
                             provenance: Some(provenance.clone()),
                         };
                         let text = serde_json::to_string_pretty(&record)

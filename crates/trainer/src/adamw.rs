@@ -110,12 +110,27 @@ impl AdamW {
     /// `torch.nn.utils.clip_grad_norm_` does (factor `max_norm / (norm + 1e-6)`, capped at 1);
     /// returns the norm before clipping as a 0-d tensor (no host synchronisation).
     pub fn clip_grad_norm(&self, max_norm: f64) -> Result<Tensor> {
-        let grads: Vec<Tensor> =
-            self.params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
-        let total = multi_tensor::total_norm(&grads)?;
-        let scale = tch::no_grad(|| ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0));
-        multi_tensor::mul_(&grads, &scale)?;
+        let total = self.grad_norm()?;
+        self.clip_to(&total, max_norm)?;
         Ok(total)
+    }
+
+    /// The L2 norm of all gradients together, a 0-d f32 tensor on the device (no host
+    /// read): non-finite when any gradient is, which is how a step is found to be bad.
+    pub fn grad_norm(&self) -> Result<Tensor> {
+        Ok(multi_tensor::total_norm(&self.grads())?)
+    }
+
+    /// Scales every gradient by `min(1, max_norm / (total + 1e-6))`, `total` being
+    /// [`Self::grad_norm`] (`clip_grad_norm_`'s formula).
+    pub fn clip_to(&self, total: &Tensor, max_norm: f64) -> Result<()> {
+        let scale = tch::no_grad(|| ((total + 1e-6).reciprocal() * max_norm).clamp_max(1.0));
+        multi_tensor::mul_(&self.grads(), &scale)?;
+        Ok(())
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(Tensor::grad).filter(Tensor::defined).collect()
     }
 
     /// One update with learning rate `lr`: `torch.optim.AdamW(fused=True)` (one multi-tensor

@@ -90,7 +90,10 @@ pub struct AeOptimConfig {
     /// Log (and check for NaN) every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
-    /// Also write a checkpoint every this many steps (0: only at the end).
+    /// Also write a checkpoint every this many steps (0: only at the end), as
+    /// `checkpoints/autoencoder-step-NNNNNNN.safetensors` beside the final file: the final
+    /// path (with the data-derived codec) exists only once training finished, so whoever
+    /// finds it may take the autoencoder as done.
     #[serde(default)]
     pub checkpoint_every: usize,
 }
@@ -254,7 +257,7 @@ pub fn train_autoencoder(
             tracing::debug!(step = step + 1, rec, kl, lr, "ae train");
         }
         if t.checkpoint_every > 0 && (step + 1) % t.checkpoint_every == 0 {
-            save(&ae, &checkpoint_path, config, step + 1)?;
+            save(&ae, &intermediate_checkpoint(&config.output_dir, step + 1), config, step + 1)?;
         }
         bar.inc(1);
     }
@@ -284,6 +287,11 @@ pub fn train_autoencoder(
         checkpoint: checkpoint_path,
         train_seconds,
     })
+}
+
+/// Where a mid-run autoencoder checkpoint of `step` goes (never the final path).
+pub fn intermediate_checkpoint(output_dir: &Path, step: usize) -> PathBuf {
+    output_dir.join("checkpoints").join(format!("autoencoder-step-{step:07}.safetensors"))
 }
 
 fn save(ae: &AutoencoderKl, path: &Path, config: &AeTrainConfig, step: usize) -> Result<()> {

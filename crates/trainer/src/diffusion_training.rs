@@ -6,7 +6,6 @@
 //! state is checkpointed, and libtorch's generator (noise, label dropout, flips) is reseeded
 //! from `(seed, step)` at every step; so a resumed run repeats the uninterrupted one exactly.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +23,7 @@ use crate::ema::Ema;
 use crate::error::{Result, TrainError, invalid};
 use crate::run_checkpoint::{self, RunState};
 use crate::run_config::{RunConfig, SampleConfig};
+use crate::step_log::{LplTerms, MetricsFile, StepCounters};
 use crate::{progress, sampling};
 
 /// Batches gathered ahead of the training step on a background thread.
@@ -222,11 +222,7 @@ pub fn train_model(
         path: config.output_dir.clone(),
         message: e.to_string(),
     })?;
-    let metrics_path = config.output_dir.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| {
-            TrainError::ConfigFile { path: metrics_path.clone(), message: e.to_string() }
-        })?;
+    let mut metrics = MetricsFile::open(&config.output_dir.join("metrics.jsonl"), step)?;
     let config_toml = config.to_toml()?;
     let t = &config.train;
     let total = t.steps;
@@ -243,21 +239,26 @@ pub fn train_model(
         Some(e) => Some(PeriodicEvaluator::new(e, &config.output_dir, device)?),
         None => None,
     };
+    if config.data.flip && !cache.manifest.flipped {
+        return Err(invalid(
+            "data.flip",
+            format!(
+                "the latent cache {} holds no flipped copies: rebuild it with `flip = true`, or set data.flip = false",
+                config.data.cache.display()
+            ),
+        ));
+    }
     let cache = Arc::new(cache);
-    let mut batches = CacheBatches::new(
-        cache.clone(),
-        t.batch_size,
-        t.seed,
-        config.data.flip && cache.manifest.flipped,
-        cursor,
-    )?
-    .prefetch(PREFETCH_BATCHES);
+    let mut batches =
+        CacheBatches::new(cache.clone(), t.batch_size, t.seed, config.data.flip, cursor)?
+            .prefetch(PREFETCH_BATCHES);
     while step < total {
         tch::manual_seed(step_seed(t.seed, step));
         opt.zero_grad();
         let accum = t.grad_accum.max(1);
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let (mut mse, mut lpl_out) = (Tensor::zeros([], (Kind::Float, Device::Cpu)), None);
+        let mut mse_sum = Tensor::zeros([], (Kind::Float, device));
+        let mut lpl_terms: Option<LplTerms> = None;
         for _micro in 0..accum {
             let (batch, batch_cursor) = batches
                 .next()
@@ -287,9 +288,9 @@ pub fn train_model(
             if let Some(gamma) = config.loss.min_snr_gamma {
                 per_sample *= min_snr_weights(&schedule, param, &t_dev, gamma)?;
             }
-            mse = per_sample.mean(Kind::Float);
-            let mut loss = mse.shallow_clone();
-            lpl_out = None;
+            let mse = per_sample.mean(Kind::Float);
+            mse_sum += mse.detach() / accum as f64;
+            let mut loss = mse;
             if let Some(lpl) = lpl.as_ref().filter(|l| l.active_at(step)) {
                 let x0_hat = x0_from_prediction(&pred, &z_t, &t_dev, param, &schedule)?;
                 let _f32 = (region.is_some() && !precision.lpl_decoder_autocast)
@@ -297,7 +298,7 @@ pub fn train_model(
                     .transpose()?;
                 let out = lpl.loss(&x0_hat, &z0, &t_cpu, &schedule, param)?;
                 loss = &loss + &out.total;
-                lpl_out = Some(out);
+                LplTerms::accumulate(&mut lpl_terms, &out, 1.0 / accum as f64);
             }
             // the mean over micro-batches: gradients add up to those of one batch of
             // batch_size * grad_accum samples
@@ -306,24 +307,21 @@ pub fn train_model(
             loss_sum += loss.detach().to_kind(Kind::Float);
             loss.backward();
         }
-        // A non-finite loss (any micro-batch) skips the step on the device, as PyTorch's
-        // GradScaler does: the fused AdamW kernel leaves everything alone when `found_inf` is
-        // 1 and the EMA's weight becomes 0. Counters live on the device too and are read at
-        // log intervals: no host synchronisation per step.
-        let finite = loss_sum.isfinite();
+        // A non-finite loss (any micro-batch) or gradient skips the step on the device, as
+        // PyTorch's GradScaler does: the fused AdamW kernel leaves everything alone when
+        // `found_inf` is 1 and the EMA's weight becomes 0. Counters live on the device too
+        // and are read at log intervals: no host synchronisation per step.
+        let norm = opt.grad_norm()?;
+        let finite = loss_sum.isfinite().logical_and(&norm.isfinite());
         let found_inf = finite.logical_not().to_kind(Kind::Float);
-        let grad_norm = config.optim.grad_clip.map(|c| opt.clip_grad_norm(c)).transpose()?;
+        if let Some(max_norm) = config.optim.grad_clip {
+            opt.clip_to(&norm, max_norm)?;
+        }
         let lr = config.optim.lr
             * ((step + 1) as f64 / config.optim.warmup_steps.max(1) as f64).min(1.0);
         opt.step_unless(lr, &found_inf)?;
         ema.update_unless(model.var_store(), step, &found_inf)?;
-        tch::no_grad(|| {
-            counters.skipped += &found_inf;
-            counters.run = (&counters.run + 1.0) * &found_inf;
-            counters.longest_run = counters.longest_run.maximum(&counters.run);
-            counters.loss_sum += loss_sum.where_scalarother(&finite, 0.0);
-            counters.finite_steps += 1.0 - &found_inf;
-        });
+        counters.record(&found_inf, &loss_sum, &mse_sum, &norm, lpl_terms.as_ref());
         step += 1;
         bar.inc(1);
         let checkpoint_now =
@@ -344,33 +342,11 @@ pub fn train_model(
             }
         }
         if step.is_multiple_of(t.log_every) || step == total {
-            let finite_steps = counters.finite_steps.double_value(&[]);
-            last_loss = counters.loss_sum.double_value(&[]) / finite_steps.max(1.0);
-            if finite_steps == 0.0 {
-                last_loss = f64::NAN;
-            }
-            counters.reset_window();
             let sps = (step - first_step) as f64 * (t.batch_size * t.grad_accum.max(1)) as f64
                 / started.elapsed().as_secs_f64();
-            let mut line = serde_json::json!({
-                "step": step,
-                "loss": last_loss,
-                "mse": f64::try_from(&mse)?,
-                "lr": lr,
-                "samples_per_sec": sps,
-            });
-            if let Some(g) = &grad_norm {
-                line["grad_norm"] = f64::try_from(g)?.into();
-            }
-            if let Some(out) = &lpl_out {
-                line["lpl"] = f64::try_from(&out.total)?.into();
-                line["lpl_kept_fraction"] = f64::try_from(&out.kept_fraction)?.into();
-                line["lpl_masked_fraction"] = Vec::<f64>::try_from(
-                    out.masked_fraction.to_kind(Kind::Double).to_device(Device::Cpu),
-                )?
-                .into();
-            }
-            append_line(&mut metrics, &metrics_path, &line)?;
+            let (loss, line) = counters.take_window(step, lr, sps)?;
+            last_loss = loss;
+            metrics.append(&line)?;
             bar.set_message(format!("loss {last_loss:.4} lr {lr:.1e} {sps:.0} samples/s"));
         }
         if checkpoint_now {
@@ -418,7 +394,7 @@ pub fn train_model(
             )?;
             let m = ev.evaluate(&images, step, last_checkpoint.as_deref())?;
             let line = serde_json::json!({"step": step, "eval": m});
-            append_line(&mut metrics, &metrics_path, &line)?;
+            metrics.append(&line)?;
             tracing::info!("step {step}: {} {:.3} (best {:.3})", m.metric, m.fd, ev.best_fd);
         }
         if let Some(sample) = &config.sample {
@@ -454,37 +430,6 @@ pub fn train_model(
         grid,
         skipped_steps: skipped,
     })
-}
-
-/// Per-step bookkeeping kept on the device (0-d f32 tensors), read at log intervals.
-struct StepCounters {
-    /// Steps skipped for a non-finite loss, this invocation.
-    skipped: Tensor,
-    /// The current run of consecutive skipped steps.
-    run: Tensor,
-    /// The longest such run so far (the stop criterion, exact even between reads).
-    longest_run: Tensor,
-    /// Sum of the finite losses of the current log window, and their count.
-    loss_sum: Tensor,
-    finite_steps: Tensor,
-}
-
-impl StepCounters {
-    fn new(device: Device) -> Self {
-        let zero = || Tensor::zeros([], (Kind::Float, device));
-        Self {
-            skipped: zero(),
-            run: zero(),
-            longest_run: zero(),
-            loss_sum: zero(),
-            finite_steps: zero(),
-        }
-    }
-
-    fn reset_window(&mut self) {
-        let _ = self.loss_sum.zero_();
-        let _ = self.finite_steps.zero_();
-    }
 }
 
 /// The state of `[eval]`: the feature network, the real images' statistics and the best FD.
@@ -556,16 +501,6 @@ impl PeriodicEvaluator {
         }
         Ok(m)
     }
-}
-
-/// Appends one JSON line to the metrics file.
-fn append_line(
-    file: &mut std::fs::File,
-    path: &std::path::Path,
-    line: &serde_json::Value,
-) -> Result<()> {
-    writeln!(file, "{line}")
-        .map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// Makes `to` another name of the finished checkpoint `from` (a hard link: checkpoints are

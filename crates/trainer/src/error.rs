@@ -31,7 +31,7 @@ pub enum TrainError {
     },
     /// Too many training steps in a row had a non-finite loss (each was skipped).
     #[error(
-        "{run} training steps in a row had a non-finite loss (each was skipped; stopped at step {step}): \
+        "{run} training steps in a row had a non-finite loss or gradient (each was skipped; stopped at step {step}): \
          lower optim.lr, enable optim.grad_clip, or raise train.max_nonfinite"
     )]
     NonFiniteRun {

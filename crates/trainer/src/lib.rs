@@ -4,8 +4,9 @@
 //! iterates over a dataset: autoencoder training ([`ae_training`]), latent cache building
 //! ([`cache_building`]), the diffusion training loop with MSE and MSE + LPL
 //! ([`diffusion_training`]: AdamW with named savable state, EMA, atomic checkpoints with
-//! exact resume, JSONL metrics), and sampling ([`sampling`]). Mixed precision, evaluation
-//! metrics and the ablation driver are to come.
+//! exact resume, JSONL metrics, bf16 autocast), sampling ([`sampling`]), evaluation of runs
+//! ([`evaluation`]), the ablation driver and its report ([`ablation`], [`report`]) with the
+//! provenance of every result ([`provenance`]).
 //!
 //! Depends on every other lpl crate.
 
@@ -25,5 +26,6 @@ pub mod report;
 pub mod run_checkpoint;
 pub mod run_config;
 pub mod sampling;
+mod step_log;
 
 pub use error::{Result, TrainError};

@@ -9,6 +9,7 @@ use lpl_data::BatchCursor;
 use tch::Tensor;
 
 use crate::error::{Result, TrainError, invalid};
+use crate::run_config::RunConfig;
 
 /// `lpl.kind` of a run checkpoint.
 pub const KIND_RUN: &str = "run";
@@ -104,6 +105,76 @@ fn number<T: std::str::FromStr>(
 /// Reads a checkpoint: its state and tensors. A truncated or corrupt file is an error naming
 /// it.
 pub fn load(path: &Path) -> Result<(RunState, BTreeMap<String, Tensor>)> {
+    let state = read_state(path)?;
+    let tensors = lpl_tensor_io::read_tensors(path)?;
+    Ok((state, tensors))
+}
+
+/// Fields of a run config that may change between a run and its resumption: the length of
+/// the run and how often it logs and checkpoints. Any other change makes the checkpoints
+/// those of another run.
+const RESUMABLE_CHANGES: &[&str] =
+    &["train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints"];
+
+/// Checks that the run in `output_dir`, if it has checkpoints, was trained with `config`
+/// up to the fields a resumption may change ([`RESUMABLE_CHANGES`]); otherwise the error
+/// names the run, each changed field and both values.
+pub fn check_same_run(output_dir: &Path, config: &RunConfig) -> Result<()> {
+    let Some(last) = list_checkpoints(output_dir).last().cloned() else { return Ok(()) };
+    let state = read_state(&last)?;
+    let parse = |text: &str, what: &Path| {
+        text.parse::<toml::Table>().map_err(|e| TrainError::ConfigFile {
+            path: what.to_path_buf(),
+            message: e.to_string(),
+        })
+    };
+    let before = parse(&state.config_toml, &last)?;
+    let now = parse(&config.to_toml()?, Path::new("<run config>"))?;
+    let mut changed = Vec::new();
+    diff_tables("", &before, &now, &mut changed);
+    changed.retain(|(field, _, _)| !RESUMABLE_CHANGES.contains(&field.as_str()));
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> =
+        changed.iter().map(|(f, a, b)| format!("`{f}` was {a}, is now {b}")).collect();
+    Err(invalid(
+        "output_dir",
+        format!(
+            "{} holds a run trained with another config ({}): delete the directory to redo it with the new one, or restore the old value",
+            output_dir.display(),
+            list.join("; ")
+        ),
+    ))
+}
+
+/// Dotted paths of the values that differ between two TOML tables, with both values
+/// (`(absent)` where one side lacks the key).
+fn diff_tables(
+    prefix: &str,
+    a: &toml::Table,
+    b: &toml::Table,
+    out: &mut Vec<(String, String, String)>,
+) {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for key in keys {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match (a.get(key), b.get(key)) {
+            (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                diff_tables(&path, x, y, out)
+            }
+            (x, y) if x != y => {
+                let show =
+                    |v: Option<&toml::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+                out.push((path, show(x), show(y)));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The state of a checkpoint (its metadata only, no tensors read).
+pub fn read_state(path: &Path) -> Result<RunState> {
     let meta = lpl_tensor_io::read_metadata(path)?;
     if field(&meta, "lpl.kind", path)? != KIND_RUN {
         return Err(invalid("checkpoint", format!("{} is not a run checkpoint", path.display())));
@@ -125,8 +196,7 @@ pub fn load(path: &Path) -> Result<(RunState, BTreeMap<String, Tensor>)> {
         config_toml: field(&meta, "lpl.config", path)?.to_string(),
         codec_json: field(&meta, "lpl.codec", path)?.to_string(),
     };
-    let tensors = lpl_tensor_io::read_tensors(path)?;
-    Ok((state, tensors))
+    Ok(state)
 }
 
 /// The tensors under `prefix` with it stripped (`model.` -> variable names).

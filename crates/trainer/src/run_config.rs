@@ -17,7 +17,8 @@ use crate::error::{Result, invalid, parse_toml, read_text};
 pub struct DataConfig {
     /// The cache directory.
     pub cache: PathBuf,
-    /// Use the cached horizontally flipped latents for a random half of each batch.
+    /// Use the cached horizontally flipped latents for a random half of each batch (the
+    /// cache must have been built with flips: training refuses one without).
     #[serde(default)]
     pub flip: bool,
 }

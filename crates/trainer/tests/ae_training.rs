@@ -100,3 +100,29 @@ fn bad_configs_name_the_field() {
     assert!(err(good.replace("preset = \"fmnist\"", "preset = \"fmnsit\"")).contains("fmnist"));
     assert!(err(good.replace("\"fashion_mnist\"", "\"cifar\"")).contains("`data.dataset`"));
 }
+
+/// Mid-run checkpoints do not go to the final path: a run that fails (or is killed) after
+/// one leaves no `autoencoder.safetensors` that a later stage would take as finished.
+#[test]
+fn intermediate_checkpoints_never_take_the_final_path() {
+    let _rng = GlobalRng::lock();
+    let dir = std::env::temp_dir().join(format!("lpl-ae-midrun-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (train, test) = (images(64, 1), images(16, 2));
+    let mut c = config(&dir, 6);
+    c.train.checkpoint_every = 1;
+    c.train.log_every = 3;
+    c.train.lr = 1e12; // the loss is non-finite by the first check, at step 3
+    let err = train_autoencoder(&c, &train, &test, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("non-finite"), "{err}");
+    assert!(!dir.join("autoencoder.safetensors").exists(), "a failed run left the final file");
+    let mid = lpl_trainer::ae_training::intermediate_checkpoint(&dir, 1);
+    assert!(mid.is_file(), "{} missing", mid.display());
+    // a finished run writes the final file, with its codec
+    let mut c = config(&dir, 2);
+    c.train.checkpoint_every = 1;
+    let report = train_autoencoder(&c, &train, &test, Device::Cpu).unwrap();
+    assert_eq!(report.checkpoint, dir.join("autoencoder.safetensors"));
+    assert!(report.checkpoint.is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -108,9 +108,11 @@ fn losses(out: &Path) -> BTreeMap<u64, f64> {
         .collect()
 }
 
-/// libtorch's generator is process-global: tests that train must not run concurrently in one
-/// process (cargo test threads), or they reseed each other's noise.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// libtorch's generator is process-global: tests that train hold it for their whole run
+/// (cargo test threads would otherwise reseed each other's noise), in a fresh directory.
+fn isolated(name: &str) -> (GlobalRng, PathBuf) {
+    (GlobalRng::lock(), scratch(name))
+}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lpl-train-{name}-{}", std::process::id()));
@@ -121,9 +123,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn resume_is_bit_identical_with_lpl_on() {
-    let _rng = GlobalRng::lock();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = scratch("resume");
+    let (_rng, dir) = isolated("resume");
     let full = config(&dir, "full", 12, true);
     let outcome = train(&full, Start::Fresh, Device::Cpu).unwrap();
     assert_eq!(outcome.step, 12);
@@ -159,9 +159,7 @@ fn resume_is_bit_identical_with_lpl_on() {
 
 #[test]
 fn init_from_and_guard_rails() {
-    let _rng = GlobalRng::lock();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = scratch("init");
+    let (_rng, dir) = isolated("init");
     let pre = config(&dir, "pre", 3, false);
     let outcome = train(&pre, Start::Fresh, Device::Cpu).unwrap();
     // a fresh run refuses a directory with checkpoints
@@ -182,9 +180,7 @@ fn init_from_and_guard_rails() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let _rng = GlobalRng::lock();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = scratch("config");
+    let (_rng, dir) = isolated("config");
     let good = toml::to_string(&config(&dir, "x", 3, false)).unwrap();
     let err =
         |text: String| RunConfig::from_toml(&text, Path::new("run.toml")).unwrap_err().to_string();
@@ -215,7 +211,6 @@ fn periodic_evaluation_keeps_the_best_checkpoint() {
         println!("SKIPPED: no EfficientNet-Lite0 weights (`cargo xtask test` converts them)");
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch("eval");
     // real images: a folder of 200 smooth grey 16x16 PNGs (its test split: every 20th, 10)
     let real = (Tensor::rand([200, 1, 4, 4], (Kind::Float, Device::Cpu)).upsample_bilinear2d(
@@ -276,9 +271,7 @@ fn periodic_evaluation_keeps_the_best_checkpoint() {
 
 #[test]
 fn gradient_accumulation_resumes_exactly_and_sees_more_samples() {
-    let _rng = GlobalRng::lock();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = scratch("accum");
+    let (_rng, dir) = isolated("accum");
     let with_accum = |out: &str, steps: usize| {
         let mut c = config(&dir, out, steps, false);
         c.train.grad_accum = 2;
@@ -309,9 +302,7 @@ fn gradient_accumulation_resumes_exactly_and_sees_more_samples() {
 
 #[test]
 fn bf16_autocast_trains_close_to_f32_with_f32_master_weights() {
-    let _rng = GlobalRng::lock();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = scratch("bf16");
+    let (_rng, dir) = isolated("bf16");
     let f32_run = config(&dir, "f32", 4, true);
     train(&f32_run, Start::Fresh, Device::Cpu).unwrap();
     let bf16 = config_with(&dir, "bf16", 4, true, "[precision]\ncompute = \"bf16\"\n");
@@ -354,11 +345,13 @@ fn toml_with_precision(config: &RunConfig, body: &str) -> String {
 }
 
 /// A denoiser whose training-mode forward passes number `bad` return NaN (the graph kept, so
-/// backward runs and yields NaN gradients).
+/// backward runs and yields NaN gradients), or, with `finite_loss`, return their exact output
+/// through a branch whose backward is NaN (a finite loss with non-finite gradients).
 struct NanAt {
     inner: Box<dyn lpl_denoiser::Denoiser>,
     calls: std::cell::Cell<usize>,
     bad: fn(usize) -> bool,
+    finite_loss: bool,
 }
 
 impl lpl_denoiser::Denoiser for NanAt {
@@ -375,7 +368,15 @@ impl lpl_denoiser::Denoiser for NanAt {
         }
         let call = self.calls.get();
         self.calls.set(call + 1);
-        Ok(if (self.bad)(call) { out * f64::NAN } else { out })
+        Ok(match ((self.bad)(call), self.finite_loss) {
+            (false, _) => out,
+            (true, false) => out * f64::NAN,
+            // forward: out + 0; backward: sqrt's gradient at 0 is 0 / 0 = NaN
+            (true, true) => {
+                let poison = (&out * 0.0).abs().sqrt() * 0.0;
+                out + poison
+            }
+        })
     }
     fn in_channels(&self) -> i64 {
         self.inner.in_channels()
@@ -395,14 +396,45 @@ fn nan_model(config: &RunConfig, bad: fn(usize) -> bool) -> NanAt {
     let inner =
         lpl_trainer::diffusion_training::build_model(config, [4, 4, 4], Some(4), Device::Cpu)
             .unwrap();
-    NanAt { inner, calls: std::cell::Cell::new(0), bad }
+    NanAt { inner, calls: std::cell::Cell::new(0), bad, finite_loss: false }
+}
+
+/// Before the skip decision looked at the gradients, this run trained on NaN gradients: the
+/// loss of steps 3 and 4 is finite, their gradients are not.
+#[test]
+fn a_finite_loss_with_non_finite_gradients_is_skipped_too() {
+    let (_rng, dir) = isolated("nonfinite-grad");
+    for clip in [None, Some(1.0)] {
+        let name = if clip.is_some() { "clip" } else { "noclip" };
+        let mut config = config(&dir, name, 5, true);
+        config.optim.grad_clip = clip;
+        config.train.checkpoint_every = 1;
+        config.train.keep_checkpoints = 10;
+        let model =
+            NanAt { finite_loss: true, ..nan_model(&config, |call| call == 2 || call == 3) };
+        let outcome = lpl_trainer::diffusion_training::train_model(
+            &config,
+            &model,
+            Start::Fresh,
+            Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!((outcome.step, outcome.skipped_steps), (5, 2), "{name}");
+        assert!(outcome.last_loss.is_finite());
+        let load = |s| run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join(name), s));
+        let ((s2, w2), (s4, w4)) = (load(2).unwrap(), load(4).unwrap());
+        assert_eq!((s2.adamw_step, s4.adamw_step), (2, 2), "{name}");
+        for (k, a) in &w2 {
+            assert!(a.equal(&w4[k]), "{name}: {k} changed during skipped steps");
+        }
+        let (_, w5) = load(5).unwrap();
+        assert!(w5.values().all(|t| t.isfinite().all().int64_value(&[]) == 1), "{name}");
+    }
 }
 
 #[test]
 fn non_finite_steps_are_skipped_on_the_device_and_a_run_of_them_stops_training() {
-    let _rng = GlobalRng::lock();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = scratch("nonfinite");
+    let (_rng, dir) = isolated("nonfinite");
     let mut config = config(&dir, "skip", 6, true);
     config.train.checkpoint_every = 1;
     config.train.keep_checkpoints = 10;
@@ -446,4 +478,94 @@ fn non_finite_steps_are_skipped_on_the_device_and_a_run_of_them_stops_training()
             .to_string();
     assert!(err.contains("3 training steps in a row had a non-finite loss"), "{err}");
     assert!(err.contains("stopped at step 5"), "{err}");
+}
+
+/// A run directory remembers its config: resuming it with a longer schedule is fine, with an
+/// edited loss or seed it is refused with the fields named (the ablation reuses run
+/// directories by name, so an edited variant that kept its name was silently not rerun).
+#[test]
+fn a_run_directory_refuses_another_config() {
+    let (_rng, dir) = isolated("same-run");
+    let config = config(&dir, "run", 2, true);
+    lpl_trainer::diffusion_training::train(&config, Start::Fresh, Device::Cpu).unwrap();
+    let out = &config.output_dir;
+    run_checkpoint::check_same_run(out, &config).unwrap();
+    let mut longer = config.clone();
+    longer.train.steps = 4;
+    longer.train.log_every = 2;
+    run_checkpoint::check_same_run(out, &longer).unwrap();
+    let mut edited = config.clone();
+    edited.train.seed += 1;
+    if let Some(lpl) = edited.loss.lpl.as_mut() {
+        lpl.weight = 2.0;
+    }
+    let err = run_checkpoint::check_same_run(out, &edited).unwrap_err().to_string();
+    assert!(err.contains(&out.display().to_string()), "{err}");
+    let seed = config.train.seed;
+    assert!(err.contains(&format!("`train.seed` was {seed}, is now {}", seed + 1)), "{err}");
+    assert!(err.contains("`loss.lpl.weight` was 1.0, is now 2.0"), "{err}");
+    assert!(!err.contains("train.steps"), "{err}");
+    // a directory without checkpoints is anybody's
+    run_checkpoint::check_same_run(&dir.join("empty"), &edited).unwrap();
+}
+
+/// `metrics.jsonl` after a resume holds each step once (a run killed after logging past its
+/// last checkpoint used to log those steps again), and every value of a line is a mean over
+/// its log window: with log_every = 2 the two steps' losses average to the line's loss.
+#[test]
+fn metrics_hold_each_step_once_after_a_resume_and_average_the_window() {
+    let (_rng, dir) = isolated("metrics");
+    let lines = |out: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let mut config = config(&dir, "m", 4, true);
+    config.train.checkpoint_every = 2;
+    config.train.log_every = 1;
+    train(&config, Start::Fresh, Device::Cpu).unwrap();
+    let every_step = lines(&config.output_dir);
+    // killed after logging steps 3 and 4 but before checkpoint 4 was written
+    std::fs::remove_file(run_checkpoint::checkpoint_path(&config.output_dir, 4)).unwrap();
+    train(&config, Start::Resume, Device::Cpu).unwrap();
+    let after = lines(&config.output_dir);
+    let steps: Vec<u64> = after.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3, 4], "{after:?}");
+    assert_eq!(after[3]["loss"], every_step[3]["loss"], "the resumed step 4 is the same step");
+    for v in &after {
+        for key in ["loss", "mse", "grad_norm", "lpl", "lpl_kept_fraction"] {
+            assert!(v[key].as_f64().is_some_and(f64::is_finite), "{key} in {v}");
+        }
+        assert_eq!(v["skipped"], 0.0);
+    }
+
+    let mut windowed = config_with(&dir, "w", 4, true, "");
+    windowed.train.log_every = 2;
+    train(&windowed, Start::Fresh, Device::Cpu).unwrap();
+    let w = lines(&windowed.output_dir);
+    assert_eq!(w.len(), 2);
+    for (line, pair) in w.iter().zip([[0, 1], [2, 3]]) {
+        for key in ["loss", "mse", "grad_norm", "lpl"] {
+            let mean = (every_step[pair[0]][key].as_f64().unwrap()
+                + every_step[pair[1]][key].as_f64().unwrap())
+                / 2.0;
+            let got = line[key].as_f64().unwrap();
+            // the same steps (same seeds, same data order); f32 sums of two values
+            assert!((got - mean).abs() <= 1e-6 * mean.abs().max(1.0), "{key}: {got} vs {mean}");
+        }
+    }
+}
+
+/// `data.flip` asks for flipped latents; a cache built without them is an error naming the
+/// field and the cache (it used to train without flips, silently).
+#[test]
+fn flip_on_a_cache_without_flips_is_refused() {
+    let (_rng, dir) = isolated("flip");
+    let mut config = config(&dir, "f", 1, false);
+    config.data.flip = true;
+    let err = train(&config, Start::Fresh, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("data.flip") && err.contains("no flipped copies"), "{err}");
+    assert!(err.contains(&config.data.cache.display().to_string()), "{err}");
 }

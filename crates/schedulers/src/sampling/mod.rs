@@ -70,11 +70,15 @@ impl SamplerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PreviousTimestep {
-    /// The next timestep of the grid (consistent for every spacing).
-    #[default]
+    /// The next timestep of the grid, and `alpha_bar = 1` after the last.
     NextInGrid,
-    /// `t - N / steps`, as diffusers' `DDIMScheduler` does: identical to `NextInGrid` for
-    /// leading and trailing spacing, off the grid for linspace.
+    /// `t - N // steps` (integer division), and `alpha_bar = 1` below 0: diffusers'
+    /// `DDIMScheduler` (`set_alpha_to_one`). The default, so that results compare with
+    /// diffusers'. It equals `NextInGrid` for leading spacing; for linspace, and for
+    /// trailing spacing when `steps` does not divide `N` (7 steps on 1000: the grid 999,
+    /// 856, ..., 142 is left by strides of 142, to 857, ..., 143, then 1), it steps off the
+    /// grid.
+    #[default]
     DiffusersStride,
 }
 
@@ -119,7 +123,7 @@ impl SamplerConfig {
             steps_offset: 0,
             eta: 0.0,
             clip_x0: None,
-            ddim_previous: PreviousTimestep::NextInGrid,
+            ddim_previous: PreviousTimestep::DiffusersStride,
         }
     }
 
