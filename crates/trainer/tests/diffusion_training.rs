@@ -17,8 +17,14 @@ use tch::{Device, Kind, Tensor};
 
 /// A tiny AE checkpoint and a cache of 64 smooth 1-channel 16x16 images with 4 classes.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    setup_with(dir, true)
+}
+
+/// The test autoencoder (the same weights on every call: seeded) and a cache of it, with or
+/// without flipped copies (`cache`, `cache-noflip`).
+fn setup_with(dir: &Path, flip: bool) -> (PathBuf, PathBuf) {
     let ae_path = dir.join("ae.safetensors");
-    let cache = dir.join("cache");
+    let cache = dir.join(if flip { "cache" } else { "cache-noflip" });
     if cache.join("manifest.json").exists() {
         return (ae_path, cache);
     }
@@ -42,7 +48,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         pad_to: None,
         shard_size: 40,
         batch: 16,
-        flip: true,
+        flip,
         num_classes: Some(4),
         autoencoder_name: "test".into(),
     };
@@ -564,6 +570,7 @@ fn metrics_hold_each_step_once_after_a_resume_and_average_the_window() {
 fn flip_on_a_cache_without_flips_is_refused() {
     let (_rng, dir) = isolated("flip");
     let mut config = config(&dir, "f", 1, false);
+    config.data.cache = setup_with(&dir, false).1;
     config.data.flip = true;
     let err = train(&config, Start::Fresh, Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("data.flip") && err.contains("no flipped copies"), "{err}");
