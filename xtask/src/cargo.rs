@@ -56,11 +56,37 @@ const OTHER_NUMERICS: &[(&str, &str)] = &[
     ("OMP_NUM_THREADS", "1"),
 ];
 
+/// Threads per test process when nextest runs `test_threads` tests at once: libtorch's
+/// OpenMP pool defaults to one thread per CPU, so two test processes on two CPUs would run
+/// four threads; every parallel region then waits at its barrier for a thread the scheduler
+/// has parked, a time slice per op. On a CI machine that made a 4-second test take 568 s.
+/// The budget keeps the total at the CPU count (the one test that runs alone, the quick
+/// ablation, gives its child process every CPU itself).
+fn thread_budget() -> (usize, Vec<(&'static str, String)>) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut env = Vec::new();
+    for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            env.push((var, "1".to_string()));
+        }
+    }
+    env.push(("LPL_TEST_CPUS", cpus.to_string()));
+    (cpus, env)
+}
+
 /// The whole workspace test suite. With cargo-nextest the unit and integration tests run
 /// under nextest and the doc tests, first, under `cargo test --doc` (nextest cannot run them);
 /// then, before the whole suite, the parity tests once more under [`OTHER_NUMERICS`].
 pub fn test(extra: &[String]) -> Result<()> {
     if nextest_available() {
+        let (cpus, budget) = thread_budget();
+        eprintln!(
+            "{cpus} CPUs available (nproc {}): {cpus} tests at a time, {}",
+            std::fs::read_to_string("/proc/cpuinfo")
+                .map(|s| s.matches("processor\t").count().to_string())
+                .unwrap_or_else(|_| "?".into()),
+            budget.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        );
         // Doc tests and the parity pass first, so the run closes with nextest's summary of
         // the whole suite.
         if extra.is_empty() {
@@ -73,6 +99,8 @@ pub fn test(extra: &[String]) -> Result<()> {
             parity
                 .args(["nextest", "run", "--workspace", "--no-fail-fast", "-E"])
                 .arg(filter.join(" | "))
+                .arg(format!("--test-threads={cpus}"))
+                .envs(budget.iter().map(|(k, v)| (*k, v.as_str())))
                 .envs(OTHER_NUMERICS.iter().copied());
             eprintln!(
                 "parity tests under other numerics: {}",
@@ -85,7 +113,10 @@ pub fn test(extra: &[String]) -> Result<()> {
             run(parity, "cargo nextest run (parity tests under other numerics)")?;
         }
         let mut cmd = cargo();
-        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(extra);
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .arg(format!("--test-threads={cpus}"))
+            .envs(budget.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(extra);
         run(cmd, "cargo nextest run")?;
     } else {
         let mut cmd = cargo();
