@@ -13,7 +13,7 @@ use lpl_metrics::{EfficientNetLite0, FeatureExtractor, FidInceptionV3, compare_i
 use lpl_trainer::evaluation::TrainedRun;
 use tch::{Device, Kind, Tensor};
 
-use super::train::{SamplingArgs, sample_images};
+use super::train::{SamplingArgs, sample_config};
 
 /// Arguments of `lpl eval`.
 #[derive(Args)]
@@ -137,7 +137,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let (fake, source) = match (&args.run, &args.fake) {
         (Some(run_path), _) => {
             let run = TrainedRun::open(run_path, device)?;
-            let images = sample_images(&run, &args.sampling, args.count, device)?;
+            let images =
+                run.sample_images(&sample_config(&run, &args.sampling, args.count)?, device)?;
             (images, format!("{} (step {})", run_path.display(), run.step))
         }
         (None, Some(dir)) => {

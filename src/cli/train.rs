@@ -188,14 +188,13 @@ fn parse_sampler(name: Option<&str>, schedule: &NoiseSchedule) -> Result<Sampler
     })
 }
 
-/// Samples `count` images (labels cycling over the classes) from a run, pixels in [0, 1].
-pub(crate) fn sample_images(
+/// What `--sampler`, `--steps`, `--guidance` and `--seed` ask of `count` samples.
+pub(crate) fn sample_config(
     run: &TrainedRun,
     args: &SamplingArgs,
     count: usize,
-    device: tch::Device,
-) -> Result<tch::Tensor> {
-    let sample = SampleConfig {
+) -> Result<SampleConfig> {
+    Ok(SampleConfig {
         sampler: SamplerConfig::new(
             parse_sampler(args.sampler.as_deref(), &run.schedule)?,
             args.steps,
@@ -204,17 +203,15 @@ pub(crate) fn sample_images(
         count,
         seed: args.seed,
         every: 0,
-    };
-    Ok(run.sample_images(&sample, device)?)
+    })
 }
 
 /// Samples a grid from a run's EMA weights.
 pub fn sample(args: SampleArgs) -> Result<()> {
     let device = super::parse_device(&args.device)?;
     let run = TrainedRun::open(&args.run, device)?;
-    let images = sample_images(&run, &args.sampling, args.count, device)?;
-    let grid = lpl_metrics::grid::make_grid(&images, run.num_classes.unwrap_or(8), 2);
-    lpl_data::folder::write_png(&grid, &args.out)?;
+    let sample = sample_config(&run, &args.sampling, args.count)?;
+    run.request(&sample, device).write_grid(run.ae.as_ref(), &run.codec, &args.out)?;
     println!(
         "{} samples from {} (step {}) -> {}",
         args.count,

@@ -25,8 +25,37 @@ impl Conditioning {
         Self { labels: None }
     }
 
-    /// The labels for a batch of `b`, with the null class `null` filled in when absent;
-    /// checks shape and range.
+    /// Class labels `(B,)` from outside (a user, a file), checked once where they enter:
+    /// integers in `[0, num_classes]` (`num_classes` = the null class). One host read;
+    /// forward passes do not check the range again.
+    pub fn class_labels(labels: Tensor, num_classes: i64) -> Result<Self> {
+        if labels.dim() != 1
+            || !matches!(
+                labels.kind(),
+                Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
+            )
+        {
+            return Err(DenoiserError::Input(format!(
+                "labels must be (B,) integers, got {:?} {:?}",
+                labels.size(),
+                labels.kind()
+            )));
+        }
+        if labels.numel() > 0 {
+            let (lo, hi) = (i64::try_from(labels.f_min()?)?, i64::try_from(labels.f_max()?)?);
+            if lo < 0 || hi > num_classes {
+                return Err(DenoiserError::Input(format!(
+                    "labels must be in [0, {num_classes}] ({num_classes} = null class), got [{lo}, {hi}]"
+                )));
+            }
+        }
+        Ok(Self::labels(labels))
+    }
+
+    /// The labels for a batch of `b` as i64 on `device`, with the null class `null` filled
+    /// in when absent. Checks the shape only: no device synchronisation in the forward
+    /// pass (the range is checked where labels enter, [`Self::class_labels`]; libtorch's
+    /// embedding lookup still refuses an index out of range on the CPU).
     pub fn labels_or_null(&self, b: i64, null: i64, device: tch::Device) -> Result<Tensor> {
         match &self.labels {
             None => Ok(Tensor::f_full([b], null, (Kind::Int64, device))?),
@@ -37,14 +66,7 @@ impl Conditioning {
                         l.size()
                     )));
                 }
-                let l = l.f_to_kind(Kind::Int64)?.f_to_device(device)?;
-                let (lo, hi) = (i64::try_from(l.f_min()?)?, i64::try_from(l.f_max()?)?);
-                if lo < 0 || hi > null {
-                    return Err(DenoiserError::Input(format!(
-                        "labels must be in [0, {null}] ({null} = null class), got [{lo}, {hi}]"
-                    )));
-                }
-                Ok(l)
+                Ok(l.f_to_kind(Kind::Int64)?.f_to_device(device)?)
             }
         }
     }

@@ -313,10 +313,10 @@ impl CombinedEmbedding {
         }
     }
 
-    fn forward(&self, t: &Tensor, labels: &Tensor, kind: Kind) -> Tensor {
+    fn forward(&self, t: &Tensor, labels: &Tensor, kind: Kind) -> crate::Result<Tensor> {
         let t_emb =
             self.timestep_embedder.forward(&timestep_embedding(t, 256, true, 1.0).to_kind(kind));
-        t_emb + self.class_embedder.forward(labels)
+        Ok(t_emb + self.class_embedder.lookup(labels)?)
     }
 }
 
@@ -563,10 +563,10 @@ impl Denoiser for Dit {
             self.patch.forward(&x_t.to_kind(kind)).flatten(2, 3).transpose(1, 2) + pos.unsqueeze(0);
         let t = t.to_kind(Kind::Float);
         let first = self.blocks[0].emb.as_ref().map(|e| e.forward(&t, &labels, kind));
-        let c0 = first.ok_or_else(|| DenoiserError::Torch("block 0 has no embedder".into()))?;
+        let c0 = first.ok_or_else(|| DenoiserError::Torch("block 0 has no embedder".into()))??;
         for (i, block) in self.blocks.iter().enumerate() {
             let ci = match &block.emb {
-                Some(e) if i > 0 => e.forward(&t, &labels, kind),
+                Some(e) if i > 0 => e.forward(&t, &labels, kind)?,
                 _ => c0.shallow_clone(),
             };
             x = block.forward(&x, &ci);

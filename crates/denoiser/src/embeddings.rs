@@ -95,8 +95,16 @@ impl LabelEmbedding {
     }
 }
 
-impl Module for LabelEmbedding {
-    fn forward(&self, labels: &Tensor) -> Tensor {
-        self.table.forward(labels)
+impl LabelEmbedding {
+    /// `(B,)` labels -> `(B, dim)`; an index outside the table is an error (on the CPU;
+    /// CUDA kernels assert instead), not a panic.
+    pub fn lookup(&self, labels: &Tensor) -> crate::Result<Tensor> {
+        lookup(&self.table, labels)
     }
+}
+
+/// Rows `labels (B,)` of an embedding table, as an error rather than a panic when an index
+/// is out of range.
+pub(crate) fn lookup(table: &nn::Embedding, labels: &Tensor) -> crate::Result<Tensor> {
+    Ok(Tensor::f_embedding(&table.ws, labels, -1, false, false)?)
 }

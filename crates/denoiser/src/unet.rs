@@ -540,7 +540,7 @@ impl Denoiser for UNet {
         let mut temb = self.time_embedding.forward(&t_emb);
         if let Some(table) = &self.class_embedding {
             let labels = self.label_dropout.labels(cond, b, x_t.device(), train)?;
-            temb += table.forward(&labels);
+            temb += crate::embeddings::lookup(table, &labels)?;
         }
         let mut h = self.conv_in.forward(&x_t.to_kind(kind));
         let mut skips = vec![h.shallow_clone()];

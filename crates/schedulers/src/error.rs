@@ -3,7 +3,7 @@
 use crate::Parameterization;
 
 /// What can go wrong when configuring or using a schedule or sampler.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ScheduleError {
     /// A configuration field has an invalid value; `field` is its name as written in TOML.
     #[error("invalid `{field}`: {reason}")]
@@ -38,6 +38,9 @@ pub enum ScheduleError {
         /// The known names, comma-separated.
         known: String,
     },
+    /// The model a sampler called failed; the source is its own error.
+    #[error("the model failed while sampling")]
+    Model(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
     /// A libtorch error while computing.
     #[error("libtorch: {0}")]
     Torch(String),

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::error::{Result, invalid};
+use crate::sampling::ModelError;
 
 fn default_scale() -> f64 {
     1.0
@@ -62,22 +63,36 @@ impl Guidance {
         uncond + (cond - uncond) * self.scale
     }
 
-    /// Wraps `model(x, t, conditional)` into a sampler model. `conditional = false` asks for
-    /// the unconditional prediction (e.g. null class labels). Reads the model time of the
-    /// first sample to decide the interval (one host read per call, sampling only).
-    pub fn wrap<'a, F>(&'a self, mut model: F) -> impl FnMut(&Tensor, &Tensor) -> Tensor + 'a
+    /// Wraps `model(x, t, branch)` into a sampler model. Where guidance applies, the model
+    /// gets one batch of 2B ([`Branch::Both`]: the inputs twice, rows `[0, B)` to be
+    /// conditioned, rows `[B, 2B)` unconditional, e.g. null class labels), as diffusers'
+    /// pipelines batch it; elsewhere B rows, [`Branch::Conditional`]. Reads the model time of
+    /// the first sample to decide the interval (one host read per call, sampling only).
+    pub fn wrap<'a, F>(
+        &'a self,
+        mut model: F,
+    ) -> impl FnMut(&Tensor, &Tensor) -> std::result::Result<Tensor, ModelError> + 'a
     where
-        F: FnMut(&Tensor, &Tensor, bool) -> Tensor + 'a,
+        F: FnMut(&Tensor, &Tensor, Branch) -> std::result::Result<Tensor, ModelError> + 'a,
     {
         move |x: &Tensor, t: &Tensor| {
-            let cond = model(x, t, true);
-            let t0 = if self.interval.is_some() { t.double_value(&[0]) } else { 0.0 };
-            if self.active_at(t0) {
-                let uncond = model(x, t, false);
-                self.combine(&cond, &uncond)
-            } else {
-                cond
+            let t0 = if self.interval.is_some() { t.f_double_value(&[0])? } else { 0.0 };
+            if !self.active_at(t0) {
+                return model(x, t, Branch::Conditional);
             }
+            let b = x.size()[0];
+            let both =
+                model(&Tensor::f_cat(&[x, x], 0)?, &Tensor::f_cat(&[t, t], 0)?, Branch::Both)?;
+            Ok(self.combine(&both.f_narrow(0, 0, b)?, &both.f_narrow(0, b, b)?))
         }
     }
+}
+
+/// Which predictions one model call under [`Guidance::wrap`] is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    /// Every row conditional (B rows).
+    Conditional,
+    /// 2B rows: the first B conditional, the last B the same inputs unconditional.
+    Both,
 }

@@ -47,11 +47,11 @@ pub mod time_sampling;
 pub mod weighting;
 
 pub use error::{Result, ScheduleError};
-pub use guidance::Guidance;
+pub use guidance::{Branch, Guidance};
 pub use parameterization::{NoiseLevel, Parameterization};
 pub use rng::Rng;
 pub use sampling::{
-    FixedNoise, NoiseSource, PreviousTimestep, Sampler, SamplerConfig, SamplerKind,
+    FixedNoise, ModelError, NoiseSource, PreviousTimestep, Sampler, SamplerConfig, SamplerKind,
     TimestepSpacing, TorchNoise,
 };
 pub use schedule::{

@@ -300,7 +300,7 @@ fn samplers_match_diffusers_step_and_loop() {
                 first = Some(x.copy());
             }
         };
-        let mut m = model;
+        let mut m = |x: &Tensor, t: &Tensor| Ok(model(x, t));
         let out = sampler
             .run(&f[&format!("{name}/noise")], &mut m, source.as_mut(), Some(&mut on_step))
             .unwrap();

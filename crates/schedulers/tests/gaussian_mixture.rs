@@ -73,7 +73,7 @@ fn posterior_mean(z: &Tensor, a: &Tensor, s: &Tensor) -> Tensor {
 fn exact_model(
     schedule: &NoiseSchedule,
     p: Parameterization,
-) -> impl FnMut(&Tensor, &Tensor) -> Tensor + '_ {
+) -> impl FnMut(&Tensor, &Tensor) -> Result<Tensor, lpl_schedulers::ModelError> + '_ {
     move |z: &Tensor, t_model: &Tensor| {
         let t = match schedule {
             NoiseSchedule::Discrete(_) => t_model.shallow_clone(),
@@ -82,12 +82,12 @@ fn exact_model(
         let (a, s) = schedule.alpha_sigma(&t).unwrap();
         let x0 = posterior_mean(z, &a, &s);
         let eps = (z - &x0 * a.view([-1, 1, 1, 1])) / s.view([-1, 1, 1, 1]);
-        match p {
+        Ok(match p {
             Parameterization::Eps => eps,
             Parameterization::X0 => x0,
             Parameterization::V => eps * a.view([-1, 1, 1, 1]) - &x0 * s.view([-1, 1, 1, 1]),
             Parameterization::Flow => eps - x0,
-        }
+        })
     }
 }
 

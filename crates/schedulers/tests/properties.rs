@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use lpl_schedulers::{
-    BetaSchedule, DiscreteConfig, FlowConfig, Guidance, NoiseSchedule, Parameterization, Sampler,
-    SamplerConfig, SamplerKind, ScheduleConfig, ScheduleError, TimeSampler, TimeSampling,
-    min_snr_weights, schedule, snr_gate,
+    BetaSchedule, Branch, DiscreteConfig, FlowConfig, Guidance, NoiseSchedule, Parameterization,
+    Sampler, SamplerConfig, SamplerKind, ScheduleConfig, ScheduleError, TimeSampler, TimeSampling,
+    TorchNoise, min_snr_weights, schedule, snr_gate,
 };
 use lpl_torch_ext::GlobalRng;
 use tch::{Device, Kind, Tensor};
@@ -319,20 +319,51 @@ fn guidance_applies_to_every_channel_and_respects_the_interval() {
     let uncond = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 2.0]).view([1, 4, 1, 1]);
     let out = Vec::<f32>::try_from(g.combine(&cond, &uncond).flatten(0, -1)).unwrap();
     assert_eq!(out, vec![3.0, 4.0, 7.0, 8.0]);
-    let mut uncond_calls = 0;
+    let mut batched_calls = 0;
     {
-        let mut model = g.wrap(|x: &Tensor, _t: &Tensor, conditional: bool| {
-            if !conditional {
-                uncond_calls += 1;
-            }
-            if conditional { x.ones_like() } else { x.zeros_like() }
+        // conditional rows predict 1, unconditional rows 0
+        let mut model = g.wrap(|x: &Tensor, _t: &Tensor, branch: Branch| {
+            let b = x.size()[0];
+            Ok(match branch {
+                Branch::Conditional => x.ones_like(),
+                Branch::Both => {
+                    batched_calls += 1;
+                    Tensor::cat(
+                        &[
+                            x.narrow(0, 0, b / 2).ones_like(),
+                            x.narrow(0, b / 2, b / 2).zeros_like(),
+                        ],
+                        0,
+                    )
+                }
+            })
         });
         let x = Tensor::zeros([2, 4, 2, 2], (Kind::Float, Device::Cpu));
         for (t, expected) in [(900.0, 1.0), (500.0, 3.0), (100.0, 1.0)] {
-            let out = model(&x, &Tensor::full([2], t, (Kind::Float, Device::Cpu)));
+            let out = model(&x, &Tensor::full([2], t, (Kind::Float, Device::Cpu))).unwrap();
+            assert_eq!(out.size(), x.size());
             assert_eq!(f64::try_from(out.min()).unwrap(), expected, "t = {t}");
             assert_eq!(f64::try_from(out.max()).unwrap(), expected, "t = {t}");
         }
     }
-    assert_eq!(uncond_calls, 1, "the unconditional pass runs only inside the interval");
+    assert_eq!(batched_calls, 1, "the unconditional rows run only inside the interval");
+    // the model's error ends the sampling, its message kept in the source chain
+    let schedule = NoiseSchedule::preset("dit").unwrap();
+    let sampler =
+        Sampler::new(&schedule, Parameterization::Eps, &SamplerConfig::new(SamplerKind::Ddim, 3))
+            .unwrap();
+    let mut failing = |_: &Tensor, _: &Tensor| -> Result<Tensor, lpl_schedulers::ModelError> {
+        Err("out of memory in block 3".into())
+    };
+    let err = sampler
+        .run(
+            &Tensor::zeros([1, 4, 2, 2], (Kind::Float, Device::Cpu)),
+            &mut failing,
+            &mut TorchNoise,
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ScheduleError::Model(_)));
+    let source = std::error::Error::source(&err).map(|e| e.to_string());
+    assert_eq!(source.as_deref(), Some("out of memory in block 3"));
 }

@@ -1,6 +1,7 @@
 //! Sampling throughput (`cargo xtask bench` runs it): images per second of whole sampling
-//! loops from a class-conditional DiT with classifier-free guidance 2 (two denoiser calls of
-//! batch B per step, conditional and unconditional: the "evaluations" column counts them),
+//! loops from a class-conditional DiT with classifier-free guidance 2 (one denoiser call of
+//! 2B rows per step, conditional and unconditional batched: the "evaluations" column counts
+//! calls),
 //! per sampler, and of decoding the latents to pixels; random weights (speed does not depend
 //! on them).
 //!
@@ -19,7 +20,7 @@ use lpl_autoencoder::{Autoencoder, AutoencoderKl, AutoencoderKlConfig};
 use lpl_denoiser::{Denoiser, Dit, DitConfig};
 use lpl_schedulers::{Guidance, NoiseSchedule, Parameterization, SamplerConfig, SamplerKind};
 use lpl_trainer::run_config::SampleConfig;
-use lpl_trainer::sampling::{decode, sample_latents};
+use lpl_trainer::sampling::{SampleLabels, SampleRequest, decode};
 use support::{arg, out_dir, peak_mb, sync};
 use tch::{Device, Kind, Tensor};
 
@@ -58,7 +59,7 @@ fn main() {
     ];
     let schedule = NoiseSchedule::preset("dit").unwrap().to_device(device);
     println!(
-        "\nsampling, {device:?}, classifier-free guidance 2 (two calls of batch B per step), median of 3\n"
+        "\nsampling, {device:?}, classifier-free guidance 2 (one call of 2B rows per step), median of 3\n"
     );
     println!(
         "| model | latent | batch | sampler | steps | evaluations | images/s | ms / evaluation | decode images/s | peak MB |"
@@ -98,17 +99,16 @@ fn main() {
             let counting = CountingDenoiser { inner: &dit, calls: std::cell::Cell::new(0) };
             let s = time(device, || {
                 counting.calls.set(0);
-                let _ = sample_latents(
+                let mut request = SampleRequest::new(
                     &counting,
                     &schedule,
                     Parameterization::Eps,
+                    shape,
                     &sample,
-                    Some(&labels),
-                    &shape,
-                    batch,
                     device,
-                )
-                .unwrap();
+                );
+                request.labels = SampleLabels::Given(labels.shallow_clone());
+                let _ = request.latents().unwrap();
                 evaluations = counting.calls.get();
             });
             let ips = batch as f64 / s;

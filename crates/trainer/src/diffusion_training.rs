@@ -23,6 +23,7 @@ use crate::ema::Ema;
 use crate::error::{Result, TrainError, invalid};
 use crate::run_checkpoint::{self, RunState};
 use crate::run_config::{RunConfig, SampleConfig};
+use crate::sampling::SampleRequest;
 use crate::step_log::{LplTerms, MetricsFile, StepCounters};
 use crate::{progress, sampling};
 
@@ -380,18 +381,17 @@ pub fn train_model(
                 seed: ev.config.seed,
                 every: 0,
             };
-            let images = sampling::sample_ema_images(
+            let request = SampleRequest::new(
                 model,
-                &ema,
-                ae.as_ref(),
-                &codec,
                 &schedule,
                 param,
+                cache.manifest.latent_shape,
                 &sample,
-                cache.manifest.num_classes,
-                &cache.manifest.latent_shape,
                 device,
-            )?;
+            )
+            .cycling(cache.manifest.num_classes);
+            let images =
+                sampling::with_ema_weights(model, &ema, || request.images(ae.as_ref(), &codec))?;
             let m = ev.evaluate(&images, step, last_checkpoint.as_deref())?;
             let line = serde_json::json!({"step": step, "eval": m});
             metrics.append(&line)?;
@@ -401,19 +401,18 @@ pub fn train_model(
             let periodic = sample.every > 0 && step.is_multiple_of(sample.every);
             if periodic || step == total {
                 let path = config.output_dir.join("grids").join(format!("step-{step:07}.png"));
-                sampling::write_grid(
+                let request = SampleRequest::new(
                     model,
-                    &ema,
-                    ae.as_ref(),
-                    &codec,
                     &schedule,
                     param,
+                    cache.manifest.latent_shape,
                     sample,
-                    cache.manifest.num_classes,
-                    &cache.manifest.latent_shape,
-                    &path,
                     device,
-                )?;
+                )
+                .cycling(cache.manifest.num_classes);
+                sampling::with_ema_weights(model, &ema, || {
+                    request.write_grid(ae.as_ref(), &codec, &path)
+                })?;
                 grid = Some(path);
             }
         }

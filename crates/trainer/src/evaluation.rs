@@ -7,12 +7,13 @@ use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_data::LatentCache;
 use lpl_denoiser::Denoiser;
 use lpl_schedulers::{NoiseSchedule, Parameterization};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::diffusion_training::{build_model, open_autoencoder};
 use crate::error::{Result, TrainError};
 use crate::run_checkpoint;
 use crate::run_config::{RunConfig, SampleConfig};
+use crate::sampling::SampleRequest;
 
 /// A run's latest (or a given) checkpoint, loaded for sampling: EMA weights in the model.
 pub struct TrainedRun {
@@ -81,23 +82,23 @@ impl TrainedRun {
 }
 
 impl TrainedRun {
-    /// `sample.count` images `(N, C, H, W)` in `[0, 1]` on the CPU from the EMA weights, with
-    /// labels cycling over the classes (so a grid row shows the classes in order).
-    pub fn sample_images(&self, sample: &SampleConfig, device: Device) -> Result<Tensor> {
-        let n = sample.count as i64;
-        let labels =
-            self.num_classes.map(|k| Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(k));
-        let latents = crate::sampling::sample_latents(
+    /// A [`SampleRequest`] for `sample` from the EMA weights (labels cycling over the
+    /// classes, so a grid row shows the classes in order).
+    pub fn request(&self, sample: &SampleConfig, device: Device) -> SampleRequest<'_> {
+        SampleRequest::new(
             self.model.as_ref(),
             &self.schedule,
             self.parameterization,
+            self.latent_shape,
             sample,
-            labels.as_ref(),
-            &self.latent_shape,
-            n,
             device,
-        )?;
-        Ok(crate::sampling::decode(self.ae.as_ref(), &self.codec, &latents)?.to_device(Device::Cpu))
+        )
+        .cycling(self.num_classes)
+    }
+
+    /// `sample.count` images `(N, C, H, W)` in `[0, 1]` on the CPU from the EMA weights.
+    pub fn sample_images(&self, sample: &SampleConfig, device: Device) -> Result<Tensor> {
+        self.request(sample, device).images(self.ae.as_ref(), &self.codec)
     }
 }
 

@@ -1,61 +1,181 @@
-//! Sampling from a trained denoiser (its EMA weights) and writing image grids.
+//! Sampling from a denoiser: one [`SampleRequest`] describes what to sample and is used by
+//! the grids of a training run, periodic evaluation, `lpl sample`, `lpl eval` and the
+//! ablation; [`with_ema_weights`] samples from a model's EMA weights.
 
 use std::path::Path;
 
 use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_denoiser::{Conditioning, Denoiser};
-use lpl_schedulers::{NoiseSchedule, Parameterization, Sampler, TorchNoise};
+use lpl_schedulers::{
+    Branch, Guidance, ModelError, NoiseSchedule, Parameterization, Sampler, SamplerConfig,
+    TorchNoise,
+};
 use lpl_torch_ext::GlobalRng;
 use tch::{Device, Kind, Tensor};
 
 use crate::ema::Ema;
-use crate::error::{Result, TrainError};
+use crate::error::{Result, invalid};
 use crate::run_config::SampleConfig;
 
-/// `n` model-space latents `(n, C, h, w)` from `model` with the configured sampler and
-/// guidance, class `labels` `(n,)` (or unconditional), initial noise from `sample.seed`.
-#[allow(clippy::too_many_arguments)]
-pub fn sample_latents(
-    model: &dyn Denoiser,
-    schedule: &NoiseSchedule,
-    param: Parameterization,
-    sample: &SampleConfig,
-    labels: Option<&Tensor>,
-    latent_shape: &[i64; 3],
-    n: i64,
-    device: Device,
-) -> Result<Tensor> {
-    let _rng = GlobalRng::seeded(sample.seed as i64);
-    let [c, h, w] = *latent_shape;
-    let noise = Tensor::randn([n, c, h, w], (Kind::Float, device));
-    let sampler = Sampler::new(schedule, param, &sample.sampler)?;
-    let cond = |conditional: bool| match (labels, conditional) {
-        (Some(l), true) => Conditioning::labels(l.to_device(device)),
-        _ => Conditioning::none(),
-    };
-    let failure = std::cell::RefCell::new(None);
-    let call = |x: &Tensor, t: &Tensor, conditional: bool| -> Tensor {
-        model.forward(x, t, &cond(conditional)).unwrap_or_else(|e| {
-            failure.borrow_mut().get_or_insert(e.to_string());
-            x.zeros_like()
-        })
-    };
-    let out = tch::no_grad(|| -> Result<Tensor> {
-        if labels.is_some() && sample.guidance.scale != 1.0 {
-            let mut guided = sample.guidance.wrap(call);
-            Ok(sampler.run(&noise, &mut guided, &mut TorchNoise, None)?)
-        } else {
-            let mut plain = |x: &Tensor, t: &Tensor| call(x, t, true);
-            Ok(sampler.run(&noise, &mut plain, &mut TorchNoise, None)?)
-        }
-    })?;
-    if let Some(e) = failure.into_inner() {
-        return Err(TrainError::Torch(format!("denoiser failed while sampling: {e}")));
-    }
-    Ok(out)
+/// The class labels of a [`SampleRequest`].
+#[derive(Debug)]
+pub enum SampleLabels {
+    /// No labels (unconditional models, or the null class everywhere): no guidance.
+    Unconditional,
+    /// `0, 1, ..., classes - 1, 0, 1, ...`: each row of a grid `classes` wide shows the
+    /// classes in order.
+    Cycle(i64),
+    /// Given labels `(count,)`, checked against the model's classes when sampling starts.
+    Given(Tensor),
 }
 
-/// Model-space latents `(n, C, h, w)` to pixel images `(n, C_img, H, W)` in `[0, 1]`.
+/// What to sample: the model and its schedule, the sampler and its steps, guidance and its
+/// interval, the labels, the seed of the initial noise, how many and how many per call.
+///
+/// The initial noise `(count, C, h, w)` is drawn at once from `seed`, so the first `k`
+/// samples do not depend on `count` or `batch` for deterministic samplers (DDIM with
+/// eta = 0, DPM-Solver++, Euler, Heun, flow); stochastic ones draw their step noise batch
+/// after batch.
+pub struct SampleRequest<'a> {
+    /// The denoiser (its current weights: see [`with_ema_weights`]).
+    pub model: &'a dyn Denoiser,
+    /// Its noise schedule.
+    pub schedule: &'a NoiseSchedule,
+    /// What it predicts.
+    pub parameterization: Parameterization,
+    /// `[C, h, w]` of one latent.
+    pub latent_shape: [i64; 3],
+    /// The sampler and its number of steps.
+    pub sampler: SamplerConfig,
+    /// Classifier-free guidance (needs labels and a class-conditional model).
+    pub guidance: Guidance,
+    /// Class labels.
+    pub labels: SampleLabels,
+    /// Seed of the initial noise (and of stochastic samplers' step noise).
+    pub seed: u64,
+    /// Number of samples.
+    pub count: usize,
+    /// Samples per sampler run (the model sees twice as many rows under guidance); 0: all.
+    pub batch: usize,
+    /// Where to compute.
+    pub device: Device,
+}
+
+impl<'a> SampleRequest<'a> {
+    /// A request for `sample` (sampler, guidance, count, seed) from `model`, unconditional,
+    /// all in one batch (see [`Self::cycling`] for labels).
+    pub fn new(
+        model: &'a dyn Denoiser,
+        schedule: &'a NoiseSchedule,
+        parameterization: Parameterization,
+        latent_shape: [i64; 3],
+        sample: &SampleConfig,
+        device: Device,
+    ) -> Self {
+        Self {
+            model,
+            schedule,
+            parameterization,
+            latent_shape,
+            sampler: sample.sampler.clone(),
+            guidance: sample.guidance.clone(),
+            labels: SampleLabels::Unconditional,
+            seed: sample.seed,
+            count: sample.count,
+            batch: 0,
+            device,
+        }
+    }
+
+    /// Labels cycling over the data's `classes` (`None`: unconditional data, no labels; the
+    /// model was then trained on its null class only).
+    pub fn cycling(mut self, classes: Option<i64>) -> Self {
+        self.labels = classes.map_or(SampleLabels::Unconditional, SampleLabels::Cycle);
+        self
+    }
+
+    /// The labels `(count,)` on the CPU, checked once here (no check per model call).
+    fn label_tensor(&self) -> Result<Option<Tensor>> {
+        let n = self.count as i64;
+        let labels = match &self.labels {
+            SampleLabels::Unconditional => return Ok(None),
+            SampleLabels::Cycle(k) => Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(*k),
+            SampleLabels::Given(l) => l.shallow_clone(),
+        };
+        let classes = self.model.num_classes().ok_or_else(|| {
+            invalid("labels", "the model is not class-conditional: sample it without labels")
+        })?;
+        if labels.size() != [n] {
+            return Err(invalid(
+                "labels",
+                format!("{} samples need ({n},) labels, got {:?}", n, labels.size()),
+            ));
+        }
+        let checked = Conditioning::class_labels(labels, classes)?;
+        Ok(checked.labels)
+    }
+
+    /// Model-space latents `(count, C, h, w)`, f32 on the request's device.
+    pub fn latents(&self) -> Result<Tensor> {
+        let _rng = GlobalRng::seeded(self.seed as i64);
+        let labels = self.label_tensor()?;
+        let [c, h, w] = self.latent_shape;
+        let n = self.count as i64;
+        let noise = Tensor::f_randn([n, c, h, w], (Kind::Float, self.device))?;
+        let sampler = Sampler::new(self.schedule, self.parameterization, &self.sampler)?;
+        let batch = if self.batch == 0 { n.max(1) } else { self.batch as i64 };
+        let null = self.model.num_classes().unwrap_or(0);
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(batch as usize) {
+            let rows = batch.min(n - start);
+            let noise = noise.narrow(0, start, rows);
+            let labels = labels.as_ref().map(|l| l.narrow(0, start, rows).to_device(self.device));
+            let call = |x: &Tensor, t: &Tensor, branch: Branch| -> Result<Tensor, ModelError> {
+                let cond = match (&labels, branch) {
+                    (None, _) => Conditioning::none(),
+                    (Some(l), Branch::Conditional) => Conditioning::labels(l.shallow_clone()),
+                    (Some(l), Branch::Both) => {
+                        Conditioning::labels(Tensor::f_cat(&[l, &l.full_like(null)], 0)?)
+                    }
+                };
+                Ok(self.model.forward(x, t, &cond)?)
+            };
+            let out = tch::no_grad(|| {
+                if labels.is_some() && self.guidance.scale != 1.0 {
+                    sampler.run(&noise, &mut self.guidance.wrap(call), &mut TorchNoise, None)
+                } else {
+                    let mut plain = |x: &Tensor, t: &Tensor| call(x, t, Branch::Conditional);
+                    sampler.run(&noise, &mut plain, &mut TorchNoise, None)
+                }
+            })?;
+            parts.push(out);
+        }
+        Ok(Tensor::f_cat(&parts, 0)?)
+    }
+
+    /// Pixel images `(count, C_img, H, W)` in `[0, 1]` on the CPU, decoded by `ae` through
+    /// `codec`.
+    pub fn images(&self, ae: &dyn Autoencoder, codec: &LatentCodec) -> Result<Tensor> {
+        decode(ae, codec, &self.latents()?)
+    }
+
+    /// [`Self::images`] as a grid PNG at `path`, one row per cycle of the classes (else
+    /// square).
+    pub fn write_grid(&self, ae: &dyn Autoencoder, codec: &LatentCodec, path: &Path) -> Result<()> {
+        let images = self.images(ae, codec)?;
+        let n = images.size()[0];
+        let nrow = match &self.labels {
+            SampleLabels::Cycle(k) => *k,
+            _ => (n as f64).sqrt().ceil() as i64,
+        };
+        let grid = lpl_metrics::grid::make_grid(&images, nrow.max(1), 2);
+        lpl_data::folder::write_png(&grid, path)?;
+        Ok(())
+    }
+}
+
+/// Model-space latents `(n, C, h, w)` to pixel images `(n, C_img, H, W)` in `[0, 1]`, on the
+/// CPU, decoded 64 at a time.
 pub fn decode(ae: &dyn Autoencoder, codec: &LatentCodec, latents: &Tensor) -> Result<Tensor> {
     tch::no_grad(|| -> Result<Tensor> {
         let mut parts = Vec::new();
@@ -70,30 +190,18 @@ pub fn decode(ae: &dyn Autoencoder, codec: &LatentCodec, latents: &Tensor) -> Re
     })
 }
 
-/// Samples `sample.count` images `(N, C, H, W)` in `[0, 1]` from the EMA weights of `model`
-/// (labels cycle over the classes, so each grid row shows the classes in order). The model's
-/// own weights are restored afterwards.
-#[allow(clippy::too_many_arguments)]
-pub fn sample_ema_images(
+/// Runs `f` with the EMA weights of `ema` in `model`, then puts the model's own weights
+/// back (also when `f` fails).
+pub fn with_ema_weights<T>(
     model: &dyn Denoiser,
     ema: &Ema,
-    ae: &dyn Autoencoder,
-    codec: &LatentCodec,
-    schedule: &NoiseSchedule,
-    param: Parameterization,
-    sample: &SampleConfig,
-    classes: Option<i64>,
-    latent_shape: &[i64; 3],
-    device: Device,
-) -> Result<Tensor> {
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let vs = model.var_store();
     let backup: Vec<(String, Tensor)> =
         vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
     ema.copy_to(vs);
-    let n = sample.count as i64;
-    let labels = classes.map(|k| Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(k));
-    let result =
-        sample_latents(model, schedule, param, sample, labels.as_ref(), latent_shape, n, device);
+    let result = f();
     let vars = vs.variables();
     tch::no_grad(|| {
         for (k, v) in &backup {
@@ -102,39 +210,5 @@ pub fn sample_ema_images(
             }
         }
     });
-    decode(ae, codec, &result?)
-}
-
-/// [`sample_ema_images`], written as a grid PNG at `path`.
-#[allow(clippy::too_many_arguments)]
-pub fn write_grid(
-    model: &dyn Denoiser,
-    ema: &Ema,
-    ae: &dyn Autoencoder,
-    codec: &LatentCodec,
-    schedule: &NoiseSchedule,
-    param: Parameterization,
-    sample: &SampleConfig,
-    classes: Option<i64>,
-    latent_shape: &[i64; 3],
-    path: &Path,
-    device: Device,
-) -> Result<()> {
-    let images = sample_ema_images(
-        model,
-        ema,
-        ae,
-        codec,
-        schedule,
-        param,
-        sample,
-        classes,
-        latent_shape,
-        device,
-    )?;
-    let n = images.size()[0];
-    let nrow = classes.unwrap_or((n as f64).sqrt().ceil() as i64).max(1);
-    let grid = lpl_metrics::grid::make_grid(&images, nrow, 2);
-    lpl_data::folder::write_png(&grid, path)?;
-    Ok(())
+    result
 }

@@ -229,8 +229,12 @@ impl NoiseSource for FixedNoise {
     }
 }
 
+/// What a model called by a sampler may fail with (its own error, source chain kept).
+pub type ModelError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The model as samplers see it: `(x_t (B, ...), t (B,) f32 model time) -> prediction`.
-pub type Model<'a> = dyn FnMut(&Tensor, &Tensor) -> Tensor + 'a;
+/// Its error ends the sampling as [`ScheduleError::Model`](crate::ScheduleError::Model).
+pub type Model<'a> = dyn FnMut(&Tensor, &Tensor) -> std::result::Result<Tensor, ModelError> + 'a;
 
 /// Called after every step with the step index and the sampler's state (for Euler and Heun
 /// the k-diffusion state `x / alpha`, as diffusers keeps it).
@@ -343,7 +347,8 @@ fn unreachable_kind(kind: SamplerKind) -> Result<Tensor> {
 /// Calls the model at one model time for the whole batch.
 pub(crate) fn call(model: &mut Model<'_>, x: &Tensor, t_model: f32) -> Result<Tensor> {
     let t = Tensor::f_full([x.size()[0]], t_model as f64, (Kind::Float, x.device()))?;
-    Ok(model(x, &t).f_to_kind(Kind::Float)?)
+    let out = model(x, &t).map_err(|e| ScheduleError::Model(e.into()))?;
+    Ok(out.f_to_kind(Kind::Float)?)
 }
 
 /// A noise level with the same alpha and sigma for the whole batch.
