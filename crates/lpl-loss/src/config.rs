@@ -154,6 +154,31 @@ fn three() -> i64 {
     3
 }
 
+/// Deserializes `[loss.lpl]` as written: `preset = "paper"` (or `"diffusers"`) gives every
+/// field, the fields written beside it override the preset's; without `preset` every
+/// required field must be given. Unknown fields are errors naming them. For
+/// `#[serde(deserialize_with = "...")]` on an `Option<LplConfig>` field.
+pub fn optional_with_preset<'de, D>(d: D) -> std::result::Result<Option<LplConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    let Some(mut value) = value else { return Ok(None) };
+    if let Some(table) = value.as_object_mut()
+        && let Some(name) = table.remove("preset")
+    {
+        let name = name.as_str().ok_or_else(|| D::Error::custom("`preset` must be a string"))?;
+        let preset = LplConfig::preset(name).map_err(D::Error::custom)?;
+        let mut merged = serde_json::to_value(preset).map_err(D::Error::custom)?;
+        if let Some(base) = merged.as_object_mut() {
+            base.extend(std::mem::take(table));
+        }
+        value = merged;
+    }
+    serde_json::from_value(value).map(Some).map_err(D::Error::custom)
+}
+
 /// Names accepted by [`LplConfig::preset`].
 pub const LPL_PRESETS: [&str; 2] = ["paper", "diffusers"];
 

@@ -25,7 +25,7 @@ use tch::{Device, Kind};
 use crate::ae_training::{AeTrainConfig, load_split, train_autoencoder};
 use crate::cache_building::{CacheOptions, build_cache_from};
 use crate::diffusion_training::{Start, train};
-use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
+use crate::error::{Result, invalid, parse_toml, read_text};
 use crate::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights};
 use crate::provenance::{self, Provenance};
 use crate::run_config::{RunConfig, SampleConfig};
@@ -485,10 +485,8 @@ pub fn run_ablation(
                             let weights = default_effnet_weights().filter(|p| p.is_file()).ok_or_else(|| {
                                 invalid("eval", "EfficientNet-Lite0 weights missing: run `cargo xtask ablate` or `cargo xtask test`, which convert them")
                             })?;
-                            let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)
-                                .map_err(|e| TrainError::Torch(e.to_string()))?;
-                            let r = RealReference::new(&net, &real)
-                                .map_err(|e| TrainError::Torch(e.to_string()))?;
+                            let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)?;
+                            let r = RealReference::new(&net, &real)?;
                             reference = Some((net, r));
                         }
                         let Some((net, real_ref)) = reference.as_ref() else {
@@ -513,9 +511,7 @@ pub fn run_ablation(
                             2,
                         );
                         lpl_data::folder::write_png(&grid, &run.output_dir.join("samples.png"))?;
-                        let (metrics, spectrum) = real_ref
-                            .compare(net, &fake)
-                            .map_err(|e| TrainError::Torch(e.to_string()))?;
+                        let (metrics, spectrum) = real_ref.compare(net, &fake)?;
                         let record = EvalRecord {
                             count: config.eval_count,
                             steps: config.eval_steps,

@@ -8,25 +8,20 @@ use tch::nn::VarStore;
 
 use crate::error::{Result, invalid};
 
-fn decay() -> f64 {
-    0.999
-}
-
-/// EMA settings.
+/// EMA settings. A field left out of `[ema]` takes its value from [`Default`], as does a
+/// left-out `[ema]`: decay 0.999 with warm-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EmaConfig {
     /// Target decay.
-    #[serde(default = "decay")]
     pub decay: f64,
     /// Warm-up: the decay used at step s is `min(decay, (1 + s) / (10 + s))`.
-    #[serde(default)]
     pub warmup: bool,
 }
 
 impl Default for EmaConfig {
     fn default() -> Self {
-        Self { decay: decay(), warmup: true }
+        Self { decay: 0.999, warmup: true }
     }
 }
 

@@ -66,21 +66,15 @@ pub enum TrainError {
     /// A denoiser error.
     #[error(transparent)]
     Denoiser(#[from] lpl_denoiser::DenoiserError),
+    /// A feature network or statistics error (evaluation).
+    #[error(transparent)]
+    Metrics(#[from] lpl_metrics::StatsError),
     /// A libtorch error.
-    #[error("libtorch: {0}")]
-    Torch(String),
-}
-
-impl From<tch::TchError> for TrainError {
-    fn from(e: tch::TchError) -> Self {
-        Self::Torch(e.to_string())
-    }
-}
-
-impl From<lpl_torch_ext::TorchExtError> for TrainError {
-    fn from(e: lpl_torch_ext::TorchExtError) -> Self {
-        Self::Torch(e.to_string())
-    }
+    #[error("libtorch")]
+    Torch(#[from] tch::TchError),
+    /// An error of the libtorch extension shim (autocast, fused AdamW).
+    #[error("libtorch extension")]
+    TorchExt(#[from] lpl_torch_ext::TorchExtError),
 }
 
 /// `Result` with [`TrainError`].
@@ -99,8 +93,8 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
         .map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
 }
 
-/// Reads a text file; errors name it.
+/// Reads a text file; errors name it, as I/O errors.
 pub(crate) fn read_text(path: &std::path::Path) -> Result<String> {
     std::fs::read_to_string(path)
-        .map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
+        .map_err(|e| TrainError::Io { path: path.to_path_buf(), source: e })
 }

@@ -20,6 +20,7 @@ pub mod diffusion_training;
 pub mod ema;
 mod error;
 pub mod evaluation;
+pub mod objective;
 pub mod progress;
 pub mod provenance;
 pub mod report;
@@ -27,5 +28,6 @@ pub mod run_checkpoint;
 pub mod run_config;
 pub mod sampling;
 mod step_log;
+pub mod training_hooks;
 
 pub use error::{Result, TrainError};

@@ -63,60 +63,63 @@ impl DiffusionConfig {
     }
 }
 
-/// The loss: MSE on the parameterisation's target, optionally min-SNR weighted, plus LPL.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The loss: MSE on the parameterisation's target, optionally min-SNR weighted, plus LPL
+/// or the pixel baseline. [`Default`] (and a left-out `[loss]`): plain MSE.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
     /// Min-SNR-gamma weighting of the MSE.
-    #[serde(default)]
     pub min_snr_gamma: Option<f64>,
-    /// The latent perceptual loss (absent: MSE only).
-    #[serde(default)]
+    /// The latent perceptual loss (absent: MSE only); `preset = "paper"` or `"diffusers"`
+    /// gives every field, the others written beside it override the preset's.
+    #[serde(deserialize_with = "lpl_loss::config::optional_with_preset")]
     pub lpl: Option<LplConfig>,
+    /// The pixel-space baseline: MSE between the decodes of the predicted and the true
+    /// clean latents, added with its weight (not together with `lpl`).
+    pub pixel: Option<PixelLossConfig>,
 }
 
-fn default_lr() -> f64 {
-    1e-4
-}
-fn default_clip() -> Option<f64> {
-    Some(1.0)
-}
-
-/// Optimiser and learning-rate schedule.
+/// `[loss.pixel]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct PixelLossConfig {
+    /// Weight of the pixel term in the total.
+    pub weight: f64,
+}
+
+/// Optimiser and learning-rate schedule. [`Default`] (for every left-out field too): lr
+/// 1e-4, no warm-up, clipping at 1, betas (0.9, 0.999), eps 1e-8, no weight decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     /// Peak learning rate.
-    #[serde(default = "default_lr")]
     pub lr: f64,
     /// Linear warm-up steps.
-    #[serde(default)]
     pub warmup_steps: usize,
     /// Global gradient-norm clipping (`None`: off).
-    #[serde(default = "default_clip")]
     pub grad_clip: Option<f64>,
     /// AdamW first-moment decay.
-    #[serde(default = "beta1")]
     pub beta1: f64,
     /// AdamW second-moment decay.
-    #[serde(default = "beta2")]
     pub beta2: f64,
     /// AdamW epsilon.
-    #[serde(default = "adam_eps")]
     pub eps: f64,
     /// Decoupled weight decay (tensors of rank >= 2).
-    #[serde(default)]
     pub weight_decay: f64,
 }
 
-fn beta1() -> f64 {
-    0.9
-}
-fn beta2() -> f64 {
-    0.999
-}
-fn adam_eps() -> f64 {
-    1e-8
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            warmup_steps: 0,
+            grad_clip: Some(1.0),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
 }
 
 impl OptimConfig {
@@ -178,10 +181,6 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
-fn yes() -> bool {
-    true
-}
-
 /// The dtype the denoiser's matmuls and convolutions run in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -205,21 +204,19 @@ impl ComputeDtype {
 }
 
 /// `[precision]`: mixed precision of the training step (fp16 is not offered: it needs loss
-/// scaling, which bf16's f32 exponent range makes unnecessary).
+/// scaling, which bf16's f32 exponent range makes unnecessary). Left-out fields take
+/// [`Default`]'s values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct PrecisionConfig {
     /// `"f32"` (default) or `"bf16"` autocast of the denoiser's forward pass (CPU or CUDA;
     /// on CPU bf16 is usually slower, use it there only to check a config).
-    #[serde(default)]
     pub compute: ComputeDtype,
     /// TF32 tensor-core math for the remaining f32 matmuls and convolutions on CUDA (default
     /// on, as in DiT's training script; no effect on CPU).
-    #[serde(default = "yes")]
     pub tf32: bool,
     /// Run the LPL decoder branch under the autocast dtype too. Default off: the decoder
     /// features and their statistics are computed in f32 from the f32-cast prediction.
-    #[serde(default)]
     pub lpl_decoder_autocast: bool,
 }
 
@@ -268,10 +265,10 @@ pub struct RunConfig {
     /// Schedule and parameterisation.
     pub diffusion: DiffusionConfig,
     /// The loss.
-    #[serde(default = "no_lpl")]
+    #[serde(default)]
     pub loss: LossConfig,
     /// The optimiser.
-    #[serde(default = "default_optim")]
+    #[serde(default)]
     pub optim: OptimConfig,
     /// The loop.
     pub train: TrainConfig,
@@ -288,22 +285,6 @@ pub struct RunConfig {
     /// checkpoint by it.
     #[serde(default)]
     pub eval: Option<PeriodicEval>,
-}
-
-fn no_lpl() -> LossConfig {
-    LossConfig { min_snr_gamma: None, lpl: None }
-}
-
-fn default_optim() -> OptimConfig {
-    OptimConfig {
-        lr: default_lr(),
-        warmup_steps: 0,
-        grad_clip: default_clip(),
-        beta1: beta1(),
-        beta2: beta2(),
-        eps: adam_eps(),
-        weight_decay: 0.0,
-    }
 }
 
 /// `[eval]`: every `every` steps (a multiple of `train.checkpoint_every`), `count` images
@@ -367,6 +348,14 @@ impl RunConfig {
             .map_err(|e| invalid("diffusion.time_sampling", e.to_string()))?;
         if let Some(lpl) = &self.loss.lpl {
             lpl.validate().map_err(|e| invalid("loss.lpl", e.to_string()))?;
+        }
+        if self.loss.lpl.is_some() && self.loss.pixel.is_some() {
+            return Err(invalid("loss", "give `[loss.lpl]` or `[loss.pixel]`, not both"));
+        }
+        if let Some(p) = &self.loss.pixel
+            && !(p.weight.is_finite() && p.weight >= 0.0)
+        {
+            return Err(invalid("loss.pixel.weight", format!("must be >= 0, got {}", p.weight)));
         }
         if let Some(g) = self.loss.min_snr_gamma
             && (g.is_nan() || g <= 0.0)

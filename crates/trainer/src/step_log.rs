@@ -3,12 +3,14 @@
 //!
 //! One semantics for every value of a `metrics.jsonl` line: the mean over the finite steps
 //! of its log window (the steps since the previous line; a step's value is itself the mean
-//! over its micro-batches). `loss`, `mse`, `grad_norm` (the gradients' total L2 norm before
-//! clipping) and, while LPL is active, `lpl` (the weighted LPL term added to the loss),
-//! `lpl_kept_fraction` and `lpl_masked_fraction` (per layer); `skipped` counts the window's
-//! non-finite steps. After a resume the file holds each step once: lines past the
+//! over its micro-batches). `loss`, `grad_norm` (the gradients' total L2 norm before
+//! clipping) and the objective's named terms (`mse`; while LPL is active `lpl`, the
+//! weighted LPL term added to the loss, `lpl_kept_fraction` and `lpl_masked_fraction` per
+//! layer; `pixel`), each averaged over the finite steps that have it (null when all of them
+//! were skipped); `skipped` counts the window's non-finite steps. After a resume the file holds each step once: lines past the
 //! checkpoint resumed from are dropped before training continues.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -16,26 +18,22 @@ use tch::{Device, Kind, Tensor};
 
 use crate::{Result, TrainError};
 
-/// The LPL part of one step (0-d f32 tensors, `masked_fraction` `(L,)`).
-pub(crate) struct LplTerms {
-    pub total: Tensor,
-    pub kept_fraction: Tensor,
-    pub masked_fraction: Tensor,
-}
+/// The named terms of one step (each the mean over its micro-batches: accumulated with
+/// weight `1 / grad_accum`), detached, on the device.
+#[derive(Default)]
+pub(crate) struct StepTerms(pub BTreeMap<&'static str, Tensor>);
 
-impl LplTerms {
-    /// `self += other * scale` (accumulating micro-batches), or `other * scale` for `None`.
-    pub fn accumulate(into: &mut Option<LplTerms>, other: &lpl_loss::LplOutput, scale: f64) {
-        let add = |a: Option<&Tensor>, b: &Tensor| {
-            let b = b.detach().to_kind(Kind::Float) * scale;
-            a.map_or_else(|| b.shallow_clone(), |a| a + &b)
-        };
-        let prev = into.take();
-        *into = Some(LplTerms {
-            total: add(prev.as_ref().map(|p| &p.total), &other.total),
-            kept_fraction: add(prev.as_ref().map(|p| &p.kept_fraction), &other.kept_fraction),
-            masked_fraction: add(prev.as_ref().map(|p| &p.masked_fraction), &other.masked_fraction),
-        });
+impl StepTerms {
+    /// `self[name] += value * scale` for every term of one micro-batch.
+    pub fn accumulate(&mut self, terms: &[(&'static str, Tensor)], scale: f64) {
+        for (name, value) in terms {
+            let v = value.detach().to_kind(Kind::Float) * scale;
+            let sum = match self.0.remove(name) {
+                Some(s) => s + v,
+                None => v,
+            };
+            self.0.insert(name, sum);
+        }
     }
 }
 
@@ -52,16 +50,13 @@ pub(crate) struct StepCounters {
 
 #[derive(Default)]
 struct Window {
-    /// Finite steps, and those of them with LPL active.
+    /// Finite steps.
     steps: Option<Tensor>,
     skipped: Option<Tensor>,
     loss: Option<Tensor>,
-    mse: Option<Tensor>,
     grad_norm: Option<Tensor>,
-    lpl_steps: Option<Tensor>,
-    lpl: Option<Tensor>,
-    lpl_kept: Option<Tensor>,
-    lpl_masked: Option<Tensor>,
+    /// Per term: (sum over the finite steps that have it, number of those steps).
+    terms: BTreeMap<&'static str, (Option<Tensor>, Option<Tensor>)>,
 }
 
 /// `sum += value` where `keep` (0-d bool), starting from zero.
@@ -79,20 +74,35 @@ fn mean(sum: &Option<Tensor>, count: &Option<Tensor>) -> Result<Option<f64>> {
     Ok((n > 0.0).then(|| sum.double_value(&[]) / n))
 }
 
+/// A term's window mean: a number for 0-d terms, a list for `(L,)` ones; `None` if every
+/// step of the window that had it was skipped.
+fn term_mean(sum: &Option<Tensor>, count: &Option<Tensor>) -> Result<Option<serde_json::Value>> {
+    let (Some(sum), Some(count)) = (sum, count) else { return Ok(None) };
+    if count.double_value(&[]) <= 0.0 {
+        return Ok(None);
+    }
+    let m = (sum / count).to_kind(Kind::Double).to_device(Device::Cpu);
+    Ok(Some(if m.dim() == 0 {
+        m.double_value(&[]).into()
+    } else {
+        Vec::<f64>::try_from(m.flatten(0, -1))?.into()
+    }))
+}
+
 impl StepCounters {
     pub fn new(device: Device) -> Self {
         let zero = || Tensor::zeros([], (Kind::Float, device));
         Self { skipped: zero(), run: zero(), longest_run: zero(), window: Window::default() }
     }
 
-    /// Records one step: `found_inf` (0-d f32, 1 for a skipped step) and its terms.
+    /// Records one step: `found_inf` (0-d f32, 1 for a skipped step), its loss, the
+    /// gradients' norm and its named terms.
     pub fn record(
         &mut self,
         found_inf: &Tensor,
         loss: &Tensor,
-        mse: &Tensor,
         grad_norm: &Tensor,
-        lpl: Option<&LplTerms>,
+        terms: &StepTerms,
     ) {
         tch::no_grad(|| {
             self.skipped += found_inf;
@@ -104,13 +114,11 @@ impl StepCounters {
             add_if(&mut w.steps, &one, &finite);
             add_if(&mut w.skipped, found_inf, &found_inf.ones_like().to_kind(Kind::Bool));
             add_if(&mut w.loss, loss, &finite);
-            add_if(&mut w.mse, mse, &finite);
             add_if(&mut w.grad_norm, grad_norm, &finite);
-            if let Some(l) = lpl {
-                add_if(&mut w.lpl_steps, &one, &finite);
-                add_if(&mut w.lpl, &l.total, &finite);
-                add_if(&mut w.lpl_kept, &l.kept_fraction, &finite);
-                add_if(&mut w.lpl_masked, &l.masked_fraction, &finite);
+            for (name, value) in &terms.0 {
+                let (sum, count) = w.terms.entry(name).or_default();
+                add_if(count, &one, &finite);
+                add_if(sum, value, &finite);
             }
         });
     }
@@ -128,19 +136,14 @@ impl StepCounters {
         let mut line = serde_json::json!({
             "step": step,
             "loss": loss,
-            "mse": mean(&w.mse, &w.steps)?.unwrap_or(f64::NAN),
             "grad_norm": mean(&w.grad_norm, &w.steps)?.unwrap_or(f64::NAN),
             "skipped": w.skipped.as_ref().map_or(0.0, |s| s.double_value(&[])),
             "lr": lr,
             "samples_per_sec": samples_per_sec,
         });
-        if let Some(lpl) = mean(&w.lpl, &w.lpl_steps)? {
-            line["lpl"] = lpl.into();
-            line["lpl_kept_fraction"] = mean(&w.lpl_kept, &w.lpl_steps)?.unwrap_or(f64::NAN).into();
-            if let (Some(masked), Some(n)) = (&w.lpl_masked, &w.lpl_steps) {
-                let per_layer = (masked / n).to_kind(Kind::Double).to_device(Device::Cpu);
-                line["lpl_masked_fraction"] = Vec::<f64>::try_from(per_layer)?.into();
-            }
+        for (name, (sum, count)) in &w.terms {
+            // NaN (null in JSON) when every step that had the term was skipped
+            line[*name] = term_mean(sum, count)?.unwrap_or_else(|| f64::NAN.into());
         }
         Ok((loss, line))
     }

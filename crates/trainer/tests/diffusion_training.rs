@@ -8,11 +8,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lpl_autoencoder::{AutoencoderKl, AutoencoderKlConfig, checkpoint};
+use lpl_loss::LplConfig;
 use lpl_torch_ext::GlobalRng;
 use lpl_trainer::cache_building::{CacheOptions, build_cache};
-use lpl_trainer::diffusion_training::{Start, train};
+use lpl_trainer::diffusion_training::{Start, train, train_with_objective};
+use lpl_trainer::ema::EmaConfig;
+use lpl_trainer::objective::{Loss, MicroBatch, Mse, Objective};
 use lpl_trainer::run_checkpoint;
 use lpl_trainer::run_config::RunConfig;
+use lpl_trainer::training_hooks::{Hook, StepEnd};
 use tch::{Device, Kind, Tensor};
 
 /// A tiny AE checkpoint and a cache of 64 smooth 1-channel 16x16 images with 4 classes.
@@ -575,4 +579,135 @@ fn flip_on_a_cache_without_flips_is_refused() {
     let err = train(&config, Start::Fresh, Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("data.flip") && err.contains("no flipped copies"), "{err}");
     assert!(err.contains(&config.data.cache.display().to_string()), "{err}");
+}
+
+/// A user's objective: twice the MSE, logged as `double_mse`.
+struct DoubleMse;
+
+impl Objective for DoubleMse {
+    fn loss(&self, batch: &MicroBatch<'_>) -> lpl_trainer::Result<Loss> {
+        let mse = Mse::default().value(batch)?;
+        let double = mse * 2.0;
+        Ok(Loss { terms: vec![("double_mse", double.detach())], total: double })
+    }
+}
+
+/// A hook that records what the loop tells it.
+#[derive(Default)]
+struct Recorder {
+    ends: Vec<(usize, bool, bool)>,
+    lines: Vec<serde_json::Value>,
+}
+
+impl Hook for Recorder {
+    fn after_step(
+        &mut self,
+        end: &StepEnd<'_>,
+        metrics: Option<&serde_json::Value>,
+    ) -> lpl_trainer::Result<()> {
+        self.ends.push((end.step, end.checkpointed, end.checkpoint.is_some_and(|p| p.exists())));
+        self.lines.extend(metrics.cloned());
+        Ok(())
+    }
+}
+
+fn metric_lines(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn objectives_come_from_the_config_or_the_caller_and_hooks_see_every_step() {
+    let (_rng, dir) = isolated("objectives");
+    // [loss.pixel]: the pixel-space baseline, logged as `pixel`; loss = mse + pixel
+    let pixel = config_with(&dir, "pixel", 3, false, "[loss.pixel]\nweight = 0.5\n");
+    train(&pixel, Start::Fresh, Device::Cpu).unwrap();
+    for line in metric_lines(&dir.join("pixel")) {
+        let (loss, mse, px) = (
+            line["loss"].as_f64().unwrap(),
+            line["mse"].as_f64().unwrap(),
+            line["pixel"].as_f64().unwrap(),
+        );
+        assert!(px > 0.0, "{line}");
+        // f32 sums of two terms: a few ulps of the loss (~0.1..10)
+        assert!((loss - (mse + px)).abs() <= 1e-5 * loss.abs().max(1.0), "{line}");
+    }
+    // LPL and pixel together are refused, naming the section
+    let mut both = config(&dir, "both", 3, true);
+    both.loss.pixel = pixel.loss.pixel.clone();
+    let err = train(&both, Start::Fresh, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("`loss`"), "{err}");
+
+    // the caller's objective and hook
+    let custom = config(&dir, "custom", 4, false);
+    let cache = lpl_data::LatentCache::open(&custom.data.cache).unwrap();
+    let model = lpl_trainer::diffusion_training::build_model(
+        &custom,
+        cache.manifest.latent_shape,
+        cache.manifest.num_classes,
+        Device::Cpu,
+    )
+    .unwrap();
+    let mut recorder = Recorder::default();
+    let outcome = train_with_objective(
+        &custom,
+        model.as_ref(),
+        Start::Fresh,
+        Device::Cpu,
+        &mut [&mut recorder],
+        |_, _| Ok(Box::new(DoubleMse)),
+    )
+    .unwrap();
+    assert_eq!(outcome.step, 4);
+    // checkpoint_every = 3 and the last step: the checkpoint exists when the hook runs
+    assert_eq!(
+        recorder.ends,
+        [(1, false, false), (2, false, false), (3, true, true), (4, true, true)]
+    );
+    assert_eq!(recorder.lines, metric_lines(&dir.join("custom")));
+    for line in &recorder.lines {
+        let (loss, double) = (line["loss"].as_f64().unwrap(), line["double_mse"].as_f64().unwrap());
+        assert_eq!(loss.to_bits(), double.to_bits(), "{line}");
+        assert!(line.get("mse").is_none(), "only the objective's own terms: {line}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn presets_with_overrides_one_default_per_section_and_io_errors() {
+    let (_rng, dir) = isolated("presets");
+    let base = toml::to_string(&config(&dir, "x", 3, false)).unwrap();
+    let parse =
+        |extra: &str| RunConfig::from_toml(&format!("{base}\n{extra}"), Path::new("run.toml"));
+    // a preset and one override
+    let c = parse("[loss.lpl]\npreset = \"paper\"\nweight = 2.0\n").unwrap();
+    let expected = LplConfig { weight: 2.0, ..LplConfig::preset("paper").unwrap() };
+    assert_eq!(c.loss.lpl, Some(expected));
+    let c = parse("[loss.lpl]\npreset = \"diffusers\"\n").unwrap();
+    assert_eq!(c.loss.lpl, Some(LplConfig::preset("diffusers").unwrap()));
+    // an unknown field beside the preset, or an unknown preset, is named
+    let err = parse("[loss.lpl]\npreset = \"paper\"\nwieght = 2.0\n").unwrap_err().to_string();
+    assert!(err.contains("wieght"), "{err}");
+    let err = parse("[loss.lpl]\npreset = \"papr\"\n").unwrap_err().to_string();
+    assert!(err.contains("papr") && err.contains("paper"), "{err}");
+    // the stored config (checkpoints) round-trips without the preset key
+    let c = parse("[loss.lpl]\npreset = \"paper\"\nweight = 2.0\n").unwrap();
+    assert_eq!(RunConfig::from_toml(&c.to_toml().unwrap(), Path::new("stored")).unwrap(), c);
+    // one default per section: `[ema]` with decay only keeps the default warm-up, as does
+    // no `[ema]` at all; a partial `[optim]` keeps the other defaults
+    assert!(!base.contains("[ema]") || base.contains("warmup"));
+    let no_ema = base.split("[ema]").next().unwrap().to_string();
+    let partial = RunConfig::from_toml(&format!("{no_ema}\n[ema]\ndecay = 0.99\n"), Path::new("e"));
+    let partial = partial.unwrap();
+    assert_eq!(partial.ema, EmaConfig { decay: 0.99, ..EmaConfig::default() });
+    assert!(partial.ema.warmup);
+    assert_eq!(RunConfig::from_toml(&no_ema, Path::new("e")).unwrap().ema, EmaConfig::default());
+    // a missing file is an I/O error naming it, not an invalid config
+    let err = RunConfig::from_file(&dir.join("absent.toml")).unwrap_err();
+    assert!(matches!(err, lpl_trainer::TrainError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("absent.toml"));
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -1,0 +1,164 @@
+//! What the diffusion loop minimises: an [`Objective`] maps one micro-batch (the denoiser's
+//! prediction and what it was made from) to a loss and its named terms. The loop neither
+//! knows nor branches on which objective it runs: [`Mse`], [`MseLpl`] (the paper's
+//! MSE + LPL) and [`MsePixel`] (the pixel-space decode loss baseline) ship here; a user's
+//! own implements the trait and is passed to
+//! [`train_with_objective`](crate::diffusion_training::train_with_objective).
+
+use lpl_autoencoder::{Autoencoder, LatentCodec};
+use lpl_loss::{LatentPerceptualLoss, x0_from_prediction};
+use lpl_schedulers::{NoiseSchedule, Parameterization, min_snr_weights};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Result, invalid};
+use crate::run_config::{LossConfig, PrecisionConfig};
+
+/// One micro-batch as an objective sees it; every tensor on the training device but `t_cpu`.
+pub struct MicroBatch<'a> {
+    /// The denoiser's prediction `(B, C, h, w)`, f32 (cast back from autocast).
+    pub pred: &'a Tensor,
+    /// The clean latents `(B, C, h, w)` (model space).
+    pub z0: &'a Tensor,
+    /// The noise `(B, C, h, w)`.
+    pub eps: &'a Tensor,
+    /// The noisy latents `(B, C, h, w)`.
+    pub z_t: &'a Tensor,
+    /// The noise levels `(B,)` (schedule time).
+    pub t: &'a Tensor,
+    /// The same `t` on the CPU (for host-side decisions such as LPL's SNR gate).
+    pub t_cpu: &'a Tensor,
+    /// The schedule.
+    pub schedule: &'a NoiseSchedule,
+    /// What the denoiser predicts.
+    pub parameterization: Parameterization,
+    /// The optimiser step this micro-batch belongs to (0-based).
+    pub step: usize,
+    /// The training device.
+    pub device: Device,
+    /// Whether the forward pass ran under bf16 autocast (the call is still inside it).
+    pub autocast: bool,
+}
+
+/// A loss and the named terms to log: each term is 0-d or `(L,)` f32, detached; a term
+/// absent at a step (e.g. LPL before its start step) is averaged over the steps that have it.
+pub struct Loss {
+    /// The scalar to differentiate, 0-d f32.
+    pub total: Tensor,
+    /// `(name, value)` as written to `metrics.jsonl`.
+    pub terms: Vec<(&'static str, Tensor)>,
+}
+
+/// What the training loop minimises.
+pub trait Objective {
+    /// The loss of one micro-batch.
+    fn loss(&self, batch: &MicroBatch<'_>) -> Result<Loss>;
+}
+
+/// Mean squared error on the parameterisation's target, optionally min-SNR-gamma weighted
+/// (logged as `mse`).
+#[derive(Debug, Clone, Default)]
+pub struct Mse {
+    /// Min-SNR-gamma weighting (Hang et al. 2023).
+    pub min_snr_gamma: Option<f64>,
+}
+
+impl Mse {
+    /// The weighted MSE, 0-d f32.
+    pub fn value(&self, b: &MicroBatch<'_>) -> Result<Tensor> {
+        let target = b.parameterization.target(b.schedule, b.z0, b.eps, b.t)?;
+        let mut per_sample =
+            (b.pred - target).square().flatten(1, -1).mean_dim(1, false, Kind::Float);
+        if let Some(gamma) = self.min_snr_gamma {
+            per_sample *= min_snr_weights(b.schedule, b.parameterization, b.t, gamma)?;
+        }
+        Ok(per_sample.mean(Kind::Float))
+    }
+}
+
+impl Objective for Mse {
+    fn loss(&self, b: &MicroBatch<'_>) -> Result<Loss> {
+        let mse = self.value(b)?;
+        Ok(Loss { terms: vec![("mse", mse.detach())], total: mse })
+    }
+}
+
+/// MSE plus the latent perceptual loss (shared/LPL.md) once it is active; logs `mse`, and
+/// while active `lpl` (the weighted term), `lpl_kept_fraction` and `lpl_masked_fraction`.
+pub struct MseLpl<'a> {
+    /// The MSE part.
+    pub mse: Mse,
+    /// The LPL over the frozen decoder.
+    pub lpl: LatentPerceptualLoss<'a>,
+    /// Run the decoder branch under the loop's autocast too (else in f32).
+    pub decoder_autocast: bool,
+}
+
+impl Objective for MseLpl<'_> {
+    fn loss(&self, b: &MicroBatch<'_>) -> Result<Loss> {
+        let mse = self.mse.value(b)?;
+        let mut terms = vec![("mse", mse.detach())];
+        if !self.lpl.active_at(b.step) {
+            return Ok(Loss { total: mse, terms });
+        }
+        let x0_hat = x0_from_prediction(b.pred, b.z_t, b.t, b.parameterization, b.schedule)?;
+        let _f32 = (b.autocast && !self.decoder_autocast)
+            .then(|| lpl_torch_ext::Autocast::disable(b.device))
+            .transpose()?;
+        let out = self.lpl.loss(&x0_hat, b.z0, b.t_cpu, b.schedule, b.parameterization)?;
+        terms.extend([
+            ("lpl", out.total.detach()),
+            ("lpl_kept_fraction", out.kept_fraction.detach()),
+            ("lpl_masked_fraction", out.masked_fraction.detach()),
+        ]);
+        Ok(Loss { total: &mse + &out.total, terms })
+    }
+}
+
+/// MSE plus `weight` times the MSE between the decodes of the predicted and the true clean
+/// latents (`lpl_loss::pixel_loss`): the pixel-space baseline of the paper's ablations.
+/// Logs `mse` and `pixel` (the weighted term).
+pub struct MsePixel<'a> {
+    /// The MSE part.
+    pub mse: Mse,
+    /// The frozen autoencoder.
+    pub ae: &'a dyn Autoencoder,
+    /// Its latent constants.
+    pub codec: LatentCodec,
+    /// Weight of the pixel term.
+    pub weight: f64,
+}
+
+impl Objective for MsePixel<'_> {
+    fn loss(&self, b: &MicroBatch<'_>) -> Result<Loss> {
+        let mse = self.mse.value(b)?;
+        let x0_hat = x0_from_prediction(b.pred, b.z_t, b.t, b.parameterization, b.schedule)?;
+        let pixel = lpl_loss::pixel_loss(self.ae, &self.codec, &x0_hat, b.z0)? * self.weight;
+        Ok(Loss {
+            terms: vec![("mse", mse.detach()), ("pixel", pixel.detach())],
+            total: mse + pixel,
+        })
+    }
+}
+
+/// The objective a run config asks for (`[loss]`): MSE, MSE + LPL (`[loss.lpl]`) or
+/// MSE + pixel (`[loss.pixel]`).
+pub fn from_config<'a>(
+    loss: &LossConfig,
+    precision: &PrecisionConfig,
+    ae: &'a dyn Autoencoder,
+    codec: &LatentCodec,
+) -> Result<Box<dyn Objective + 'a>> {
+    let mse = Mse { min_snr_gamma: loss.min_snr_gamma };
+    Ok(match (&loss.lpl, &loss.pixel) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("loss", "give `[loss.lpl]` or `[loss.pixel]`, not both"));
+        }
+        (Some(c), None) => Box::new(MseLpl {
+            mse,
+            lpl: LatentPerceptualLoss::new(ae, codec.clone(), c.clone())?,
+            decoder_autocast: precision.lpl_decoder_autocast,
+        }),
+        (None, Some(p)) => Box::new(MsePixel { mse, ae, codec: codec.clone(), weight: p.weight }),
+        (None, None) => Box::new(mse),
+    })
+}
