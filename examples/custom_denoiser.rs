@@ -109,7 +109,7 @@ cache = "{cache}"
 [model]
 preset = "dit-tiny"  # not used: the model is ours
 [diffusion]
-schedule_preset = "sd15"
+schedule = "sd15"
 parameterization = "eps"
 [train]
 steps = {steps}

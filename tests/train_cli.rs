@@ -54,7 +54,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 fn write_config(dir: &Path, name: &str, ae: &Path, cache: &Path) -> PathBuf {
     let text = format!(
         "output_dir = \"{}\"\nautoencoder = \"{}\"\n[data]\ncache = \"{}\"\n[model]\npreset = \"dit-tiny\"\n\
-         [diffusion]\nschedule_preset = \"sd15\"\nparameterization = \"eps\"\n[optim]\nlr = 1e-3\n\
+         [diffusion]\nschedule = \"sd15\"\nparameterization = \"eps\"\n[optim]\nlr = 1e-3\n\
          [train]\nsteps = 60\nbatch_size = 16\nlog_every = 1\ncheckpoint_every = 20\nkeep_checkpoints = 5\nseed = 3\n\
          [loss.lpl]\nnorm = \"pred_stats\"\nmask = true\nmask_source = \"target\"\nlayer_weights = \"inverse_upscale\"\n\
          spatial_reduce = \"masked_mean\"\ndistance = \"l2\"\ngate = {{ kind = \"snr\", tau = 3.0 }}\nbatch_reduce = \"kept\"\npost_quant_conv = true\n",

@@ -179,6 +179,14 @@ where
     serde_json::from_value(value).map(Some).map_err(D::Error::custom)
 }
 
+/// [`optional_with_preset`] for a required `LplConfig` field.
+pub fn with_preset<'de, D>(d: D) -> std::result::Result<LplConfig, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    optional_with_preset(d)?.ok_or_else(|| serde::de::Error::custom("the LPL table is missing"))
+}
+
 /// Names accepted by [`LplConfig::preset`].
 pub const LPL_PRESETS: [&str; 2] = ["paper", "diffusers"];
 

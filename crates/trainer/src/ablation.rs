@@ -28,7 +28,7 @@ use crate::diffusion_training::{Start, train};
 use crate::error::{Result, invalid, parse_toml, read_text};
 use crate::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights};
 use crate::provenance::{self, Provenance};
-use crate::run_config::{RunConfig, SampleConfig};
+use crate::run_config::{RunConfig, SampleConfig, ScheduleSpec};
 use crate::{progress, report, run_checkpoint};
 
 fn default_seeds() -> Vec<u64> {
@@ -131,7 +131,8 @@ pub struct AblationConfig {
     pub pretrain_steps: usize,
     /// Steps of each continuation.
     pub continuation_steps: usize,
-    /// The LPL arm's loss.
+    /// The LPL arm's loss (`preset = "paper"` with overrides, or every field).
+    #[serde(deserialize_with = "lpl_loss::config::with_preset")]
     pub lpl: LplConfig,
     /// Generated (and real) images per FD-EffNet.
     pub eval_count: usize,
@@ -439,8 +440,7 @@ pub fn run_ablation(
         pre.diffusion.parameterization = param;
         let flow = param == Parameterization::Flow;
         if flow {
-            pre.diffusion.schedule = None;
-            pre.diffusion.schedule_preset = Some("flow".to_string());
+            pre.diffusion.schedule = ScheduleSpec::Preset("flow".to_string());
         }
         pre.loss.lpl = None;
         pre.train.steps = config.pretrain_steps;

@@ -34,16 +34,34 @@ pub struct ModelConfig {
     pub class_dropout_prob: Option<f64>,
 }
 
+/// A noise schedule as written in a run config: a preset name (`schedule = "dit"`; `sd15`,
+/// `flow`, ...) or a full table (`[diffusion.schedule] kind = "discrete" ...`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, try_from = "serde_json::Value")]
+pub enum ScheduleSpec {
+    /// A preset of [`ScheduleConfig::preset`].
+    Preset(String),
+    /// Every field given.
+    Config(ScheduleConfig),
+}
+
+impl TryFrom<serde_json::Value> for ScheduleSpec {
+    type Error = String;
+
+    fn try_from(v: serde_json::Value) -> std::result::Result<Self, String> {
+        match v {
+            serde_json::Value::String(name) => Ok(Self::Preset(name)),
+            table => serde_json::from_value(table).map(Self::Config).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Schedule, parameterisation and training-time t distribution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiffusionConfig {
-    /// A schedule preset name (`dit`, `sd15`, `flow`, ...) ...
-    #[serde(default)]
-    pub schedule_preset: Option<String>,
-    /// ... or a full schedule.
-    #[serde(default)]
-    pub schedule: Option<ScheduleConfig>,
+    /// The noise schedule: a preset name or a full table.
+    pub schedule: ScheduleSpec,
     /// What the denoiser predicts.
     pub parameterization: Parameterization,
     /// Training-time t distribution.
@@ -52,13 +70,13 @@ pub struct DiffusionConfig {
 }
 
 impl DiffusionConfig {
-    /// The schedule config (preset or explicit).
+    /// The schedule config (the preset's, or the table).
     pub fn schedule(&self) -> Result<ScheduleConfig> {
-        match (&self.schedule, &self.schedule_preset) {
-            (Some(s), _) => Ok(s.clone()),
-            (None, Some(p)) => ScheduleConfig::preset(p)
-                .map_err(|e| invalid("diffusion.schedule_preset", e.to_string())),
-            (None, None) => Err(invalid("diffusion", "give `schedule_preset` or `schedule`")),
+        match &self.schedule {
+            ScheduleSpec::Config(s) => Ok(s.clone()),
+            ScheduleSpec::Preset(p) => {
+                ScheduleConfig::preset(p).map_err(|e| invalid("diffusion.schedule", e.to_string()))
+            }
         }
     }
 }
