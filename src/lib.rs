@@ -8,6 +8,7 @@
 //! binary needs of its own (the environment report of `lpl doctor`). Depend on a single crate
 //! (`lpl-schedulers`, `lpl-autoencoder`, ...) when only that part is wanted.
 
+pub use lpl_ablation as ablation;
 pub use lpl_autoencoder as autoencoder;
 pub use lpl_data as data;
 pub use lpl_denoiser as denoiser;

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lpl::trainer::ablation::AblationConfig;
+use lpl::ablation::AblationConfig;
 use lpl::trainer::ae_training::AeTrainConfig;
 use lpl::trainer::cache_building::CacheConfig;
 use lpl::trainer::run_config::RunConfig;
@@ -32,17 +32,19 @@ fn every_shipped_config_loads() {
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let result = if name.starts_with("ae-") {
-            AeTrainConfig::from_file(path).map(|_| ())
+            AeTrainConfig::from_file(path).map(|_| ()).map_err(|e| e.to_string())
         } else if name.starts_with("cache-") {
-            CacheConfig::from_file(path).map(|_| ())
+            CacheConfig::from_file(path).map(|_| ()).map_err(|e| e.to_string())
         } else if name.starts_with("ablate-") {
-            AblationConfig::from_file(path).map(|c| {
-                for v in &c.variants {
-                    v.apply(&c.lpl).validate().unwrap();
-                }
-            })
+            AblationConfig::from_file(path)
+                .map(|c| {
+                    for v in &c.variants {
+                        v.apply(&c.lpl).validate().unwrap();
+                    }
+                })
+                .map_err(|e| e.to_string())
         } else {
-            RunConfig::from_file(path).map(|_| ())
+            RunConfig::from_file(path).map(|_| ()).map_err(|e| e.to_string())
         };
         if let Err(e) = result {
             panic!("{}: {e}", path.display());
@@ -51,4 +53,7 @@ fn every_shipped_config_loads() {
     let depth = AblationConfig::from_file(&root.join("configs/ablate-depth.toml")).unwrap();
     assert_eq!(depth.arms(), vec!["mse", "depth0", "depth1", "depth2", "lpl"]);
     assert_eq!(depth.variants[0].apply(&depth.lpl).depth, Some(0));
+    // `preset = "paper"` resolves to the paper's table, the one the ablation ran with
+    let default = AblationConfig::from_file(&root.join("configs/ablate-default.toml")).unwrap();
+    assert_eq!(default.lpl, lpl::loss::LplConfig::preset("paper").unwrap());
 }

@@ -244,7 +244,7 @@ pub struct AblateArgs {
 
 /// Runs (or resumes) an ablation and prints its table.
 pub fn ablate(args: AblateArgs) -> Result<()> {
-    let mut config = lpl_trainer::ablation::AblationConfig::from_file(&args.config)?;
+    let mut config = lpl_ablation::AblationConfig::from_file(&args.config)?;
     if args.quick {
         config = config.quick();
     }
@@ -269,7 +269,7 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
         if args.quick { " --quick" } else { "" },
         args.out.as_ref().map(|o| format!(" --out {}", o.display())).unwrap_or_default()
     );
-    lpl_trainer::ablation::run_ablation(&config, &command, super::parse_device(&args.device)?)?;
+    lpl_ablation::run_ablation(&config, &command, super::parse_device(&args.device)?)?;
     println!("report: {}", config.output_dir.join(format!("{}.md", config.report_name)).display());
     Ok(())
 }

@@ -1,18 +1,19 @@
 //! # lpl-trainer
 //!
-//! The thin crate that wires the others from one TOML run config, and every loop that
-//! iterates over a dataset: autoencoder training ([`ae_training`]), latent cache building
-//! ([`cache_building`]), the diffusion training loop with MSE and MSE + LPL
-//! ([`diffusion_training`]: AdamW with named savable state, EMA, atomic checkpoints with
-//! exact resume, JSONL metrics, bf16 autocast), sampling ([`sampling`]), evaluation of runs
-//! ([`evaluation`]), the ablation driver and its report ([`ablation`], [`report`]) with the
-//! provenance of every result ([`provenance`]).
+//! The thin crate that wires the others from one TOML run config ([`run_config`]), and
+//! every loop that iterates over a dataset: autoencoder training ([`ae_training`]), latent
+//! cache building ([`cache_building`]), and the diffusion training loop
+//! ([`diffusion_training`]) minimising an [`objective`] (MSE, MSE + LPL, MSE + pixel, or a
+//! user's) with AdamW ([`adamw`]), EMA ([`ema`]), and the collaborators of
+//! [`training_hooks`] (metrics, atomic checkpoints with exact resume, periodic evaluation,
+//! grids, user hooks); sampling requests ([`sampling`]) and trained runs opened for
+//! sampling ([`evaluation`]). The ablation sweep and its report live in `lpl-ablation`.
 //!
-//! Depends on every other lpl crate.
+//! Depends on every lpl crate below it (schedulers, autoencoder, denoiser, loss, data,
+//! metrics, tensor-io, torch-ext).
 
 #![warn(missing_docs)]
 
-pub mod ablation;
 pub mod adamw;
 pub mod ae_training;
 pub mod cache_building;
@@ -22,8 +23,6 @@ mod error;
 pub mod evaluation;
 pub mod objective;
 pub mod progress;
-pub mod provenance;
-pub mod report;
 pub mod run_checkpoint;
 pub mod run_config;
 pub mod sampling;

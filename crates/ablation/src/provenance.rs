@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::{Result, TrainError};
+use crate::error::{AblationError, Result};
 
 /// The commit this crate was built from (`build.rs`), "unknown" outside a git checkout.
 pub const BUILD_COMMIT: &str = env!("LPL_GIT_COMMIT");
@@ -132,7 +132,7 @@ pub fn sha256_path(path: &Path) -> Result<String> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let io = |e: std::io::Error| TrainError::Io { path: dir.to_path_buf(), source: e };
+    let io = |e: std::io::Error| AblationError::Io { path: dir.to_path_buf(), source: e };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         if path.is_dir() {
@@ -145,7 +145,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 fn feed_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
-    let io = |e: std::io::Error| TrainError::Io { path: path.to_path_buf(), source: e };
+    let io = |e: std::io::Error| AblationError::Io { path: path.to_path_buf(), source: e };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {

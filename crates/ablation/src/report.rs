@@ -9,9 +9,14 @@ use std::path::{Path, PathBuf};
 
 use lpl_metrics::{LinePlot, Series};
 
-use crate::ablation::{AblationConfig, ArmResult};
-use crate::error::{Result, invalid};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::config::AblationConfig;
+use crate::driver::ArmResult;
+use crate::error::{AblationError, Result};
 use crate::provenance::Provenance;
+use crate::stats::{mean_std, verdict};
 
 /// The provenance part of a report: the invocation's own, as (field, value) lines, and one
 /// warning per arm that was made differently (another commit, machine, thread count or
@@ -99,21 +104,6 @@ impl ProvenanceSummary {
     }
 }
 
-/// Mean and sample standard deviation (0 for one value).
-pub fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
-}
-
 /// One row of the table: an LPL variant against MSE for one parameterisation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
@@ -137,43 +127,6 @@ pub struct Row {
     pub verdict: String,
     /// The command reproducing this row.
     pub command: String,
-}
-
-fn verdict(mse: &[f64], lpl: &[f64], metric: &str) -> String {
-    let diffs: Vec<f64> = lpl.iter().zip(mse).map(|(l, m)| l - m).collect();
-    let (d, sd) = mean_std(&diffs);
-    let (m, _) = mean_std(mse);
-    let direction = if d < 0.0 { "lower (better)" } else { "higher (worse)" };
-    let change = format!("{metric} {:.2} -> {:.2} ({:+.1}%)", m, m + d, d / m * 100.0);
-    if diffs.len() < 2 {
-        return format!("LPL {direction}: {change}, one seed: no spread estimate, inconclusive");
-    }
-    let t = d / (sd / (diffs.len() as f64).sqrt()).max(1e-12);
-    let better = diffs.iter().filter(|x| **x < 0.0).count();
-    let critical = t_critical_95(diffs.len() - 1);
-    let strength = if t.abs() >= critical {
-        format!("significant at 95% (paired t-test, |t| >= {critical:.2})")
-    } else {
-        format!("within the seed-to-seed spread: not significant at 95% (|t| < {critical:.2})")
-    };
-    format!(
-        "LPL {direction}: {change}; paired difference {d:+.2} +- {sd:.2} over {} seeds (t = {t:.1}), {strength}; LPL better in {better} of {} seeds",
-        diffs.len(),
-        diffs.len()
-    )
-}
-
-/// Two-sided 95% critical value of Student's t with `df` degrees of freedom.
-fn t_critical_95(df: usize) -> f64 {
-    const TABLE: [f64; 10] =
-        [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
-    match df {
-        0 => f64::INFINITY,
-        1..=10 => TABLE[df - 1],
-        11..=20 => 2.1,
-        21..=30 => 2.05,
-        _ => 1.96,
-    }
 }
 
 fn rows(config: &AblationConfig, command: &str, results: &[ArmResult]) -> Vec<Row> {
@@ -245,8 +198,8 @@ fn curve(run: &Path, key: &str, offset: f64) -> Vec<(f64, f64)> {
 fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, PathBuf)>> {
     let out = &config.output_dir;
     let dir = out.join("plots");
-    std::fs::create_dir_all(&dir).map_err(|e| invalid("output_dir", e.to_string()))?;
-    let err = |e: lpl_metrics::StatsError| invalid("output_dir", e.to_string());
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| AblationError::Io { path: dir.clone(), source: e })?;
     let mut made = Vec::new();
     for p in &config.parameterizations {
         let name = p.to_string();
@@ -273,7 +226,7 @@ fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, 
         };
         let rel =
             PathBuf::from("plots").join(format!("{}-spectrum-{name}.png", config.report_name));
-        plot.save_png(&out.join(&rel)).map_err(err)?;
+        plot.save_png(&out.join(&rel))?;
         made.push((format!("{name}: power spectra"), rel));
         // loss curves: pre-training, then each arm's first seed (diffusion MSE term)
         let pre = out.join(&name).join("pretrain");
@@ -310,7 +263,7 @@ fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, 
             series,
         };
         let rel = PathBuf::from("plots").join(format!("{}-loss-{name}.png", config.report_name));
-        plot.save_png(&out.join(&rel)).map_err(err)?;
+        plot.save_png(&out.join(&rel))?;
         made.push((format!("{name}: loss curves"), rel));
     }
     Ok(made)
@@ -320,53 +273,12 @@ fn pm(v: (f64, f64)) -> String {
     format!("{:.3} +- {:.3}", v.0, v.1)
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
-
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// Writes every report file into the ablation's output directory and prints the table.
-pub fn write_report(
-    config: &AblationConfig,
-    command: &str,
-    provenance: &Provenance,
-    results: &[ArmResult],
-) -> Result<()> {
-    let out = &config.output_dir;
-    let io = |e: std::io::Error| invalid("output_dir", e.to_string());
-    let rows = rows(config, command, results);
-    let summary = ProvenanceSummary::new(provenance, results);
-    let json = serde_json::json!({
-        "command": command,
-        "provenance": provenance,
-        "provenance_warnings": summary.warnings,
-        "config": config,
-        "rows": rows,
-        "results": results,
-    });
-    let text =
-        serde_json::to_string_pretty(&json).map_err(|e| invalid("output_dir", e.to_string()))?;
-    let name = &config.report_name;
-    let suffix = name.strip_prefix("report").unwrap_or(name);
-    lpl_tensor_io::write_atomically(&out.join(format!("results{suffix}.json")), text.as_bytes())
-        .map_err(|e| invalid("output_dir", e.to_string()))?;
+/// `results.csv`: one line per arm and seed.
+fn csv(results: &[ArmResult]) -> String {
     let mut csv = String::from(
         "parameterization,seed,arm,metric,fd,precision,recall,density,coverage,spectrum_low,spectrum_high,run\n",
     );
@@ -389,7 +301,36 @@ pub fn write_report(
             r.run.display()
         );
     }
-    std::fs::write(out.join(format!("results{suffix}.csv")), csv).map_err(io)?;
+    csv
+}
+
+/// Writes every report file into the ablation's output directory and prints the table.
+pub fn write_report(
+    config: &AblationConfig,
+    command: &str,
+    provenance: &Provenance,
+    results: &[ArmResult],
+) -> Result<()> {
+    let out = &config.output_dir;
+    let rows = rows(config, command, results);
+    let summary = ProvenanceSummary::new(provenance, results);
+    let json = serde_json::json!({
+        "command": command,
+        "provenance": provenance,
+        "provenance_warnings": summary.warnings,
+        "config": config,
+        "rows": rows,
+        "results": results,
+    });
+    let text = serde_json::to_string_pretty(&json)
+        .map_err(|e| AblationError::Io { path: out.join("results.json"), source: e.into() })?;
+    let name = &config.report_name;
+    let suffix = name.strip_prefix("report").unwrap_or(name);
+    lpl_tensor_io::write_atomically(&out.join(format!("results{suffix}.json")), text.as_bytes())?;
+    lpl_tensor_io::write_atomically(
+        &out.join(format!("results{suffix}.csv")),
+        csv(results).as_bytes(),
+    )?;
     let figures = plots(config, results)?;
     let metric = results.first().map_or("FD".to_string(), |r| r.metrics.metric.clone());
     let setup = format!(
@@ -461,13 +402,16 @@ pub fn write_report(
         .join(", ");
     md += "\n";
     md += &md_end;
-    std::fs::write(out.join("report.md"), &md).map_err(io)?;
+    lpl_tensor_io::write_atomically(
+        &out.join(format!("{}.md", config.report_name)),
+        md.as_bytes(),
+    )?;
     let preamble = Preamble { command, setup: &setup, provenance: summary.html() };
-    std::fs::write(
-        out.join("report.html"),
-        html(config, &preamble, &header, &rows, &cells, &figures)?,
-    )
-    .map_err(io)?;
+    let page = html(config, &preamble, &header, &rows, &cells, &figures)?;
+    lpl_tensor_io::write_atomically(
+        &out.join(format!("{}.html", config.report_name)),
+        page.as_bytes(),
+    )?;
     println!("{md}");
     Ok(())
 }
@@ -494,7 +438,7 @@ fn grids(config: &AblationConfig) -> Vec<(String, PathBuf)> {
 }
 
 fn inline_png(path: &Path) -> Option<String> {
-    std::fs::read(path).ok().map(|b| format!("data:image/png;base64,{}", base64(&b)))
+    std::fs::read(path).ok().map(|b| format!("data:image/png;base64,{}", BASE64.encode(b)))
 }
 
 /// The text above and below the HTML report's table.
@@ -580,31 +524,4 @@ fn html(
     h += &preamble.provenance.1;
     h += "\n</body></html>\n";
     Ok(h)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (plain, encoded) in
-            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")]
-        {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
-    }
-
-    #[test]
-    fn verdicts_state_sign_and_spread() {
-        let v = verdict(&[10.0, 11.0, 12.0], &[9.0, 10.1, 11.0], "FD");
-        assert!(v.contains("lower (better)") && v.contains("significant at 95%"), "{v}");
-        assert!(!v.contains("not significant"), "{v}");
-        // t = 3.6 on 3 seeds is below the 4.30 of 2 degrees of freedom
-        let v = verdict(&[10.0, 11.0, 12.0], &[10.6, 12.3, 12.6], "FD");
-        assert!(v.contains("higher (worse)") && v.contains("not significant"), "{v}");
-        let v = verdict(&[10.0, 11.0, 12.0], &[11.0, 10.0, 12.5], "FD");
-        assert!(v.contains("higher (worse)") && v.contains("not significant"), "{v}");
-        assert!(verdict(&[10.0], &[9.0], "FD").contains("inconclusive"));
-    }
 }

@@ -1,0 +1,383 @@
+//! The MSE vs MSE + LPL ablation (the paper's central experiment) on the embedded default:
+//! train (or reuse) the autoencoder and the latent cache, pre-train with MSE once per
+//! parameterisation, fork each pre-trained run into MSE-only and MSE + LPL continuations of
+//! equal length with identical data order and seeds, evaluate FD-EffNet from the EMA weights
+//! with a fixed sampler and seeds, and write the report ([`crate::report`]: `report.md`,
+//! `report.html`, `results.json`, `results.csv`, spectrum and loss-curve plots).
+//!
+//! Besides MSE, each pre-trained run is continued with every LPL variant of the config (by
+//! default one, the `[lpl]` table itself), so sweeps over the paper's ablation axes (depth,
+//! tau, normalisation, weight, mask) are configs: `configs/ablate-depth.toml`, ...
+//!
+//! Every stage is skipped when its output exists, so an interrupted ablation resumes where
+//! it stopped (a half-trained run resumes from its latest checkpoint).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lpl_data::{ImageSource, LatentCache, Split};
+use lpl_metrics::RealReference;
+use lpl_schedulers::{Parameterization, SamplerConfig, SamplerKind};
+use lpl_trainer::ae_training::{AeTrainConfig, load_split, train_autoencoder};
+use lpl_trainer::cache_building::{CacheOptions, build_cache_from};
+use lpl_trainer::diffusion_training::{Start, train};
+use lpl_trainer::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights};
+use lpl_trainer::run_config::{RunConfig, SampleConfig, ScheduleSpec};
+use lpl_trainer::{progress, run_checkpoint};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind};
+
+use crate::config::AblationConfig;
+use crate::error::{AblationError, Result, invalid};
+use crate::provenance::{self, Provenance};
+use crate::report;
+
+/// One evaluated continuation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArmResult {
+    /// eps, v or flow.
+    pub parameterization: String,
+    /// The continuation's seed.
+    pub seed: u64,
+    /// `mse` or the LPL variant's name.
+    pub arm: String,
+    /// FD-EffNet, precision, recall, density, coverage, spectrum errors against the test split.
+    pub metrics: SampleMetrics,
+    /// Radially averaged power spectrum of the generated images (radius 0..=R).
+    pub spectrum: Vec<f64>,
+    /// The same for the real images.
+    pub real_spectrum: Vec<f64>,
+    /// The run directory.
+    pub run: PathBuf,
+    /// How this arm was evaluated (`None`: an `eval.json` written before provenance was
+    /// recorded).
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
+}
+
+/// What `eval.json` of a run holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EvalRecord {
+    count: usize,
+    steps: usize,
+    guidance: f64,
+    seed: u64,
+    metrics: SampleMetrics,
+    spectrum: Vec<f64>,
+    real_spectrum: Vec<f64>,
+    /// The step of the checkpoint evaluated (`None` in records written before it was kept:
+    /// they are evaluated again).
+    #[serde(default)]
+    checkpoint_step: Option<usize>,
+    #[serde(default)]
+    provenance: Option<Provenance>,
+}
+
+/// SHA-256 of everything an ablation reads: the dataset's files, the autoencoder (trained
+/// here or given), the latent cache's manifest, the base run config, the autoencoder
+/// config, and the EfficientNet-Lite0 weights when present.
+fn input_digests(
+    config: &AblationConfig,
+    data: &lpl_data::DatasetConfig,
+    ae_path: &Path,
+    cache_dir: &Path,
+) -> Result<BTreeMap<String, String>> {
+    let files = data.files()?;
+    let mut inputs = BTreeMap::from([
+        (format!("dataset ({}, {} files)", data.dataset, files.len()), {
+            provenance::sha256_files(data.dir.as_deref(), &files)?
+        }),
+        ("autoencoder".to_string(), provenance::sha256_path(ae_path)?),
+        ("cache manifest".to_string(), provenance::sha256_file(&cache_dir.join("manifest.json"))?),
+        ("run_config".to_string(), provenance::sha256_file(&config.run_config)?),
+    ]);
+    if let Some(path) = &config.autoencoder_config {
+        inputs.insert("autoencoder_config".to_string(), provenance::sha256_file(path)?);
+    }
+    if let Some(weights) = default_effnet_weights().filter(|p| p.is_file()) {
+        inputs.insert("efficientnet-lite0".to_string(), provenance::sha256_file(&weights)?);
+    }
+    Ok(inputs)
+}
+
+fn done(run: &Path, steps: usize) -> bool {
+    run_checkpoint::list_checkpoints(run)
+        .last()
+        .is_some_and(|c| *c == run_checkpoint::checkpoint_path(run, steps))
+}
+
+/// Trains the run unless it is done; resumes it if it has checkpoints. A run directory whose
+/// checkpoints come from another config (an edited variant, seed or schedule) is an error
+/// naming the changed fields: redoing it silently would lose it, reusing it would report a
+/// run that was not made.
+fn run_or_resume(config: &RunConfig, init: Option<&Path>, device: Device) -> Result<()> {
+    run_checkpoint::check_same_run(&config.output_dir, config)?;
+    if done(&config.output_dir, config.train.steps) {
+        return Ok(());
+    }
+    let start = if run_checkpoint::list_checkpoints(&config.output_dir).is_empty() {
+        init.map_or(Start::Fresh, |p| Start::InitFrom(p.to_path_buf()))
+    } else {
+        Start::Resume
+    };
+    Ok(train(config, start, device).map(|_| ())?)
+}
+
+/// The autoencoder, the dataset and the latent cache an ablation trains on.
+struct Inputs {
+    ae_path: PathBuf,
+    data: lpl_data::DatasetConfig,
+    cache_dir: PathBuf,
+}
+
+/// Stages 1 and 2: the autoencoder (trained here unless done, or pretrained) and the
+/// latent cache (given, or built here shard by shard unless it matches).
+fn prepare_inputs(config: &AblationConfig, device: Device) -> Result<Inputs> {
+    let out = &config.output_dir;
+    let ae_config = match &config.autoencoder_config {
+        Some(path) => {
+            let mut c = AeTrainConfig::from_file(path)?;
+            c.output_dir = out.join("ae");
+            c.train.steps = config.autoencoder_steps;
+            if let Some(n) = config.train_images {
+                // a small ablation also evaluates the autoencoder on fewer images
+                c.eval.test_images = c.eval.test_images.clamp(1, n.clamp(1, 500));
+                c.eval.codec_images = c.eval.codec_images.min(n.max(1));
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    let (ae_path, data) = match (&ae_config, &config.autoencoder, &config.data) {
+        (Some(c), _, _) => (c.output_dir.join("autoencoder.safetensors"), c.data.clone()),
+        (None, Some(p), Some(d)) => (p.clone(), d.clone()),
+        _ => return Err(invalid("autoencoder", "no autoencoder configured")),
+    };
+    // the training images: all of the source, or its first `train_images` (in memory)
+    let full = data.open(Split::Train)?;
+    let subset = match config.train_images {
+        Some(n) => Some(full.read(0, (n as i64).min(full.len()))?),
+        None => None,
+    };
+    let train_source: &dyn ImageSource = match &subset {
+        Some(s) => s,
+        None => full.as_ref(),
+    };
+    if let Some(c) = ae_config.as_ref().filter(|_| !ae_path.is_file()) {
+        tracing::info!("training the autoencoder ({} steps)", config.autoencoder_steps);
+        let train = train_source.read(0, train_source.len())?; // padded; prepare() is a no-op on it
+        let test = load_split(&data, Split::Test)?; // unpadded: PSNR on the original pixels
+        let report = train_autoencoder(c, &train.images, &test.images, device)?;
+        tracing::info!("autoencoder test PSNR {:.2} dB", report.test_psnr);
+    }
+    let mut ae = lpl_autoencoder::open(&ae_path, device, Kind::Float)?;
+    ae.set_requires_grad(false);
+    let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
+    let cache_dir = match &config.cache {
+        Some(dir) => {
+            LatentCache::open(dir)?.check_autoencoder(&fingerprint, ae.codec())?;
+            dir.clone()
+        }
+        None => {
+            let dir = out.join("cache");
+            let fresh = LatentCache::open(&dir).is_ok_and(|c| {
+                c.check_autoencoder(&fingerprint, ae.codec()).is_ok()
+                    && c.len() <= train_source.len()
+                    && c.len() >= train_source.len() * 99 / 100
+            });
+            if !fresh {
+                let options = CacheOptions {
+                    pad_to: None, // the source pads (DatasetConfig::pad_to)
+                    shard_size: 8192,
+                    batch: 256,
+                    flip: false,
+                    num_classes: Some(train_source.num_classes()),
+                    autoencoder_name: ae_path.display().to_string(),
+                };
+                build_cache_from(ae.as_ref(), train_source, &options, &dir, device)?;
+            }
+            dir
+        }
+    };
+    Ok(Inputs { ae_path, data, cache_dir })
+}
+
+/// The MSE pre-training run of `param`.
+fn pretrain_config(
+    config: &AblationConfig,
+    base: &RunConfig,
+    inputs: &Inputs,
+    param: Parameterization,
+) -> RunConfig {
+    let mut pre = base.clone();
+    pre.output_dir = config.output_dir.join(param.to_string()).join("pretrain");
+    pre.autoencoder = inputs.ae_path.clone();
+    pre.data.cache = inputs.cache_dir.clone();
+    pre.diffusion.parameterization = param;
+    if param == Parameterization::Flow {
+        pre.diffusion.schedule = ScheduleSpec::Preset("flow".to_string());
+    }
+    pre.loss.lpl = None;
+    pre.loss.pixel = None;
+    pre.train.steps = config.pretrain_steps;
+    pre.train.log_every = pre.train.log_every.min(config.pretrain_steps / 20).max(1);
+    pre.sample = None;
+    pre
+}
+
+/// The continuation of `pre` with `seed` in `arm` (`mse`, or an LPL variant's name).
+fn continuation_config(
+    config: &AblationConfig,
+    base: &RunConfig,
+    pre: &RunConfig,
+    seed: u64,
+    arm: &str,
+) -> RunConfig {
+    let mut run = pre.clone();
+    let param = pre.diffusion.parameterization.to_string();
+    run.output_dir = config.output_dir.join(param).join(format!("seed{seed}")).join(arm);
+    run.train.steps = config.continuation_steps;
+    run.train.log_every = base.train.log_every.min(config.continuation_steps / 10).max(1);
+    run.train.seed = seed;
+    run.loss.lpl = config.variants.iter().find(|v| v.name == arm).map(|v| v.apply(&config.lpl));
+    run
+}
+
+/// Evaluates continuations (or reuses their `eval.json`): the feature network and the real
+/// images' statistics are made on first need and shared by every arm.
+struct ArmEvaluator<'c> {
+    config: &'c AblationConfig,
+    real: tch::Tensor,
+    reference: Option<(lpl_metrics::EfficientNetLite0, RealReference)>,
+    provenance: Provenance,
+}
+
+impl<'c> ArmEvaluator<'c> {
+    fn new(config: &'c AblationConfig, inputs: &Inputs, provenance: Provenance) -> Result<Self> {
+        let test = inputs.data.open(Split::Test)?;
+        let real = lpl_data::preprocess::to_unit_range(
+            &test.read(0, (config.eval_count as i64).min(test.len()))?.images,
+        )?;
+        Ok(Self { config, real, reference: None, provenance })
+    }
+
+    /// The run's `eval.json` when it was made with these sampling settings from the final
+    /// checkpoint (a continuation extended by a larger `continuation_steps` is evaluated
+    /// again), else a new evaluation written there.
+    fn evaluate(&mut self, run: &RunConfig, device: Device) -> Result<EvalRecord> {
+        let c = self.config;
+        let key = (c.eval_count, c.eval_steps, c.eval_guidance, c.eval_seed);
+        let eval_file = run.output_dir.join("eval.json");
+        let cached = std::fs::read_to_string(&eval_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<EvalRecord>(&t).ok())
+            .filter(|r| {
+                (r.count, r.steps, r.guidance, r.seed) == key
+                    && r.checkpoint_step == Some(c.continuation_steps)
+            });
+        if let Some(record) = cached {
+            return Ok(record);
+        }
+        if self.reference.is_none() {
+            let weights = default_effnet_weights().filter(|p| p.is_file()).ok_or_else(|| {
+                invalid("eval", "EfficientNet-Lite0 weights missing: run `cargo xtask ablate` or `cargo xtask test`, which convert them")
+            })?;
+            let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)?;
+            let r = RealReference::new(&net, &self.real)?;
+            self.reference = Some((net, r));
+        }
+        let Some((net, real_ref)) = self.reference.as_ref() else {
+            return Err(invalid("eval", "no reference"));
+        };
+        let trained = TrainedRun::open(&run.output_dir, device)?;
+        let flow = run.diffusion.parameterization == Parameterization::Flow;
+        let sample = SampleConfig {
+            sampler: SamplerConfig::new(
+                if flow { SamplerKind::FlowEuler } else { SamplerKind::Ddim },
+                c.eval_steps,
+            ),
+            guidance: lpl_schedulers::Guidance::new(c.eval_guidance),
+            count: c.eval_count,
+            seed: c.eval_seed,
+            every: 0,
+        };
+        let fake = trained.sample_images(&sample, device)?;
+        let n = fake.size()[0];
+        let grid = lpl_metrics::grid::make_grid(
+            &fake.narrow(0, 0, n.min(100)),
+            trained.num_classes.unwrap_or(10),
+            2,
+        );
+        lpl_data::folder::write_png(&grid, &run.output_dir.join("samples.png"))?;
+        let (metrics, spectrum) = real_ref.compare(net, &fake)?;
+        let record = EvalRecord {
+            count: c.eval_count,
+            steps: c.eval_steps,
+            guidance: c.eval_guidance,
+            seed: c.eval_seed,
+            metrics,
+            spectrum: spectrum.fake,
+            real_spectrum: spectrum.real,
+            checkpoint_step: Some(c.continuation_steps),
+            provenance: Some(self.provenance.clone()),
+        };
+        let text = serde_json::to_string_pretty(&record)
+            .map_err(|e| AblationError::Io { path: eval_file.clone(), source: e.into() })?;
+        lpl_tensor_io::write_atomically(&eval_file, text.as_bytes())?;
+        Ok(record)
+    }
+}
+
+/// Runs (or resumes) the whole ablation and writes its report; returns every arm's result.
+pub fn run_ablation(
+    config: &AblationConfig,
+    command: &str,
+    device: Device,
+) -> Result<Vec<ArmResult>> {
+    let out = &config.output_dir;
+    std::fs::create_dir_all(out).map_err(|e| AblationError::Io { path: out.clone(), source: e })?;
+    let inputs = prepare_inputs(config, device)?;
+    let digests = input_digests(config, &inputs.data, &inputs.ae_path, &inputs.cache_dir)?;
+    let provenance = Provenance::current(device, digests);
+    // 3. pre-training, continuations, evaluation
+    let base = RunConfig::from_file(&config.run_config)?;
+    let mut evaluator = ArmEvaluator::new(config, &inputs, provenance.clone())?;
+    let mut results = Vec::new();
+    let arms = config.arms();
+    let total = config.parameterizations.len() * (1 + config.seeds.len() * arms.len());
+    let overall = progress::bar(total as u64, "ablation");
+    for &param in &config.parameterizations {
+        let pre = pretrain_config(config, &base, &inputs, param);
+        overall.set_message(format!("{param} pre-training"));
+        run_or_resume(&pre, None, device)?;
+        overall.inc(1);
+        let pre_ckpt = run_checkpoint::checkpoint_path(&pre.output_dir, config.pretrain_steps);
+        for &seed in &config.seeds {
+            for arm in &arms {
+                overall.set_message(format!("{param} seed {seed} {arm}"));
+                let run = continuation_config(config, &base, &pre, seed, arm);
+                run_or_resume(&run, Some(&pre_ckpt), device)?;
+                let record = evaluator.evaluate(&run, device)?;
+                tracing::info!(
+                    "{param} seed {seed} {arm}: {} {:.3}",
+                    record.metrics.metric,
+                    record.metrics.fd
+                );
+                results.push(ArmResult {
+                    parameterization: param.to_string(),
+                    seed,
+                    arm: arm.clone(),
+                    metrics: record.metrics,
+                    spectrum: record.spectrum,
+                    real_spectrum: record.real_spectrum,
+                    run: run.output_dir.clone(),
+                    provenance: record.provenance,
+                });
+                overall.inc(1);
+            }
+        }
+    }
+    overall.finish_and_clear();
+    report::write_report(config, command, &provenance, &results)?;
+    Ok(results)
+}

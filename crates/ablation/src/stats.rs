@@ -1,0 +1,107 @@
+//! The statistics of the report: mean and spread over seeds, and the paired verdict on
+//! the sign of an effect (Student's t quantiles from `statrs`).
+
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// One sentence on the paired difference `lpl - mse` of `metric` over seeds: its sign, the
+/// relative change, and whether a two-sided paired t-test at 95% finds it significant.
+pub fn verdict(mse: &[f64], lpl: &[f64], metric: &str) -> String {
+    let diffs: Vec<f64> = lpl.iter().zip(mse).map(|(l, m)| l - m).collect();
+    let (d, sd) = mean_std(&diffs);
+    let (m, _) = mean_std(mse);
+    let direction = if d < 0.0 { "lower (better)" } else { "higher (worse)" };
+    let change = format!("{metric} {:.2} -> {:.2} ({:+.1}%)", m, m + d, d / m * 100.0);
+    if diffs.len() < 2 {
+        return format!("LPL {direction}: {change}, one seed: no spread estimate, inconclusive");
+    }
+    let t = d / (sd / (diffs.len() as f64).sqrt()).max(1e-12);
+    let better = diffs.iter().filter(|x| **x < 0.0).count();
+    let critical = t_critical_95(diffs.len() - 1);
+    let strength = if t.abs() >= critical {
+        format!("significant at 95% (paired t-test, |t| >= {critical:.2})")
+    } else {
+        format!("within the seed-to-seed spread: not significant at 95% (|t| < {critical:.2})")
+    };
+    format!(
+        "LPL {direction}: {change}; paired difference {d:+.2} +- {sd:.2} over {} seeds (t = {t:.1}), {strength}; LPL better in {better} of {} seeds",
+        diffs.len(),
+        diffs.len()
+    )
+}
+
+/// Two-sided 95% critical value of Student's t with `df` degrees of freedom (the 0.975
+/// quantile); infinite for `df = 0`.
+pub fn t_critical_95(df: usize) -> f64 {
+    match StudentsT::new(0.0, 1.0, df as f64) {
+        Ok(t) if df > 0 => t.inverse_cdf(0.975),
+        _ => f64::INFINITY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_state_sign_and_spread() {
+        let v = verdict(&[10.0, 11.0, 12.0], &[9.0, 10.1, 11.0], "FD");
+        assert!(v.contains("lower (better)") && v.contains("significant at 95%"), "{v}");
+        assert!(!v.contains("not significant"), "{v}");
+        // t = 3.6 on 3 seeds is below the 4.30 of 2 degrees of freedom
+        let v = verdict(&[10.0, 11.0, 12.0], &[10.6, 12.3, 12.6], "FD");
+        assert!(v.contains("higher (worse)") && v.contains("not significant"), "{v}");
+        let v = verdict(&[10.0, 11.0, 12.0], &[11.0, 10.0, 12.5], "FD");
+        assert!(v.contains("higher (worse)") && v.contains("not significant"), "{v}");
+        assert!(verdict(&[10.0], &[9.0], "FD").contains("inconclusive"));
+    }
+
+    #[test]
+    fn t_quantiles_match_the_published_table() {
+        // two-sided 95% critical values of Student's t (e.g. NIST/SEMATECH e-Handbook,
+        // table 1.3.6.7.2), printed to 3 decimals: within 5e-4 of the exact quantile
+        for (df, t) in [
+            (1, 12.706),
+            (2, 4.303),
+            (3, 3.182),
+            (5, 2.571),
+            (10, 2.228),
+            (11, 2.201),
+            (12, 2.179),
+            (15, 2.131),
+            (16, 2.120),
+            (20, 2.086),
+            (30, 2.042),
+            (100, 1.984),
+        ] {
+            assert!((t_critical_95(df) - t).abs() < 5e-4, "df {df}: {}", t_critical_95(df));
+        }
+        assert!(t_critical_95(0).is_infinite());
+        // the hand table this replaces said 2.1 for df 11..=20: too lenient below df 17
+        assert!(t_critical_95(11) > 2.1 && t_critical_95(16) > 2.1 && t_critical_95(17) < 2.11);
+    }
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!(m, 5.0);
+        // sum of squared deviations 32 over n - 1 = 7
+        assert!((s - (32.0f64 / 7.0).sqrt()).abs() < 1e-15);
+        assert_eq!(mean_std(&[3.0]), (3.0, 0.0));
+        assert!(mean_std(&[]).0.is_nan());
+    }
+}
