@@ -1,8 +1,12 @@
-//! A denoiser defined outside lpl's crates, trained by lpl's trainer with the latent
-//! perceptual loss on: implement `Denoiser`, then call `train_model`.
+//! A denoiser defined outside lpl's crates, used by every lpl command: implement
+//! `Denoiser`, register a builder under a name, and write `[model] kind = "<name>"` (with the
+//! model's own fields) in a run config. Here `lpl train` trains it with the latent
+//! perceptual loss, `lpl sample` draws a grid from its EMA weights and `lpl eval` compares
+//! its samples with real images, all through `lpl::cli` in this program (a user's own
+//! `lpl` binary is the same two lines: register, then `lpl::cli::main()`).
 //!
 //! `cargo run --example custom_denoiser` (it builds a tiny autoencoder and latent cache in a
-//! temporary directory; `tests/examples.rs` runs it).
+//! temporary directory; `tests/examples.rs` runs it and checks its outputs).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +14,8 @@ use std::path::{Path, PathBuf};
 use lpl::autoencoder::{Autoencoder, AutoencoderKl, AutoencoderKlConfig, checkpoint};
 use lpl::denoiser::{Conditioning, Denoiser};
 use lpl::trainer::cache_building::{CacheOptions, build_cache};
-use lpl::trainer::diffusion_training::{Start, TrainOutcome, train_model};
-use lpl::trainer::run_config::RunConfig;
+use lpl::trainer::evaluation::TrainedRun;
+use lpl::trainer::registry::{BuildError, DenoiserSpec, register_denoiser};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -70,9 +74,37 @@ impl Denoiser for ConvDenoiser {
     }
 }
 
-/// Builds a tiny autoencoder and cache under `dir`, then trains `ConvDenoiser` for `steps`
-/// with MSE + LPL (`paper` preset, every sample kept).
-pub fn run(dir: &Path, steps: usize) -> Result<TrainOutcome, Box<dyn std::error::Error>> {
+/// The builder lpl calls for `[model] kind = "conv"`: `width` from the table (default 16),
+/// the channels from the cache.
+fn build_conv(spec: &DenoiserSpec<'_>) -> Result<Box<dyn Denoiser>, BuildError> {
+    let width = match spec.fields.get("width") {
+        Some(w) => w.as_integer().ok_or("`model.width` must be an integer")?,
+        None => 16,
+    };
+    if let Some(unknown) = spec.fields.keys().find(|k| *k != "width") {
+        return Err(format!("unknown field `model.{unknown}` (conv takes `width`)").into());
+    }
+    Ok(Box::new(ConvDenoiser::new(spec.latent_shape[0], width)))
+}
+
+/// What [`run`] made.
+pub struct Outputs {
+    /// The run directory.
+    pub run: PathBuf,
+    /// The grid `lpl sample` wrote.
+    pub grid: PathBuf,
+    /// The spectrum plot `lpl eval` wrote.
+    pub eval_plot: PathBuf,
+    /// FD-EffNet of 16 samples against 16 cached training images (decoded), when the
+    /// EfficientNet-Lite0 weights are present.
+    pub fd: Option<f64>,
+}
+
+/// Builds a tiny autoencoder and cache under `dir`, registers `conv`, trains it for `steps`
+/// with MSE + LPL (`paper` preset, every sample kept) by `lpl train`, then samples and
+/// evaluates it by `lpl sample` and `lpl eval`.
+pub fn run(dir: &Path, steps: usize) -> Result<Outputs, Box<dyn std::error::Error>> {
+    register_denoiser("conv", build_conv)?;
     std::fs::create_dir_all(dir)?;
     tch::manual_seed(0);
     let ae_config = AutoencoderKlConfig {
@@ -95,19 +127,23 @@ pub fn run(dir: &Path, steps: usize) -> Result<TrainOutcome, Box<dyn std::error:
         batch: 32,
         flip: false,
         num_classes: None,
-        autoencoder_name: "example".into(),
+        autoencoder_name: ae_path.display().to_string(),
     };
     let cache = dir.join("cache");
     build_cache(&ae, &images, None, &options, &cache, Device::Cpu)?;
-    let config = RunConfig::from_toml(
-        &format!(
+    let run_dir = dir.join("run");
+    let config = dir.join("custom_denoiser.toml");
+    std::fs::write(
+        &config,
+        format!(
             r#"
 output_dir = "{out}"
 autoencoder = "{ae}"
 [data]
 cache = "{cache}"
 [model]
-preset = "dit-tiny"  # not used: the model is ours
+kind = "conv"
+width = 16
 [diffusion]
 schedule = "sd15"
 parameterization = "eps"
@@ -116,34 +152,80 @@ steps = {steps}
 batch_size = 8
 log_every = 1
 [loss.lpl]
-norm = "pred_stats"
-mask = true
-mask_source = "target"
-layer_weights = "inverse_upscale"
-spatial_reduce = "masked_mean"
-distance = "l2"
+preset = "paper"
 gate = {{ kind = "all" }}
-batch_reduce = "kept"
-post_quant_conv = true
 "#,
-            out = dir.join("run").display(),
+            out = run_dir.display(),
             ae = ae_path.display(),
             cache = cache.display(),
         ),
-        Path::new("custom_denoiser.toml"),
     )?;
-    let model = ConvDenoiser::new(4, 16);
-    Ok(train_model(&config, &model, Start::Fresh, Device::Cpu)?)
+    let arg = |p: &Path| p.display().to_string();
+    lpl::cli::run_from(["lpl", "train", "--config", &arg(&config), "--device", "cpu"])?;
+    let grid = dir.join("grid.png");
+    lpl::cli::run_from([
+        "lpl",
+        "sample",
+        "--run",
+        &arg(&run_dir),
+        "--out",
+        &arg(&grid),
+        "--count",
+        "8",
+        "--steps",
+        "10",
+        "--device",
+        "cpu",
+    ])?;
+    let eval_plot = dir.join("spectrum.png");
+    let fd = if lpl::trainer::evaluation::default_effnet_weights().is_some_and(|p| p.is_file()) {
+        lpl::cli::run_from([
+            "lpl",
+            "eval",
+            "--run",
+            &arg(&run_dir),
+            "--real",
+            &arg(&cache),
+            "--count",
+            "16",
+            "--steps",
+            "10",
+            "--plot",
+            &arg(&eval_plot),
+            "--device",
+            "cpu",
+        ])?;
+        // the same comparison through the library, for its number
+        let trained = TrainedRun::open(&run_dir, Device::Cpu)?;
+        let sample = lpl::trainer::run_config::SampleConfig {
+            sampler: lpl::schedulers::SamplerConfig::new(lpl::schedulers::SamplerKind::Ddim, 10),
+            guidance: Default::default(),
+            count: 16,
+            seed: 0,
+            every: 0,
+        };
+        let fake = trained.sample_images(&sample, Device::Cpu)?;
+        let cache = lpl::data::LatentCache::open(&cache)?;
+        let real_latents = cache.gather(&(0..16).collect::<Vec<_>>(), &[])?.latents;
+        let real =
+            lpl::trainer::sampling::decode(trained.ae.as_ref(), &trained.codec, &real_latents)?;
+        let weights = lpl::trainer::evaluation::default_effnet_weights().ok_or("no weights")?;
+        let net = lpl::metrics::EfficientNetLite0::from_file(&weights, Device::Cpu)?;
+        Some(lpl::metrics::compare_images(&net, &real, &fake)?.0.fd)
+    } else {
+        None
+    };
+    Ok(Outputs { run: run_dir, grid, eval_plot, fd })
 }
 
 #[allow(dead_code)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("lpl-custom-denoiser-{}", std::process::id()));
-    let outcome = run(&dir, 10)?;
-    println!(
-        "trained a custom denoiser for {} steps with LPL: last loss {:.4}",
-        outcome.step, outcome.last_loss
-    );
+    let out = run(&dir, 10)?;
+    println!("trained the custom denoiser with LPL, grid {}", out.grid.display());
+    if let Some(fd) = out.fd {
+        println!("FD-EffNet of 16 samples: {fd:.2}");
+    }
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }

@@ -100,7 +100,7 @@ fn real_images(args: &EvalArgs, channels: u32, device: Device) -> Result<Tensor>
             let ae = lpl_autoencoder::open(&ae_path, device, Kind::Float).with_context(|| {
                 format!("opening the cache's autoencoder {} (from its manifest)", ae_path.display())
             })?;
-            let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
+            let fingerprint = ae.fingerprint()?;
             cache.check_autoencoder(&fingerprint, &cache.manifest.codec)?;
             let k = n.min(cache.len());
             let latents = cache.gather(&(0..k).collect::<Vec<_>>(), &[])?.latents;

@@ -172,7 +172,7 @@ fn prepare_inputs(config: &AblationConfig, device: Device) -> Result<Inputs> {
     }
     let mut ae = lpl_autoencoder::open(&ae_path, device, Kind::Float)?;
     ae.set_requires_grad(false);
-    let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
+    let fingerprint = ae.fingerprint()?;
     let cache_dir = match &config.cache {
         Some(dir) => {
             LatentCache::open(dir)?.check_autoencoder(&fingerprint, ae.codec())?;

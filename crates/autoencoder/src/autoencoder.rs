@@ -99,9 +99,23 @@ pub trait Autoencoder {
     }
     /// Freezes (`false`) or unfreezes its parameters.
     fn set_requires_grad(&mut self, _requires_grad: bool) {}
-    /// Its weights by name (for fingerprints and saving); empty if it does not expose them.
-    fn named_weights(&self) -> Vec<(String, Tensor)> {
-        Vec::new()
+    /// Its weights by name (for the fingerprint and for saving). Required: two autoencoders
+    /// with the same (empty) list would share a fingerprint, and a latent cache could then
+    /// be decoded by the wrong one.
+    fn named_weights(&self) -> Vec<(String, Tensor)>;
+
+    /// A digest of its weights (names, dtypes, shapes, bytes): what a latent cache records
+    /// to check that it is decoded by the autoencoder that encoded it. An error for an
+    /// autoencoder that exposes no weights.
+    fn fingerprint(&self) -> Result<String> {
+        let weights = self.named_weights();
+        if weights.is_empty() {
+            return Err(AutoencoderError::Input(
+                "the autoencoder exposes no weights (named_weights is empty), so it has no fingerprint"
+                    .to_string(),
+            ));
+        }
+        Ok(lpl_tensor_io::fingerprint(&weights)?)
     }
 }
 

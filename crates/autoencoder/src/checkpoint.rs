@@ -62,9 +62,45 @@ pub fn load_kl(path: &Path, device: Device, kind: Kind) -> Result<AutoencoderKl>
     Ok(ae)
 }
 
-/// Opens an autoencoder from `path`: a diffusers `vae/` folder (config.json), a folder with
-/// a TAESD `<name>_encoder` / `<name>_decoder` pair, or a checkpoint of ours.
+/// Opens a registered format: `None` when `path` is not one of its files, else the
+/// autoencoder or the error opening it.
+pub type FormatOpener =
+    dyn Fn(&Path, Device, Kind) -> Option<Result<Box<dyn Autoencoder>>> + Send + Sync;
+
+fn formats() -> &'static std::sync::RwLock<Vec<(String, std::sync::Arc<FormatOpener>)>> {
+    static FORMATS: std::sync::RwLock<Vec<(String, std::sync::Arc<FormatOpener>)>> =
+        std::sync::RwLock::new(Vec::new());
+    &FORMATS
+}
+
+/// Registers a user's autoencoder format under `name` (replacing an earlier one of that
+/// name): [`open`], and so every command and config that takes an autoencoder path, asks
+/// the registered formats first, in registration order. The opener returns `None` for a
+/// path that is not its format (decide by extension or a marker file, cheaply).
+pub fn register_format<F>(name: &str, opener: F)
+where
+    F: Fn(&Path, Device, Kind) -> Option<Result<Box<dyn Autoencoder>>> + Send + Sync + 'static,
+{
+    let mut list = formats().write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    list.retain(|(n, _)| n != name);
+    list.push((name.to_string(), std::sync::Arc::new(opener)));
+}
+
+/// Opens an autoencoder from `path`: a registered format ([`register_format`]), a diffusers
+/// `vae/` folder (config.json), a folder with a TAESD `<name>_encoder` / `<name>_decoder`
+/// pair, or a checkpoint of ours.
 pub fn open(path: &Path, device: Device, kind: Kind) -> Result<Box<dyn Autoencoder>> {
+    let registered: Vec<_> = formats()
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .map(|(_, f)| f.clone())
+        .collect();
+    for opener in registered {
+        if let Some(opened) = opener(path, device, kind) {
+            return opened;
+        }
+    }
     if path.is_dir() {
         if path.join("config.json").is_file() {
             return Ok(Box::new(AutoencoderKl::from_diffusers_dir(path, device, kind)?));

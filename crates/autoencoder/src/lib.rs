@@ -41,7 +41,7 @@ pub mod loss;
 pub mod taesd;
 
 pub use autoencoder::{Autoencoder, FeatureLayer, LatentDistribution};
-pub use checkpoint::open;
+pub use checkpoint::{FormatOpener, open, register_format};
 pub use codec::{InputRange, LatentCodec, LatentNormalization};
 pub use error::{AutoencoderError, Result};
 pub use kl::{AutoencoderKl, AutoencoderKlConfig};

@@ -283,6 +283,9 @@ impl Autoencoder for Toy {
     fn parameters(&self) -> Vec<Tensor> {
         self.vs.trainable_variables()
     }
+    fn named_weights(&self) -> Vec<(String, Tensor)> {
+        self.vs.variables().into_iter().collect()
+    }
 }
 
 #[test]

@@ -127,7 +127,7 @@ pub fn build_cache_from(
     }
     std::fs::create_dir_all(out).map_err(|e| invalid("out", format!("{}: {e}", out.display())))?;
     let codec = ae.codec().clone();
-    let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights())?;
+    let fingerprint = ae.fingerprint()?;
     let n = source.len();
     let encode = |x: &Tensor| -> Result<Tensor> {
         let x = codec.pixels_to_input(&preprocess::to_unit_range(x)?).to_device(device);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_data::{BatchCursor, CacheBatches, LatentCache};
-use lpl_denoiser::{Conditioning, Denoiser, Dit, DitConfig, UNet, UNetConfig};
+use lpl_denoiser::{Conditioning, Denoiser};
 use lpl_schedulers::{NoiseSchedule, TimeSampler};
 use lpl_torch_ext::GlobalRng;
 use tch::{Device, Kind, Tensor};
@@ -61,42 +61,15 @@ pub struct TrainOutcome {
     pub skipped_steps: usize,
 }
 
-/// Builds the configured denoiser for latents `(C, h, w)` and `classes` classes.
+/// Builds the configured denoiser (built-in or registered: [`crate::registry`]) for
+/// latents `(C, h, w)` and `classes` classes, initialised from the run's seed.
 pub fn build_model(
     config: &RunConfig,
     latent_shape: [i64; 3],
     classes: Option<i64>,
     device: Device,
 ) -> Result<Box<dyn Denoiser>> {
-    let _rng = GlobalRng::seeded(config.train.seed as i64);
-    let [c, h, _] = latent_shape;
-    let preset = config.model.preset.as_str();
-    let classes = classes.unwrap_or(1);
-    if preset.starts_with("dit-") {
-        let mut d =
-            DitConfig::preset(preset).map_err(|e| invalid("model.preset", e.to_string()))?;
-        d.in_channels = c;
-        d.sample_size = h;
-        d.num_embeds_ada_norm = Some(classes);
-        if let Some(p) = config.model.class_dropout_prob {
-            d.class_dropout_prob = p;
-        }
-        Ok(Box::new(
-            Dit::new(&d, device, Kind::Float).map_err(|e| invalid("model", e.to_string()))?,
-        ))
-    } else {
-        let mut u =
-            UNetConfig::preset(preset).map_err(|e| invalid("model.preset", e.to_string()))?;
-        u.in_channels = c;
-        u.out_channels = c;
-        u.num_class_embeds = Some(classes + 1);
-        if let Some(p) = config.model.class_dropout_prob {
-            u.class_dropout_prob = p;
-        }
-        Ok(Box::new(
-            UNet::new(&u, device, Kind::Float).map_err(|e| invalid("model", e.to_string()))?,
-        ))
-    }
+    crate::registry::build(&config.model, latent_shape, classes, config.train.seed, device)
 }
 
 fn step_seed(seed: u64, step: usize) -> i64 {
@@ -150,7 +123,7 @@ impl RunInputs {
         let cache = LatentCache::open(&config.data.cache)?;
         let ae = open_autoencoder(config, device)?;
         let codec: LatentCodec = cache.manifest.codec.clone();
-        cache.check_autoencoder(&lpl_tensor_io::fingerprint(&ae.named_weights())?, &codec)?;
+        cache.check_autoencoder(&ae.fingerprint()?, &codec)?;
         let channels = cache.manifest.latent_shape[0];
         if model.in_channels() != channels || model.out_channels() != channels {
             return Err(invalid(

@@ -66,6 +66,14 @@ pub enum TrainError {
     /// A denoiser error.
     #[error(transparent)]
     Denoiser(#[from] lpl_denoiser::DenoiserError),
+    /// A registered denoiser's builder failed.
+    #[error("building the registered denoiser `{kind}`")]
+    Model {
+        /// The registered kind.
+        kind: String,
+        /// The builder's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A feature network or statistics error (evaluation).
     #[error(transparent)]
     Metrics(#[from] lpl_metrics::StatsError),

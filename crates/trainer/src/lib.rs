@@ -23,6 +23,7 @@ mod error;
 pub mod evaluation;
 pub mod objective;
 pub mod progress;
+pub mod registry;
 pub mod run_checkpoint;
 pub mod run_config;
 pub mod sampling;

@@ -128,7 +128,12 @@ pub fn check_same_run(output_dir: &Path, config: &RunConfig) -> Result<()> {
             message: e.to_string(),
         })
     };
-    let before = parse(&state.config_toml, &last)?;
+    // the stored config as this version writes it (older checkpoints wrote e.g.
+    // `schedule_preset` and `[model]` without `kind`): same meaning, same table
+    let stored = crate::error::parse_toml::<RunConfig>(&state.config_toml, &last)
+        .and_then(|c| c.to_toml())
+        .unwrap_or_else(|_| state.config_toml.clone());
+    let before = parse(&stored, &last)?;
     let now = parse(&config.to_toml()?, Path::new("<run config>"))?;
     let mut changed = Vec::new();
     diff_tables("", &before, &now, &mut changed);

@@ -23,15 +23,100 @@ pub struct DataConfig {
     pub flip: bool,
 }
 
-/// The denoiser: a preset whose input channels and size are set from the cache.
+/// `[model]`: which denoiser, by `kind`: `dit` or `unet` with a preset (its input channels,
+/// size and classes are set from the cache), or a kind registered with
+/// [`crate::registry::register_denoiser`] with its own fields beside `kind`. A table without
+/// `kind` whose preset starts with `dit-` or `unet-` is that kind (configs and checkpoints
+/// written before `kind` existed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "toml::Table", into = "toml::Table")]
+pub enum ModelConfig {
+    /// A DiT preset (`dit-tiny`, `dit-b-2`, ...).
+    Dit(BuiltinModel),
+    /// A UNet preset (`unet-tiny`, ...).
+    Unet(BuiltinModel),
+    /// A registered denoiser and its own fields.
+    Registered {
+        /// Its registered name.
+        kind: String,
+        /// The rest of `[model]`, for its builder.
+        fields: toml::Table,
+    },
+}
+
+/// The fields of a built-in `[model]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// `dit-*` or `unet-*` preset.
+pub struct BuiltinModel {
+    /// The preset.
     pub preset: String,
     /// Probability of dropping labels to the null class (classifier-free guidance).
     #[serde(default)]
     pub class_dropout_prob: Option<f64>,
+}
+
+impl ModelConfig {
+    /// A DiT or UNet preset, by the preset's prefix.
+    pub fn preset(name: &str) -> Self {
+        let m = BuiltinModel { preset: name.to_string(), class_dropout_prob: None };
+        if name.starts_with("unet-") { Self::Unet(m) } else { Self::Dit(m) }
+    }
+
+    /// The `kind` it is written with.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::Dit(_) => "dit",
+            Self::Unet(_) => "unet",
+            Self::Registered { kind, .. } => kind,
+        }
+    }
+}
+
+impl TryFrom<toml::Table> for ModelConfig {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> std::result::Result<Self, String> {
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(k)) => k,
+            Some(other) => return Err(format!("`kind` must be a string, got {other}")),
+            None => match table.get("preset").and_then(|p| p.as_str()) {
+                Some(p) if p.starts_with("dit-") => "dit".to_string(),
+                Some(p) if p.starts_with("unet-") => "unet".to_string(),
+                _ => {
+                    return Err(
+                        "give `kind` (dit, unet, or a registered denoiser's name)".to_string()
+                    );
+                }
+            },
+        };
+        let builtin = |t: toml::Table| -> std::result::Result<BuiltinModel, String> {
+            toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| e.message().to_string())
+        };
+        Ok(match kind.as_str() {
+            "dit" => Self::Dit(builtin(table)?),
+            "unet" => Self::Unet(builtin(table)?),
+            _ => Self::Registered { kind, fields: table },
+        })
+    }
+}
+
+impl From<ModelConfig> for toml::Table {
+    fn from(m: ModelConfig) -> Self {
+        let kind = m.kind().to_string();
+        let mut table = match m {
+            ModelConfig::Dit(b) | ModelConfig::Unet(b) => {
+                let mut t = toml::Table::new();
+                t.insert("preset".into(), b.preset.into());
+                if let Some(p) = b.class_dropout_prob {
+                    t.insert("class_dropout_prob".into(), p.into());
+                }
+                t
+            }
+            ModelConfig::Registered { fields, .. } => fields,
+        };
+        table.insert("kind".into(), kind.into());
+        table
+    }
 }
 
 /// A noise schedule as written in a run config: a preset name (`schedule = "dit"`; `sd15`,
@@ -60,7 +145,9 @@ impl TryFrom<serde_json::Value> for ScheduleSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiffusionConfig {
-    /// The noise schedule: a preset name or a full table.
+    /// The noise schedule: a preset name or a full table (`schedule_preset` is read as
+    /// `schedule`, as configs and checkpoints before this field wrote it).
+    #[serde(alias = "schedule_preset")]
     pub schedule: ScheduleSpec,
     /// What the denoiser predicts.
     pub parameterization: Parameterization,
@@ -409,12 +496,7 @@ impl RunConfig {
             }
             e.data.validate()?;
         }
-        if !(self.model.preset.starts_with("dit-") || self.model.preset.starts_with("unet-")) {
-            return Err(invalid(
-                "model.preset",
-                format!("`{}` is neither a dit-* nor a unet-* preset", self.model.preset),
-            ));
-        }
+        crate::registry::check(&self.model)?;
         if let Some(sample) = &self.sample {
             sample.sampler.validate(&s).map_err(|e| invalid("sample.sampler", e.to_string()))?;
             sample.guidance.validate().map_err(|e| invalid("sample.guidance", e.to_string()))?;

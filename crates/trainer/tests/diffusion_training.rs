@@ -712,6 +712,25 @@ fn presets_with_overrides_one_default_per_section_and_io_errors() {
     assert_eq!(partial.ema, EmaConfig { decay: 0.99, ..EmaConfig::default() });
     assert!(partial.ema.warmup);
     assert_eq!(RunConfig::from_toml(&no_ema, Path::new("e")).unwrap().ema, EmaConfig::default());
+    // the forms configs and checkpoints were written in before (`schedule_preset`, `[model]`
+    // without `kind`) read as today's
+    assert!(base.contains("kind = \"dit\"") && base.contains("schedule = \"dit\""), "{base}");
+    let old = base
+        .replace("kind = \"dit\"\n", "")
+        .replace("schedule = \"dit\"", "schedule_preset = \"dit\"");
+    assert_eq!(
+        RunConfig::from_toml(&old, Path::new("old")).unwrap(),
+        RunConfig::from_toml(&base, Path::new("new")).unwrap()
+    );
+    // an unknown model kind names the kinds this program knows
+    let err =
+        RunConfig::from_toml(&base.replace("kind = \"dit\"", "kind = \"nope\""), Path::new("k"))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("`model.kind`") && err.contains("nope") && err.contains("dit, unet"),
+        "{err}"
+    );
     // a missing file is an I/O error naming it, not an invalid config
     let err = RunConfig::from_file(&dir.join("absent.toml")).unwrap_err();
     assert!(matches!(err, lpl_trainer::TrainError::Io { .. }), "{err:?}");

@@ -65,7 +65,7 @@ fn round_trip_order_resume_and_damage() {
     let err =
         f64::try_from((&flipped.latents - encode(&ae, &images.flip([3]))).abs().max()).unwrap();
     assert!(err < 1e-5, "flipped round trip error {err}"); // as above
-    let fingerprint = lpl_tensor_io::fingerprint(&ae.named_weights()).unwrap();
+    let fingerprint = ae.fingerprint().unwrap();
     cache.check_autoencoder(&fingerprint, ae.codec()).unwrap();
     let msg = cache.check_autoencoder("0123", ae.codec()).unwrap_err().to_string();
     assert!(msg.contains("different autoencoder") && msg.contains("manifest.json"), "{msg}");
