@@ -44,8 +44,8 @@ pub enum AblationError {
     /// The feature network or the statistics of the evaluation.
     #[error(transparent)]
     Metrics(#[from] lpl_metrics::StatsError),
-    /// A libtorch error.
-    #[error("libtorch")]
+    /// A libtorch error, as libtorch reported it.
+    #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
 

@@ -35,15 +35,12 @@ pub enum AutoencoderError {
     /// An input tensor of the wrong rank, channel count, size or range.
     #[error("bad input: {0}")]
     Input(String),
-    /// A libtorch error.
-    #[error("libtorch: {0}")]
-    Torch(String),
-}
-
-impl From<tch::TchError> for AutoencoderError {
-    fn from(e: tch::TchError) -> Self {
-        Self::Torch(e.to_string())
-    }
+    /// A libtorch error, as libtorch reported it.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// An operation that cannot proceed on these values (says what and why).
+    #[error("{0}")]
+    Compute(String),
 }
 
 /// `Result` with [`AutoencoderError`].

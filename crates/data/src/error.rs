@@ -27,15 +27,12 @@ pub enum DataError {
     /// An invalid request (e.g. a size that cannot hold the images).
     #[error("{0}")]
     Invalid(String),
-    /// A libtorch error.
-    #[error("libtorch: {0}")]
-    Torch(String),
-}
-
-impl From<tch::TchError> for DataError {
-    fn from(e: tch::TchError) -> Self {
-        Self::Torch(e.to_string())
-    }
+    /// A libtorch error, as libtorch reported it.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// An operation that cannot proceed on these values (says what and why).
+    #[error("{0}")]
+    Compute(String),
 }
 
 /// `Result` with [`DataError`].

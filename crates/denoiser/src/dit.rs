@@ -563,7 +563,8 @@ impl Denoiser for Dit {
             self.patch.forward(&x_t.to_kind(kind)).flatten(2, 3).transpose(1, 2) + pos.unsqueeze(0);
         let t = t.to_kind(Kind::Float);
         let first = self.blocks[0].emb.as_ref().map(|e| e.forward(&t, &labels, kind));
-        let c0 = first.ok_or_else(|| DenoiserError::Torch("block 0 has no embedder".into()))??;
+        let c0 =
+            first.ok_or_else(|| DenoiserError::Compute("block 0 has no embedder".into()))??;
         for (i, block) in self.blocks.iter().enumerate() {
             let ci = match &block.emb {
                 Some(e) if i > 0 => e.forward(&t, &labels, kind)?,

@@ -563,7 +563,7 @@ impl Denoiser for UNet {
             for i in 0..level.resnets.len() {
                 let skip = skips
                     .pop()
-                    .ok_or_else(|| DenoiserError::Torch("skip stack exhausted".into()))?;
+                    .ok_or_else(|| DenoiserError::Compute("skip stack exhausted".into()))?;
                 h = level.step(i, &Tensor::cat(&[h, skip], 1), &temb);
             }
             if let Some(u) = &level.resample {

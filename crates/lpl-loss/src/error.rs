@@ -25,15 +25,12 @@ pub enum LplError {
     /// A schedule error.
     #[error(transparent)]
     Schedule(#[from] lpl_schedulers::ScheduleError),
-    /// A libtorch error.
-    #[error("libtorch: {0}")]
-    Torch(String),
-}
-
-impl From<tch::TchError> for LplError {
-    fn from(e: tch::TchError) -> Self {
-        Self::Torch(e.to_string())
-    }
+    /// A libtorch error, as libtorch reported it.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// An operation that cannot proceed on these values (says what and why).
+    #[error("{0}")]
+    Compute(String),
 }
 
 /// `Result` with [`LplError`].

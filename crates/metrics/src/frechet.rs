@@ -19,15 +19,12 @@ pub enum StatsError {
     /// Reading or writing a statistics file failed.
     #[error(transparent)]
     File(#[from] lpl_tensor_io::TensorIoError),
-    /// A libtorch error.
-    #[error("libtorch: {0}")]
-    Torch(String),
-}
-
-impl From<tch::TchError> for StatsError {
-    fn from(e: tch::TchError) -> Self {
-        Self::Torch(e.to_string())
-    }
+    /// A libtorch error, as libtorch reported it.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// An operation that cannot proceed on these values (says what and why).
+    #[error("{0}")]
+    Compute(String),
 }
 
 /// Mean `(D,)` and unbiased covariance `(D, D)` of a feature set, f64 on the CPU.

@@ -41,15 +41,12 @@ pub enum ScheduleError {
     /// The model a sampler called failed; the source is its own error.
     #[error("the model failed while sampling")]
     Model(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
-    /// A libtorch error while computing.
-    #[error("libtorch: {0}")]
-    Torch(String),
-}
-
-impl From<tch::TchError> for ScheduleError {
-    fn from(e: tch::TchError) -> Self {
-        Self::Torch(e.to_string())
-    }
+    /// A libtorch error, as libtorch reported it.
+    #[error(transparent)]
+    Torch(std::sync::Arc<tch::TchError>),
+    /// An operation that cannot proceed on these values (says what and why).
+    #[error("{0}")]
+    Compute(String),
 }
 
 /// `Result` with [`ScheduleError`].
@@ -57,4 +54,10 @@ pub type Result<T, E = ScheduleError> = std::result::Result<T, E>;
 
 pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> ScheduleError {
     ScheduleError::InvalidConfig { field, reason: reason.into() }
+}
+
+impl From<tch::TchError> for ScheduleError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(std::sync::Arc::new(e))
+    }
 }

@@ -86,15 +86,12 @@ pub enum TensorIoError {
         /// The state-dict key.
         key: String,
     },
-    /// A libtorch error.
-    #[error("libtorch: {0}")]
-    Torch(String),
-}
-
-impl From<tch::TchError> for TensorIoError {
-    fn from(e: tch::TchError) -> Self {
-        Self::Torch(e.to_string())
-    }
+    /// A libtorch error, as libtorch reported it.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// An operation that cannot proceed on these values (says what and why).
+    #[error("{0}")]
+    Compute(String),
 }
 
 /// `Result` with [`TensorIoError`].

@@ -77,11 +77,11 @@ pub enum TrainError {
     /// A feature network or statistics error (evaluation).
     #[error(transparent)]
     Metrics(#[from] lpl_metrics::StatsError),
-    /// A libtorch error.
-    #[error("libtorch")]
+    /// A libtorch error, as libtorch reported it.
+    #[error(transparent)]
     Torch(#[from] tch::TchError),
     /// An error of the libtorch extension shim (autocast, fused AdamW).
-    #[error("libtorch extension")]
+    #[error(transparent)]
     TorchExt(#[from] lpl_torch_ext::TorchExtError),
 }
 

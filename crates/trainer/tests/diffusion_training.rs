@@ -731,6 +731,19 @@ fn presets_with_overrides_one_default_per_section_and_io_errors() {
         err.contains("`model.kind`") && err.contains("nope") && err.contains("dit, unet"),
         "{err}"
     );
+    // a libtorch error keeps libtorch's message and the original error (downcastable)
+    let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    let b = Tensor::zeros([3, 4], (Kind::Float, Device::Cpu));
+    let torch = Tensor::f_cat(&[a, b], 0).unwrap_err();
+    let message = torch.to_string();
+    let err = lpl_trainer::TrainError::from(lpl_denoiser::DenoiserError::from(torch));
+    assert_eq!(err.to_string(), message, "no message lost or replaced");
+    assert!(matches!(
+        err,
+        lpl_trainer::TrainError::Denoiser(lpl_denoiser::DenoiserError::Torch(
+            tch::TchError::Torch(_)
+        ))
+    ));
     // a missing file is an I/O error naming it, not an invalid config
     let err = RunConfig::from_file(&dir.join("absent.toml")).unwrap_err();
     assert!(matches!(err, lpl_trainer::TrainError::Io { .. }), "{err:?}");

@@ -217,9 +217,9 @@ impl NoiseSource for FixedNoise {
         let draw = self
             .draws
             .pop_front()
-            .ok_or_else(|| ScheduleError::Torch("FixedNoise ran out of draws".to_string()))?;
+            .ok_or_else(|| ScheduleError::Compute("FixedNoise ran out of draws".to_string()))?;
         if draw.size() != like.size() {
-            return Err(ScheduleError::Torch(format!(
+            return Err(ScheduleError::Compute(format!(
                 "FixedNoise draw has shape {:?}, expected {:?}",
                 draw.size(),
                 like.size()
