@@ -25,10 +25,13 @@
 //! let x0 = Parameterization::V.to_x0(&schedule, &v, &z_t, &t)?;
 //! assert!(f64::try_from((x0 - &z0).abs().max())? < 1e-4);
 //!
-//! // Sampling: DDIM, 20 steps, with a model that always predicts zero noise.
+//! // Sampling: DDIM, 20 steps, with a model that always predicts zero noise (a model may
+//! // fail: it returns a Result, and its error ends the sampling).
 //! let config = SamplerConfig::new(SamplerKind::Ddim, 20);
 //! let sampler = Sampler::new(&schedule, Parameterization::Eps, &config)?;
-//! let mut model = |x: &Tensor, _t: &Tensor| x.zeros_like();
+//! let mut model = |x: &Tensor, _t: &Tensor| -> Result<Tensor, lpl_schedulers::ModelError> {
+//!     Ok(x.zeros_like())
+//! };
 //! let noise = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
 //! let sample = sampler.run(&noise, &mut model, &mut TorchNoise, None)?;
 //! assert_eq!(sample.size(), vec![2, 4, 8, 8]);
