@@ -93,6 +93,11 @@ pub fn test(extra: &[String]) -> Result<()> {
             let mut doc = cargo();
             doc.args(["test", "--workspace", "--doc", "--quiet"]);
             run(doc, "cargo test --doc")?;
+            // the API docs build without a warning (broken or private links)
+            let mut api = cargo();
+            api.args(["doc", "--workspace", "--no-deps", "--quiet"])
+                .env("RUSTDOCFLAGS", "-D warnings");
+            run(api, "cargo doc (warnings denied)")?;
             let filter =
                 PARITY_BINARIES.iter().map(|b| format!("binary_id({b})")).collect::<Vec<_>>();
             let mut parity = cargo();

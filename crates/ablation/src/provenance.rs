@@ -5,7 +5,7 @@
 //! Results of one config differ between machines in their last bits (MKL's vector maths and
 //! ATen's kernels are CPU-dependent), and a training run amplifies last bits into sampling
 //! noise; a result is comparable with another only when both say how they were made.
-//! Every evaluated arm records one ([`crate::ablation`]'s `eval.json`), `results.json` records
+//! Every evaluated arm records one (the driver's `eval.json`), `results.json` records
 //! the current one, and the report says at its top which arms were made differently.
 
 use std::collections::BTreeMap;

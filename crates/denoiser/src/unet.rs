@@ -77,7 +77,7 @@ pub struct UNetConfig {
     /// Only `positional`.
     #[serde(default = "positional")]
     pub time_embedding_type: String,
-    /// Only `None` (4 x block_out_channels[0]).
+    /// Only `None` (4 x `block_out_channels[0]`).
     #[serde(default)]
     pub time_embedding_dim: Option<i64>,
     /// Sinusoid order.

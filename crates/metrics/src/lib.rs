@@ -4,9 +4,9 @@
 //! a stable matrix square root, streaming accumulation, statistics saved as safetensors)
 //! ([`frechet`]) in the features of a [`FeatureExtractor`]: EfficientNet-Lite0 with its
 //! ImageNet weights ([`effnet`], "FD-EffNet") or pytorch-fid's Inception-v3 ([`inception`],
-//! "FID", user-supplied weights); precision/recall and density/coverage ([`prdc`]);
+//! "FID", user-supplied weights); precision/recall and density/coverage ([`prdc`](mod@prdc));
 //! radially averaged power spectra with per-band errors and a PNG plot ([`spectrum`],
-//! [`plot`]); PSNR and SSIM ([`psnr`]); image grids ([`grid`]); all of them at once with
+//! [`plot`]); PSNR and SSIM ([`psnr`](mod@psnr)); image grids ([`grid`]); all of them at once with
 //! [`compare_images`].
 //!
 //! Standalone use, without any weights: statistics of two feature sets, their distance, the

@@ -117,7 +117,8 @@ const RESUMABLE_CHANGES: &[&str] =
     &["train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints"];
 
 /// Checks that the run in `output_dir`, if it has checkpoints, was trained with `config`
-/// up to the fields a resumption may change ([`RESUMABLE_CHANGES`]); otherwise the error
+/// up to the fields a resumption may change (`train.steps`, `train.log_every`,
+/// `train.checkpoint_every`, `train.keep_checkpoints`); otherwise the error
 /// names the run, each changed field and both values.
 pub fn check_same_run(output_dir: &Path, config: &RunConfig) -> Result<()> {
     let Some(last) = list_checkpoints(output_dir).last().cloned() else { return Ok(()) };

@@ -1,7 +1,7 @@
 //! What happens around the diffusion loop's optimiser steps, each a small collaborator the
-//! loop calls after every step: [`StepLog`] (metrics, progress, the non-finite stop rule),
-//! [`Checkpointer`], [`PeriodicEvaluator`] (`[eval]`: FD, best checkpoint) and
-//! [`GridWriter`] (`[sample]`), plus any user [`Hook`].
+//! loop calls after every step: `StepLog` (metrics, progress, the non-finite stop rule),
+//! `Checkpointer`, `PeriodicEvaluator` (`[eval]`: FD, best checkpoint) and `GridWriter`
+//! (`[sample]`), then any user [`Hook`] with the step's [`StepEnd`].
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +29,7 @@ pub struct StepEnd<'a> {
     pub model: &'a dyn Denoiser,
     /// Its EMA.
     pub ema: &'a Ema,
-    /// The latest checkpoint (after [`Checkpointer`] ran for this step).
+    /// The latest checkpoint (this step's when it was a checkpoint step).
     pub checkpoint: Option<&'a Path>,
     /// Whether this step was a checkpoint step.
     pub checkpointed: bool,

@@ -233,7 +233,7 @@ impl NoiseSource for FixedNoise {
 pub type ModelError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The model as samplers see it: `(x_t (B, ...), t (B,) f32 model time) -> prediction`.
-/// Its error ends the sampling as [`ScheduleError::Model`](crate::ScheduleError::Model).
+/// Its error ends the sampling as [`crate::ScheduleError::Model`].
 pub type Model<'a> = dyn FnMut(&Tensor, &Tensor) -> std::result::Result<Tensor, ModelError> + 'a;
 
 /// Called after every step with the step index and the sampler's state (for Euler and Heun
