@@ -15,7 +15,8 @@ use crate::setup::{lpl_home, workspace_root};
 /// Reference packages the fixture scripts import, pinned. None of them may pull another
 /// torch: the ones that would (through torchvision) are installed with `--no-deps` at the
 /// versions that match torch 2.11.
-const REFERENCE_PACKAGES: [&str; 3] = ["diffusers==0.42.0", "safetensors", "scipy"];
+const REFERENCE_PACKAGES: [&str; 4] =
+    ["diffusers==0.42.0", "safetensors", "scipy", "tensorboard==2.21.0"];
 const NO_DEPS_PACKAGES: [&str; 3] =
     ["torchvision==0.26.0", "pytorch-fid==0.3.0", "efficientnet-lite-pytorch==0.1.0"];
 

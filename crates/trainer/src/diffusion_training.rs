@@ -24,6 +24,7 @@ use crate::objective::{self, MicroBatch, Objective};
 use crate::run_checkpoint::{self, RunState};
 use crate::run_config::RunConfig;
 use crate::step_log::StepTerms;
+use crate::tensorboard::TensorBoardLogger;
 use crate::training_hooks::{
     Checkpointer, GridWriter, Hook, PeriodicEvaluator, SampleContext, StepEnd, StepLog, StepValues,
 };
@@ -192,6 +193,11 @@ where
         .map(|e| PeriodicEvaluator::new(e, &config.output_dir, device))
         .transpose()?;
     let mut grids = GridWriter::new(config);
+    let mut tensorboard = config
+        .log
+        .tensorboard
+        .then(|| TensorBoardLogger::create(&config.output_dir.join("tensorboard")))
+        .transpose()?;
     let t = &config.train;
     let mut batches = CacheBatches::new(
         inputs.cache.clone(),
@@ -215,6 +221,7 @@ where
         if checkpointed {
             checkpointer.save(config, model, &state.ema, &state.opt, state.run_state())?;
         }
+        let mut lines: Vec<serde_json::Value> = line.into_iter().collect();
         let end = StepEnd {
             step: state.step,
             total: t.steps,
@@ -222,17 +229,21 @@ where
             ema: &state.ema,
             checkpoint: checkpointer.last.as_deref(),
             checkpointed,
+            grid: None,
         };
-        if let Some(line) =
+        if let Some(eval) =
             evaluator.as_mut().map(|e| e.after_step(&end, &ctx)).transpose()?.flatten()
         {
-            log.append(&line)?;
+            log.append(&eval)?;
+            lines.push(eval);
         }
-        if let Some(g) = grids.as_mut() {
-            g.after_step(&end, &ctx)?;
-        }
+        let grid = grids.as_mut().map(|g| g.after_step(&end, &ctx)).transpose()?.flatten();
+        let end = StepEnd { grid: grid.as_deref(), ..end };
         for hook in hooks.iter_mut() {
-            hook.after_step(&end, line.as_ref())?;
+            hook.after_step(&end, &lines)?;
+        }
+        if let Some(tb) = tensorboard.as_mut() {
+            tb.after_step(&end, &lines)?;
         }
     }
     log.finish();

@@ -28,6 +28,7 @@ pub mod run_checkpoint;
 pub mod run_config;
 pub mod sampling;
 mod step_log;
+pub mod tensorboard;
 pub mod training_hooks;
 
 pub use error::{Result, TrainError};

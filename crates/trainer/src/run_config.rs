@@ -390,6 +390,17 @@ pub struct RunConfig {
     /// checkpoint by it.
     #[serde(default)]
     pub eval: Option<PeriodicEval>,
+    /// Loggers besides `metrics.jsonl`.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: where metrics go besides `metrics.jsonl` (always written).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// TensorBoard event files in `<output_dir>/tensorboard` (scalars and sample grids).
+    pub tensorboard: bool,
 }
 
 /// `[eval]`: every `every` steps (a multiple of `train.checkpoint_every`), `count` images

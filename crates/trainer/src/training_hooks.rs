@@ -33,13 +33,16 @@ pub struct StepEnd<'a> {
     pub checkpoint: Option<&'a Path>,
     /// Whether this step was a checkpoint step.
     pub checkpointed: bool,
+    /// The sample grid written at this step, if one was (for hooks: grids run before them).
+    pub grid: Option<&'a Path>,
 }
 
 /// A user's addition to the loop (a logger, a probe): called after every step.
 pub trait Hook {
-    /// After the step `end.step` and its checkpoint, evaluation and grid. `metrics` is the
-    /// `metrics.jsonl` line of this step, if one was written.
-    fn after_step(&mut self, end: &StepEnd<'_>, metrics: Option<&serde_json::Value>) -> Result<()>;
+    /// After the step `end.step` and its checkpoint, evaluation and grid. `lines` are the
+    /// `metrics.jsonl` lines written at this step (the step's own at log steps, then the
+    /// evaluation's at evaluation steps).
+    fn after_step(&mut self, end: &StepEnd<'_>, lines: &[serde_json::Value]) -> Result<()>;
 }
 
 /// What one optimiser step produced, on the device (no host read).
@@ -238,18 +241,23 @@ impl GridWriter {
         Some(Self { sample, dir: config.output_dir.join("grids"), last: None })
     }
 
-    pub fn after_step(&mut self, end: &StepEnd<'_>, ctx: &SampleContext<'_>) -> Result<()> {
+    /// Writes the grid of this step when one is due; returns its path.
+    pub fn after_step(
+        &mut self,
+        end: &StepEnd<'_>,
+        ctx: &SampleContext<'_>,
+    ) -> Result<Option<PathBuf>> {
         let periodic = self.sample.every > 0 && end.step.is_multiple_of(self.sample.every);
         if !(periodic || end.step == end.total) {
-            return Ok(());
+            return Ok(None);
         }
         let path = self.dir.join(format!("step-{:07}.png", end.step));
         let request = ctx.request(end.model, &self.sample);
         sampling::with_ema_weights(end.model, end.ema, || {
             request.write_grid(ctx.ae, ctx.codec, &path)
         })?;
-        self.last = Some(path);
-        Ok(())
+        self.last = Some(path.clone());
+        Ok(Some(path))
     }
 }
 

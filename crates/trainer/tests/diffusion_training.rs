@@ -597,16 +597,18 @@ impl Objective for DoubleMse {
 struct Recorder {
     ends: Vec<(usize, bool, bool)>,
     lines: Vec<serde_json::Value>,
+    grids: Vec<(usize, bool)>,
 }
 
 impl Hook for Recorder {
     fn after_step(
         &mut self,
         end: &StepEnd<'_>,
-        metrics: Option<&serde_json::Value>,
+        lines: &[serde_json::Value],
     ) -> lpl_trainer::Result<()> {
         self.ends.push((end.step, end.checkpointed, end.checkpoint.is_some_and(|p| p.exists())));
-        self.lines.extend(metrics.cloned());
+        self.lines.extend(lines.iter().cloned());
+        self.grids.extend(end.grid.map(|g| (end.step, g.is_file())));
         Ok(())
     }
 }
@@ -642,7 +644,7 @@ fn objectives_come_from_the_config_or_the_caller_and_hooks_see_every_step() {
     assert!(err.contains("`loss`"), "{err}");
 
     // the caller's objective and hook
-    let custom = config(&dir, "custom", 4, false);
+    let custom = config_with(&dir, "custom", 4, false, "[log]\ntensorboard = true\n");
     let cache = lpl_data::LatentCache::open(&custom.data.cache).unwrap();
     let model = lpl_trainer::diffusion_training::build_model(
         &custom,
@@ -662,6 +664,8 @@ fn objectives_come_from_the_config_or_the_caller_and_hooks_see_every_step() {
     )
     .unwrap();
     assert_eq!(outcome.step, 4);
+    // [sample] without `every`: one grid, at the end, written before the hooks run
+    assert_eq!(recorder.grids, [(4, true)]);
     // checkpoint_every = 3 and the last step: the checkpoint exists when the hook runs
     assert_eq!(
         recorder.ends,
@@ -675,6 +679,22 @@ fn objectives_come_from_the_config_or_the_caller_and_hooks_see_every_step() {
         lines
     };
     assert_eq!(without_speed(&recorder.lines), without_speed(&metric_lines(&dir.join("custom"))));
+    // [log] tensorboard: one event file with the header, a scalar event per metrics line
+    // (tag `double_mse` among them) and the grid as an image
+    let tb: Vec<_> = std::fs::read_dir(dir.join("custom/tensorboard")).unwrap().collect();
+    assert_eq!(tb.len(), 1);
+    let bytes = std::fs::read(tb[0].as_ref().unwrap().path()).unwrap();
+    let mut records = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        at += 12 + len + 4;
+        records += 1;
+    }
+    assert_eq!(at, bytes.len(), "whole records");
+    assert_eq!(records, 1 + 4 + 1, "header, 4 log lines, 1 grid");
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"double_mse") && has(b"grad_norm") && has(b"samples") && has(b"\x89PNG"));
     for line in &recorder.lines {
         let (loss, double) = (line["loss"].as_f64().unwrap(), line["double_mse"].as_f64().unwrap());
         assert_eq!(loss.to_bits(), double.to_bits(), "{line}");
