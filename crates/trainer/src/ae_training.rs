@@ -13,9 +13,9 @@ use lpl_autoencoder::{
 use lpl_data::{DatasetConfig, LabeledImages, Split, preprocess};
 use lpl_torch_ext::GlobalRng;
 use serde::{Deserialize, Serialize};
-use tch::nn::OptimizerConfig;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor};
 
+use crate::adamw::{AdamW, AdamWConfig};
 use crate::error::{Result, TrainError, invalid, parse_toml, read_text};
 use crate::progress;
 
@@ -59,6 +59,9 @@ fn default_batch() -> usize {
 fn default_log_every() -> usize {
     50
 }
+fn default_max_nonfinite() -> usize {
+    5
+}
 
 /// Optimisation settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,9 +90,13 @@ pub struct AeOptimConfig {
     /// Seed of initialisation and data order.
     #[serde(default)]
     pub seed: u64,
-    /// Log (and check for NaN) every this many steps.
+    /// Log (and check for non-finite steps) every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// Non-finite steps in a row before stopping (each is skipped, as in diffusion
+    /// training: parameters and moments untouched).
+    #[serde(default = "default_max_nonfinite")]
+    pub max_nonfinite: usize,
     /// Also write a checkpoint every this many steps (0: only at the end), as
     /// `checkpoints/autoencoder-step-NNNNNNN.safetensors` beside the final file: the final
     /// path (with the data-derived codec) exists only once training finished, so whoever
@@ -187,6 +194,8 @@ pub struct AeTrainReport {
     pub checkpoint: PathBuf,
     /// Wall time of the training loop, seconds.
     pub train_seconds: f64,
+    /// Steps skipped for a non-finite loss or gradient.
+    pub skipped_steps: usize,
 }
 
 /// u8 images `(N, C, h, w)` prepared as the model sees them: padded, f32 in `[-1, 1]`.
@@ -217,8 +226,14 @@ pub fn train_autoencoder(
     let model_config = config.model.resolve()?;
     let mut ae = AutoencoderKl::new(&model_config, device, Kind::Float)?;
     let input_codec = LatentCodec::affine(InputRange::MinusOneToOne, 1.0, 0.0);
-    let mut opt =
-        nn::AdamW { wd: t.weight_decay, ..Default::default() }.build(ae.var_store(), t.lr)?;
+    // the optimiser of every loop: fused AdamW, decay on tensors of rank >= 2, a non-finite
+    // loss or gradient skips the step on the device
+    let mut opt = AdamW::new(
+        ae.var_store(),
+        AdamWConfig { weight_decay: t.weight_decay, ..Default::default() },
+    )?;
+    let zero = || Tensor::zeros([], (Kind::Float, device));
+    let (mut skipped, mut run, mut longest) = (zero(), zero(), zero());
     let n = train.size()[0];
     let batch = (t.batch_size as i64).min(n);
     let checkpoint_path = config.output_dir.join("autoencoder.safetensors");
@@ -240,15 +255,29 @@ pub fn train_autoencoder(
         } else {
             t.lr
         };
-        opt.set_lr(lr);
         let dist = ae.encode(&x)?;
         let recon = ae.decode(&dist.sample())?;
         let loss = ae_loss(&x, &recon, &dist, t.reconstruction, t.kl_weight);
-        opt.backward_step(&loss.total);
+        opt.zero_grad();
+        loss.total.backward();
+        let norm = opt.grad_norm()?;
+        let found_inf = loss
+            .total
+            .detach()
+            .isfinite()
+            .logical_and(&norm.isfinite())
+            .logical_not()
+            .to_kind(Kind::Float);
+        opt.step_unless(lr, &found_inf)?;
+        tch::no_grad(|| {
+            skipped += &found_inf;
+            run = (&run + 1.0) * &found_inf;
+            longest = longest.maximum(&run);
+        });
         if (step + 1) % t.log_every == 0 || step + 1 == t.steps {
-            let total = f64::try_from(&loss.total)?;
-            if !total.is_finite() {
-                return Err(TrainError::NonFinite { step, value: total });
+            let longest_run = longest.double_value(&[]) as usize;
+            if longest_run >= t.max_nonfinite {
+                return Err(TrainError::NonFiniteRun { run: longest_run, step: step + 1 });
             }
             let rec = f64::try_from(&loss.reconstruction)?;
             let kl = f64::try_from(&loss.kl)?;
@@ -286,6 +315,7 @@ pub fn train_autoencoder(
         test_psnr,
         checkpoint: checkpoint_path,
         train_seconds,
+        skipped_steps: skipped.double_value(&[]) as usize,
     })
 }
 

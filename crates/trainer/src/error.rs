@@ -21,14 +21,6 @@ pub enum TrainError {
         /// What is wrong with its value.
         reason: String,
     },
-    /// The loss became NaN or infinite.
-    #[error("non-finite loss ({value}) at step {step}")]
-    NonFinite {
-        /// The step.
-        step: usize,
-        /// The value read.
-        value: f64,
-    },
     /// Too many training steps in a row had a non-finite loss (each was skipped).
     #[error(
         "{run} training steps in a row had a non-finite loss or gradient (each was skipped; stopped at step {step}): \

@@ -112,7 +112,8 @@ fn intermediate_checkpoints_never_take_the_final_path() {
     let mut c = config(&dir, 6);
     c.train.checkpoint_every = 1;
     c.train.log_every = 3;
-    c.train.lr = 1e12; // the loss is non-finite by the first check, at step 3
+    c.train.lr = 1e12; // the loss is non-finite from step 2 on: a run of 2 by step 3
+    c.train.max_nonfinite = 2;
     let err = train_autoencoder(&c, &train, &test, Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("non-finite"), "{err}");
     assert!(!dir.join("autoencoder.safetensors").exists(), "a failed run left the final file");
@@ -124,5 +125,31 @@ fn intermediate_checkpoints_never_take_the_final_path() {
     let report = train_autoencoder(&c, &train, &test, Device::Cpu).unwrap();
     assert_eq!(report.checkpoint, dir.join("autoencoder.safetensors"));
     assert!(report.checkpoint.is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The autoencoder loop skips a non-finite step as the diffusion loop does (the same AdamW:
+/// parameters and moments untouched, decided on the device) and stops after
+/// `max_nonfinite` in a row; a lone one is skipped and counted.
+#[test]
+fn non_finite_steps_are_skipped_and_a_run_of_them_stops_training() {
+    let _rng = GlobalRng::lock();
+    let dir = std::env::temp_dir().join(format!("lpl-ae-nonfinite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (train, test) = (images(64, 1), images(16, 2));
+    let mut c = config(&dir, 12);
+    c.train.lr = 1e12;
+    c.train.log_every = 1;
+    c.train.max_nonfinite = 3;
+    match train_autoencoder(&c, &train, &test, Device::Cpu) {
+        Err(lpl_trainer::TrainError::NonFiniteRun { run, step }) => {
+            assert_eq!(run, 3);
+            assert!(step <= 5, "stopped at step {step}: the first non-finite step is 1 or 2");
+        }
+        other => panic!("expected a run of non-finite steps, got {other:?}"),
+    }
+    // a finite run skips nothing
+    let c = config(&dir, 3);
+    assert_eq!(train_autoencoder(&c, &train, &test, Device::Cpu).unwrap().skipped_steps, 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
