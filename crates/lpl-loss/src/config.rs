@@ -145,6 +145,12 @@ pub struct LplConfig {
     pub min_snr_gamma: Option<f64>,
     /// Apply the autoencoder's `post_quant_conv` before the decoder (the port skips it).
     pub post_quant_conv: bool,
+    /// Decode at most this many kept samples at a time when the trainer computes the LPL's
+    /// gradient ([`crate::LatentPerceptualLoss::value_and_grad`]): peak memory is one
+    /// chunk's decoder graph instead of the whole batch's, the gradient is the same (the
+    /// loss decomposes over samples). `None`: the whole batch at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<usize>,
 }
 
 fn five() -> i64 {
@@ -213,6 +219,7 @@ impl LplConfig {
             batch_reduce: BatchReduce::Kept,
             min_snr_gamma: None,
             post_quant_conv: true,
+            chunk: None,
         };
         Ok(match name {
             "paper" => paper,
@@ -269,6 +276,9 @@ impl LplConfig {
             && !(g.is_finite() && g > 0.0)
         {
             return Err(invalid("min_snr_gamma", format!("must be positive, got {g}")));
+        }
+        if self.chunk == Some(0) {
+            return Err(invalid("chunk", "must be >= 1 (or left out: the whole batch)"));
         }
         if !self.mask && self.mask_source == MaskSource::Prediction {
             return Err(invalid("mask_source", "`prediction` needs `mask = true`"));

@@ -168,11 +168,12 @@ impl<'a> LatentPerceptualLoss<'a> {
         let (per_kept, masked) = self.per_layer_distances(&pred, &target)?; // (K, L), (L,)
         let per_sample_kept = per_kept.sum_dim_intlist(1, false, Kind::Float); // (K,)
         let k = kept.len() as f64;
+        // not in place: `per_sample` reports L(b) before the min-SNR weights
         let mut weighted = per_sample_kept.shallow_clone();
         if let Some(gamma) = self.config.min_snr_gamma {
             let t_kept = t.f_to_device(Device::Cpu)?.index_select(0, &Tensor::from_slice(&kept));
             let w = min_snr_weights(schedule, parameterization, &t_kept, gamma)?.to_device(device);
-            weighted *= w;
+            weighted = weighted * w;
         }
         let reduced = match self.config.batch_reduce {
             BatchReduce::Kept => weighted.sum(Kind::Float) / k,
@@ -187,6 +188,75 @@ impl<'a> LatentPerceptualLoss<'a> {
             kept_fraction: Tensor::from(k / b as f64).to_kind(Kind::Float).to_device(device),
             masked_fraction: masked,
         })
+    }
+
+    /// The loss of [`Self::loss`] and its gradient with respect to `x0_hat` `(B, C, h, w)`
+    /// (f32), computed `chunk` kept samples at a time: each chunk's decoder graph is built,
+    /// differentiated and freed before the next, so peak memory is one chunk's graph. The
+    /// loss decomposes over samples (per-sample masks, normalisation and distances; a
+    /// mean or a sum over kept samples), so the gradient is that of the whole batch up to
+    /// f32 summation order. `x0_hat` is used detached: send the gradient through the
+    /// denoiser with `(x0_hat * grad).sum()` (see the trainer's MSE + LPL objective). The
+    /// returned [`LplOutput`] is detached.
+    pub fn value_and_grad(
+        &self,
+        x0_hat: &Tensor,
+        z0: &Tensor,
+        t: &Tensor,
+        schedule: &NoiseSchedule,
+        parameterization: Parameterization,
+        chunk: usize,
+    ) -> Result<(LplOutput, Tensor)> {
+        let x0 = x0_hat.detach().to_kind(Kind::Float);
+        let b = x0.size()[0];
+        let device = x0.device();
+        let layers = self.plan.len() as i64;
+        let kept = self.kept_indices(t, schedule)?;
+        let mut grad = x0.zeros_like();
+        let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, device));
+        let k = kept.len() as f64;
+        let denom = match self.config.batch_reduce {
+            BatchReduce::Kept => k,
+            BatchReduce::Batch => b as f64,
+        };
+        let mut total = zeros(&[]);
+        let mut per_sample_layer = zeros(&[b, layers]);
+        let mut masked = zeros(&[layers]);
+        let t_cpu = t.f_to_device(Device::Cpu)?;
+        for part in kept.chunks(chunk.max(1)) {
+            let idx = Tensor::from_slice(part).to_device(device);
+            let pred = x0.index_select(0, &idx).set_requires_grad(true);
+            let target = z0.to_kind(Kind::Float).index_select(0, &idx).detach();
+            let (per_kept, masked_part) = self.per_layer_distances(&pred, &target)?;
+            let mut weighted = per_kept.sum_dim_intlist(1, false, Kind::Float);
+            if let Some(gamma) = self.config.min_snr_gamma {
+                let t_part = t_cpu.index_select(0, &Tensor::from_slice(part));
+                weighted *=
+                    min_snr_weights(schedule, parameterization, &t_part, gamma)?.to_device(device);
+            }
+            let value = weighted.sum(Kind::Float) * (self.config.weight / denom);
+            let g = Tensor::f_run_backward(&[&value], &[&pred], false, false)?;
+            if let Some(g) = g.first() {
+                grad = grad.index_add(0, &idx, g);
+            }
+            total += value.detach();
+            per_sample_layer = per_sample_layer.index_add(0, &idx, &per_kept.detach());
+            masked += masked_part * (part.len() as f64 / k);
+        }
+        let per_layer = if kept.is_empty() {
+            zeros(&[layers])
+        } else {
+            per_sample_layer.sum_dim_intlist(0, false, Kind::Float) / k
+        };
+        let output = LplOutput {
+            total,
+            per_sample: per_sample_layer.sum_dim_intlist(1, false, Kind::Float),
+            per_layer,
+            per_sample_layer,
+            kept_fraction: Tensor::from(k / b as f64).to_kind(Kind::Float).to_device(device),
+            masked_fraction: masked,
+        };
+        Ok((output, grad))
     }
 
     /// Per kept sample and layer `omega_l d_l / n_layers` `(K, L)` (differentiable) and the

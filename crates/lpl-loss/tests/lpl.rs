@@ -319,3 +319,72 @@ fn works_with_a_user_defined_autoencoder() {
         assert_eq!(out.per_layer.size(), vec![2]);
     }
 }
+
+/// `value_and_grad` in chunks of 1 and 2 kept samples gives the loss, the per-sample and
+/// per-layer terms and the gradient of the whole-batch `loss` + backward, for both presets,
+/// with the SNR gate, min-SNR weighting and either batch reduction. Tolerances: the chunks
+/// run the same per-sample arithmetic on batches of 1 or 2 instead of 3, so only
+/// batch-size-dependent kernel choices (convolution blocking) reorder f32 sums: ~1e-7 per
+/// feature, ~1e-6 on the losses (means of thousands of terms); 1e-5 relative on values and
+/// 1e-4 on the gradient (floored at 5% of its largest entry) leave a margin of 10.
+#[test]
+fn chunked_gradient_equals_the_whole_batch_gradient() {
+    let _rng = GlobalRng::lock();
+    let vae = frozen_vae();
+    let g = golden();
+    let schedule = NoiseSchedule::preset("sd15").unwrap();
+    let paper = LplConfig::preset("paper").unwrap();
+    let cases = [
+        ("paper, all kept".to_string(), all_kept(paper.clone())),
+        ("diffusers, all kept".to_string(), all_kept(LplConfig::preset("diffusers").unwrap())),
+        (
+            "paper, SNR gate, min-SNR, batch mean".to_string(),
+            LplConfig {
+                min_snr_gamma: Some(5.0),
+                batch_reduce: lpl_loss::BatchReduce::Batch,
+                ..paper
+            },
+        ),
+    ];
+    for (name, config) in cases {
+        let lpl = LatentPerceptualLoss::new(&vae, vae.codec().clone(), config).unwrap();
+        // t = 50 and 150 pass the SNR gate, 600 does not
+        let t = Tensor::from_slice(&[50i64, 600, 150]);
+        let x0_hat = g["input"].copy().set_requires_grad(true);
+        let whole = lpl.loss(&x0_hat, &g["target"], &t, &schedule, Parameterization::Eps).unwrap();
+        whole.total.backward();
+        let reference = x0_hat.grad();
+        // per_sample is L(b) before min-SNR weighting, whatever the weighting (it was
+        // weighted in place by mistake when min_snr_gamma was set)
+        let plain = LatentPerceptualLoss::new(
+            &vae,
+            vae.codec().clone(),
+            LplConfig { min_snr_gamma: None, ..lpl.config().clone() },
+        )
+        .unwrap();
+        let unweighted =
+            plain.loss(&g["input"], &g["target"], &t, &schedule, Parameterization::Eps);
+        assert!(unweighted.unwrap().per_sample.equal(&whole.per_sample), "{name}: per_sample");
+        for chunk in [1, 2] {
+            let (out, grad) = lpl
+                .value_and_grad(
+                    &g["input"],
+                    &g["target"],
+                    &t,
+                    &schedule,
+                    Parameterization::Eps,
+                    chunk,
+                )
+                .unwrap();
+            let what = format!("{name}, chunk {chunk}");
+            assert!(max_rel(&out.total, &whole.total) < 1e-5, "{what}: total");
+            assert!(max_rel_floored(&out.per_sample, &whole.per_sample, 1e-3) < 1e-5, "{what}");
+            assert!(max_rel_floored(&out.per_layer, &whole.per_layer, 1e-3) < 1e-5, "{what}");
+            assert!(max_rel_floored(&out.masked_fraction, &whole.masked_fraction, 1e-3) < 1e-5);
+            assert!(out.kept_fraction.equal(&whole.kept_fraction), "{what}: kept");
+            let err = max_rel_floored(&grad, &reference, 0.05);
+            assert!(err < 1e-4, "{what}: gradient {err:e}");
+            assert!(!grad.requires_grad() && !out.total.requires_grad(), "{what}: detached");
+        }
+    }
+}

@@ -393,9 +393,8 @@ impl TrainState {
             terms.accumulate(&out.terms, 1.0 / accum as f64);
             // the mean over micro-batches: gradients add up to those of one batch of
             // batch_size * grad_accum samples
-            let loss = out.total / accum as f64;
-            loss_sum += loss.detach().to_kind(Kind::Float);
-            loss.backward();
+            loss_sum += out.total.detach().to_kind(Kind::Float) / accum as f64;
+            (out.backward.unwrap_or(out.total) / accum as f64).backward();
         }
         let norm = self.opt.grad_norm()?;
         let found_inf =

@@ -42,10 +42,21 @@ pub struct MicroBatch<'a> {
 /// A loss and the named terms to log: each term is 0-d or `(L,)` f32, detached; a term
 /// absent at a step (e.g. LPL before its start step) is averaged over the steps that have it.
 pub struct Loss {
-    /// The scalar to differentiate, 0-d f32.
+    /// The loss, 0-d f32: what is logged and checked for finiteness, and what is
+    /// differentiated unless `backward` is given.
     pub total: Tensor,
     /// `(name, value)` as written to `metrics.jsonl`.
     pub terms: Vec<(&'static str, Tensor)>,
+    /// A scalar with the same gradient as `total` to differentiate instead (an objective
+    /// that computed part of its gradient itself, chunk by chunk, hands it on this way).
+    pub backward: Option<Tensor>,
+}
+
+impl Loss {
+    /// A loss differentiated as it is.
+    pub fn new(total: Tensor, terms: Vec<(&'static str, Tensor)>) -> Self {
+        Self { total, terms, backward: None }
+    }
 }
 
 /// What the training loop minimises.
@@ -78,7 +89,7 @@ impl Mse {
 impl Objective for Mse {
     fn loss(&self, b: &MicroBatch<'_>) -> Result<Loss> {
         let mse = self.value(b)?;
-        Ok(Loss { terms: vec![("mse", mse.detach())], total: mse })
+        Ok(Loss::new(mse.shallow_clone(), vec![("mse", mse.detach())]))
     }
 }
 
@@ -98,19 +109,29 @@ impl Objective for MseLpl<'_> {
         let mse = self.mse.value(b)?;
         let mut terms = vec![("mse", mse.detach())];
         if !self.lpl.active_at(b.step) {
-            return Ok(Loss { total: mse, terms });
+            return Ok(Loss::new(mse, terms));
         }
         let x0_hat = x0_from_prediction(b.pred, b.z_t, b.t, b.parameterization, b.schedule)?;
         let _f32 = (b.autocast && !self.decoder_autocast)
             .then(|| lpl_torch_ext::Autocast::disable(b.device))
             .transpose()?;
-        let out = self.lpl.loss(&x0_hat, b.z0, b.t_cpu, b.schedule, b.parameterization)?;
+        let (schedule, param) = (b.schedule, b.parameterization);
+        let (out, backward) = match self.lpl.config().chunk {
+            // the decoder's graph chunk by chunk, its gradient sent on through x0_hat
+            Some(chunk) => {
+                let (out, grad) =
+                    self.lpl.value_and_grad(&x0_hat, b.z0, b.t_cpu, schedule, param, chunk)?;
+                let surrogate = (&x0_hat * grad).sum(Kind::Float);
+                (out, Some(&mse + surrogate))
+            }
+            None => (self.lpl.loss(&x0_hat, b.z0, b.t_cpu, schedule, param)?, None),
+        };
         terms.extend([
             ("lpl", out.total.detach()),
             ("lpl_kept_fraction", out.kept_fraction.detach()),
             ("lpl_masked_fraction", out.masked_fraction.detach()),
         ]);
-        Ok(Loss { total: &mse + &out.total, terms })
+        Ok(Loss { total: &mse + &out.total, terms, backward })
     }
 }
 
@@ -133,10 +154,8 @@ impl Objective for MsePixel<'_> {
         let mse = self.mse.value(b)?;
         let x0_hat = x0_from_prediction(b.pred, b.z_t, b.t, b.parameterization, b.schedule)?;
         let pixel = lpl_loss::pixel_loss(self.ae, &self.codec, &x0_hat, b.z0)? * self.weight;
-        Ok(Loss {
-            terms: vec![("mse", mse.detach()), ("pixel", pixel.detach())],
-            total: mse + pixel,
-        })
+        let terms = vec![("mse", mse.detach()), ("pixel", pixel.detach())];
+        Ok(Loss::new(mse + pixel, terms))
     }
 }
 
