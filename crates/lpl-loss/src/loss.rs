@@ -168,13 +168,16 @@ impl<'a> LatentPerceptualLoss<'a> {
         let (per_kept, masked) = self.per_layer_distances(&pred, &target)?; // (K, L), (L,)
         let per_sample_kept = per_kept.sum_dim_intlist(1, false, Kind::Float); // (K,)
         let k = kept.len() as f64;
-        // not in place: `per_sample` reports L(b) before the min-SNR weights
-        let mut weighted = per_sample_kept.shallow_clone();
-        if let Some(gamma) = self.config.min_snr_gamma {
-            let t_kept = t.f_to_device(Device::Cpu)?.index_select(0, &Tensor::from_slice(&kept));
-            let w = min_snr_weights(schedule, parameterization, &t_kept, gamma)?.to_device(device);
-            weighted = weighted * w;
-        }
+        // a new tensor, not in place: `per_sample` reports L(b) before the min-SNR weights
+        let weighted = match self.config.min_snr_gamma {
+            Some(gamma) => {
+                let t_cpu = t.f_to_device(Device::Cpu)?;
+                let t_kept = t_cpu.index_select(0, &Tensor::from_slice(&kept));
+                let w = min_snr_weights(schedule, parameterization, &t_kept, gamma)?;
+                &per_sample_kept * w.to_device(device)
+            }
+            None => per_sample_kept.shallow_clone(),
+        };
         let reduced = match self.config.batch_reduce {
             BatchReduce::Kept => weighted.sum(Kind::Float) / k,
             BatchReduce::Batch => weighted.sum(Kind::Float) / b as f64,
