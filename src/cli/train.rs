@@ -105,6 +105,10 @@ pub struct TrainArgs {
     /// Override `output_dir`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Profile N steps (after one warm-up step) with libtorch's profiler: a Chrome/Perfetto
+    /// trace in `<output_dir>/profile/trace.json` (`[log] profile = N`).
+    #[arg(long)]
+    profile: Option<usize>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -118,6 +122,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(out) = args.out {
         config.output_dir = out;
+    }
+    if args.profile.is_some() {
+        config.log.profile = args.profile;
     }
     let start = match (args.resume, args.init_from) {
         (true, _) => Start::Resume,

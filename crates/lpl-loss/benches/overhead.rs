@@ -3,7 +3,10 @@
 //! 32x32x4) and for TAEF2 (real weights when ../shared/assets/taef2 exists, latent 32x32x32).
 //! All samples are kept (the gate's worst case: cost scales with the kept fraction).
 //!
-//! `cargo bench -p lpl-loss --bench overhead [-- --batch B --steps N --device cpu|cuda]`.
+//! `cargo bench -p lpl-loss --bench overhead [-- --batch B --steps N --device cpu|cuda
+//! --chunk C --depths D1,D2]`. With `--chunk C` every depth is measured a second time with
+//! the LPL's gradient computed C kept samples at a time (`value_and_grad`, the trainer's
+//! `[loss.lpl] chunk`).
 //! Each case runs in a child process so that its peak resident memory (VmHWM; on CUDA the
 //! allocator's peak is not exposed by tch, so RSS is what is reported) is its own. Writes
 //! `target/bench/lpl_overhead.json` and prints a table.
@@ -44,7 +47,14 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// One case in this process: prints `{"ms": median step ms, "peak_mb": ...}`.
-fn child(decoder: &str, depth: Option<usize>, batch: i64, steps: usize, device: Device) {
+fn child(
+    decoder: &str,
+    depth: Option<usize>,
+    chunk: Option<usize>,
+    batch: i64,
+    steps: usize,
+    device: Device,
+) {
     tch::manual_seed(0);
     let mut ae: Box<dyn Autoencoder> = match decoder {
         "sd" => Box::new(
@@ -90,7 +100,15 @@ fn child(decoder: &str, depth: Option<usize>, batch: i64, steps: usize, device: 
                 &schedule,
             )
             .unwrap();
-            loss += lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap().total;
+            loss += match chunk {
+                Some(c) => {
+                    let (_, grad) = lpl
+                        .value_and_grad(&x0, &z0, &t, &schedule, Parameterization::Eps, c)
+                        .unwrap();
+                    (&x0 * grad).sum(Kind::Float)
+                }
+                None => lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap().total,
+            };
         }
         opt.backward_step(&loss);
         let _ = f64::try_from(&loss).unwrap(); // synchronise
@@ -110,11 +128,17 @@ fn main() {
     if let Some(case) =
         std::env::args().position(|a| a == "--case").and_then(|i| std::env::args().nth(i + 1))
     {
-        let (decoder, depth) = case.split_once(':').unwrap();
-        child(decoder, depth.parse().ok(), batch, steps, device);
+        let mut parts = case.split(':');
+        let decoder = parts.next().unwrap();
+        let depth = parts.next().and_then(|d| d.parse().ok());
+        let chunk = parts.next().and_then(|c| c.parse().ok());
+        child(decoder, depth, chunk, batch, steps, device);
         return;
     }
     let exe = std::env::current_exe().unwrap();
+    let chunk: Option<usize> = arg("--chunk", "").parse().ok();
+    let depths: Option<Vec<usize>> = (!arg("--depths", "").is_empty())
+        .then(|| arg("--depths", "").split(',').map(|d| d.parse().unwrap()).collect());
     let mut decoders = vec![("sd", 4usize)];
     if taef2_dir().join("taef2_decoder.safetensors").exists() {
         decoders.push(("taef2", 3));
@@ -142,23 +166,33 @@ fn main() {
         (v["ms"].as_f64().unwrap_or(f64::NAN), v["peak_mb"].as_f64().unwrap_or(f64::NAN))
     };
     let mut rows = Vec::new();
-    println!("| decoder | depth | step ms | x MSE step | peak RSS MB | x MSE peak |");
-    println!("|---|---|---|---|---|---|");
+    println!("| decoder | depth | chunk | step ms | x MSE step | peak RSS MB | x MSE peak |");
+    println!("|---|---|---|---|---|---|---|");
     for (decoder, max_depth) in decoders {
         let (base_ms, base_mb) = run(format!("{decoder}:mse"));
-        println!("| {decoder} | MSE only | {base_ms:.0} | 1.00 | {base_mb:.0} | 1.00 |");
-        for depth in 0..=max_depth {
-            let (ms, mb) = run(format!("{decoder}:{depth}"));
-            println!(
-                "| {decoder} | {depth} | {ms:.0} | {:.2} | {mb:.0} | {:.2} |",
-                ms / base_ms,
-                mb / base_mb
-            );
-            rows.push(format!(
-                "{{\"decoder\": \"{decoder}\", \"depth\": {depth}, \"step_ms\": {ms:.1}, \"mse_step_ms\": {base_ms:.1}, \"time_ratio\": {:.3}, \"peak_mb\": {mb:.0}, \"mse_peak_mb\": {base_mb:.0}, \"memory_ratio\": {:.3}}}",
-                ms / base_ms,
-                mb / base_mb
-            ));
+        println!("| {decoder} | MSE only | - | {base_ms:.0} | 1.00 | {base_mb:.0} | 1.00 |");
+        let chosen = depths.clone().unwrap_or_else(|| (0..=max_depth).collect());
+        for depth in chosen.into_iter().filter(|d| *d <= max_depth) {
+            let chunks = std::iter::once(None).chain(chunk.map(Some));
+            for c in chunks {
+                let case = match c {
+                    Some(c) => format!("{decoder}:{depth}:{c}"),
+                    None => format!("{decoder}:{depth}"),
+                };
+                let (ms, mb) = run(case);
+                let shown = c.map_or("-".to_string(), |c| c.to_string());
+                println!(
+                    "| {decoder} | {depth} | {shown} | {ms:.0} | {:.2} | {mb:.0} | {:.2} |",
+                    ms / base_ms,
+                    mb / base_mb
+                );
+                rows.push(format!(
+                    "{{\"decoder\": \"{decoder}\", \"depth\": {depth}, \"chunk\": {}, \"step_ms\": {ms:.1}, \"mse_step_ms\": {base_ms:.1}, \"time_ratio\": {:.3}, \"peak_mb\": {mb:.0}, \"mse_peak_mb\": {base_mb:.0}, \"memory_ratio\": {:.3}}}",
+                    c.map_or("null".to_string(), |c| c.to_string()),
+                    ms / base_ms,
+                    mb / base_mb
+                ));
+            }
         }
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");

@@ -27,6 +27,8 @@ unsafe extern "C" {
         len: usize,
     ) -> i32;
     fn lpl_tf32_set(enabled: i32, err: *mut c_char, len: usize) -> i32;
+    fn lpl_profiler_start(cuda: i32, err: *mut c_char, len: usize) -> i32;
+    fn lpl_profiler_stop(path: *const c_char, err: *mut c_char, len: usize) -> i32;
     fn lpl_tf32_get(matmul: *mut i32, conv: *mut i32, err: *mut c_char, len: usize) -> i32;
     fn lpl_device_memory(
         index: i32,
@@ -198,6 +200,16 @@ pub(crate) fn runtime_info(which: i32) -> Result<String> {
     })?;
     // SAFETY: NUL-terminated by the shim (or still all zeros: the empty string).
     Ok(unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+pub(crate) fn profiler_start(cuda: bool) -> Result<()> {
+    // SAFETY: a plain value and the error buffer owned by `checked`.
+    checked("profiler_start", |e, l| unsafe { lpl_profiler_start(cuda.into(), e, l) })
+}
+
+pub(crate) fn profiler_stop(path: &std::ffi::CStr) -> Result<()> {
+    // SAFETY: a NUL-terminated path that outlives the call; the error buffer of `checked`.
+    checked("profiler_stop", |e, l| unsafe { lpl_profiler_stop(path.as_ptr(), e, l) })
 }
 
 pub(crate) fn tf32_set(enabled: bool) -> Result<()> {

@@ -23,6 +23,7 @@ pub mod autocast;
 pub mod global_rng;
 pub mod memory;
 pub mod multi_tensor;
+pub mod profiler;
 pub mod runtime;
 pub mod tf32;
 

@@ -7,6 +7,7 @@
 #include <ATen/Version.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <cstdint>
 #include <cstring>
@@ -221,6 +222,37 @@ int32_t lpl_foreach_mul(const void* const* tensors, size_t n, const void* scale,
     if (n == 0) return 0;
     at::NoGradGuard no_grad;
     at::_foreach_mul_(tensor_list(tensors, n), *static_cast<const at::Tensor*>(scale));
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+// libtorch's (Kineto) profiler, the engine behind torch.profiler: `lpl_profiler_start` starts
+// recording CPU activity (and CUDA activity when `cuda` is 1) with input shapes;
+// `lpl_profiler_stop` stops it and writes a Chrome trace (JSON) to `path`.
+int32_t lpl_profiler_start(int32_t cuda, char* err, size_t err_len) {
+  try {
+    namespace prof = torch::autograd::profiler;
+    using torch::profiler::impl::ActivityType;
+    using torch::profiler::impl::ProfilerConfig;
+    using torch::profiler::impl::ProfilerState;
+    ProfilerConfig config(ProfilerState::KINETO, /*report_input_shapes=*/true);
+    std::set<ActivityType> activities{ActivityType::CPU};
+    if (cuda == 1) activities.insert(ActivityType::CUDA);
+    prof::prepareProfiler(config, activities);
+    prof::enableProfiler(config, activities);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e, err, err_len);
+  }
+}
+
+int32_t lpl_profiler_stop(const char* path, char* err, size_t err_len) {
+  try {
+    auto result = torch::autograd::profiler::disableProfiler();
+    if (!result) throw std::runtime_error("the profiler was not running");
+    result->save(std::string(path));
     return 0;
   } catch (const std::exception& e) {
     return fail(e, err, err_len);

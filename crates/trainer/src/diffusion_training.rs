@@ -26,7 +26,8 @@ use crate::run_config::RunConfig;
 use crate::step_log::StepTerms;
 use crate::tensorboard::TensorBoardLogger;
 use crate::training_hooks::{
-    Checkpointer, GridWriter, Hook, PeriodicEvaluator, SampleContext, StepEnd, StepLog, StepValues,
+    Checkpointer, GridWriter, Hook, PeriodicEvaluator, SampleContext, StepEnd, StepLog,
+    StepProfiler, StepValues,
 };
 
 /// Batches gathered ahead of the training step on a background thread.
@@ -207,7 +208,11 @@ where
         state.cursor,
     )?
     .prefetch(PREFETCH_BATCHES);
+    let mut profiler = StepProfiler::new(config, state.step, device);
     while state.step < t.steps {
+        if let Some(p) = profiler.as_mut() {
+            p.before_step(state.step)?;
+        }
         let values = state.step(
             config,
             model,
@@ -216,6 +221,9 @@ where
             &inputs.schedule,
             device,
         )?;
+        if let Some(p) = profiler.as_mut() {
+            p.after_step(state.step, state.step == t.steps)?;
+        }
         let checkpointed = Checkpointer::due(config, state.step);
         let line = log.record(state.step, t.steps, checkpointed, &values)?;
         if checkpointed {

@@ -113,12 +113,18 @@ pub fn load(path: &Path) -> Result<(RunState, BTreeMap<String, Tensor>)> {
 /// Fields of a run config that may change between a run and its resumption: the length of
 /// the run and how often it logs and checkpoints. Any other change makes the checkpoints
 /// those of another run.
-const RESUMABLE_CHANGES: &[&str] =
-    &["train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints"];
+const RESUMABLE_CHANGES: &[&str] = &[
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "log.tensorboard",
+    "log.profile",
+];
 
 /// Checks that the run in `output_dir`, if it has checkpoints, was trained with `config`
 /// up to the fields a resumption may change (`train.steps`, `train.log_every`,
-/// `train.checkpoint_every`, `train.keep_checkpoints`); otherwise the error
+/// `train.checkpoint_every`, `train.keep_checkpoints`, `log.*`); otherwise the error
 /// names the run, each changed field and both values.
 pub fn check_same_run(output_dir: &Path, config: &RunConfig) -> Result<()> {
     let Some(last) = list_checkpoints(output_dir).last().cloned() else { return Ok(()) };

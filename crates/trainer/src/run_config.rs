@@ -401,6 +401,11 @@ pub struct RunConfig {
 pub struct LogConfig {
     /// TensorBoard event files in `<output_dir>/tensorboard` (scalars and sample grids).
     pub tensorboard: bool,
+    /// Profile this many training steps (after one warm-up step) with libtorch's profiler
+    /// and write a Chrome/Perfetto trace to `<output_dir>/profile/trace.json`
+    /// (`lpl train --profile N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<usize>,
 }
 
 /// `[eval]`: every `every` steps (a multiple of `train.checkpoint_every`), `count` images

@@ -362,3 +362,47 @@ fn link_atomically(from: &Path, to: &Path) -> Result<()> {
     }
     std::fs::rename(&tmp, to).map_err(io)
 }
+
+/// `[log] profile = N`: libtorch's profiler over N steps after one warm-up step of this
+/// invocation, written as a Chrome trace to `<output_dir>/profile/trace.json`.
+pub(crate) struct StepProfiler {
+    window: std::ops::Range<usize>,
+    path: PathBuf,
+    running: Option<lpl_torch_ext::profiler::Profile>,
+    cuda: bool,
+}
+
+impl StepProfiler {
+    pub fn new(config: &RunConfig, first_step: usize, device: Device) -> Option<Self> {
+        let n = config.log.profile.filter(|n| *n > 0)?;
+        let start = first_step + 1;
+        Some(Self {
+            window: start..start + n,
+            path: config.output_dir.join("profile").join("trace.json"),
+            running: None,
+            cuda: device.is_cuda(),
+        })
+    }
+
+    /// Before the step that has done `step` steps so far.
+    pub fn before_step(&mut self, step: usize) -> Result<()> {
+        if step == self.window.start && self.running.is_none() {
+            self.running = Some(lpl_torch_ext::profiler::Profile::start(self.cuda)?);
+        }
+        Ok(())
+    }
+
+    /// After a step, `step` now counting it (and after the run's last step).
+    pub fn after_step(&mut self, step: usize, last: bool) -> Result<()> {
+        if (step >= self.window.end || last)
+            && let Some(profile) = self.running.take()
+        {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)
+                .map_err(|e| TrainError::Io { path: dir.to_path_buf(), source: e })?;
+            profile.save(&self.path)?;
+            tracing::info!("profile of steps {:?} written to {}", self.window, self.path.display());
+        }
+        Ok(())
+    }
+}

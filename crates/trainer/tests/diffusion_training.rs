@@ -801,3 +801,29 @@ fn chunked_lpl_gives_the_same_step() {
     assert!(whole["lpl"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `[log] profile = N` (`lpl train --profile N`): libtorch's profiler writes a Chrome trace
+/// of the profiled steps that Perfetto opens (a `traceEvents` array of complete events with
+/// names, timestamps and durations), naming the denoiser's matmuls and the LPL decoder's
+/// convolutions.
+#[test]
+fn a_profiled_run_writes_a_chrome_trace() {
+    let (_rng, dir) = isolated("profile");
+    let c = config_with(&dir, "p", 3, true, "[log]\nprofile = 1\n");
+    train(&c, Start::Fresh, Device::Cpu).unwrap();
+    let path = dir.join("p/profile/trace.json");
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    let names: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(names.iter().any(|n| n.contains("conv")), "{names:?}");
+    assert!(
+        names.iter().any(|n| ["aten::mm", "aten::addmm", "aten::bmm"].contains(n)),
+        "{names:?}"
+    );
+    let complete = events.iter().filter(|e| e["ph"] == "X").count();
+    assert!(complete > 100, "{complete} complete events");
+    assert!(events.iter().any(|e| e["ph"] == "X" && e["ts"].is_number() && e["dur"].is_number()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
