@@ -86,6 +86,20 @@ pub enum TensorIoError {
         /// The state-dict key.
         key: String,
     },
+    /// The file's tensors do not hash to the digest recorded when it was written: its bytes
+    /// changed after writing (a flipped bit, a partial copy).
+    #[error(
+        "{}: damaged: its tensors' SHA-256 is {found}, the file recorded {expected} when it was written",
+        path.display()
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// The recorded digest.
+        expected: String,
+        /// The digest of what is there now.
+        found: String,
+    },
     /// A libtorch error, as libtorch reported it.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
@@ -110,16 +124,66 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         });
     }
     match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
-        "safetensors" => Ok(Tensor::read_safetensors(path)
-            .map_err(|e| format_error(path, e))?
-            .into_iter()
-            .collect()),
+        "safetensors" => {
+            verify(path)?;
+            Ok(Tensor::read_safetensors(path)
+                .map_err(|e| format_error(path, e))?
+                .into_iter()
+                .collect())
+        }
         "pth" | "pt" | "bin" | "ckpt" => pth::read(path),
         other => Err(format_error(
             path,
             format!("unknown weights format `.{other}` (expected .safetensors, .pth, .pt or .bin)"),
         )),
     }
+}
+
+/// The metadata key of the content digest [`save`] records.
+pub const DIGEST_KEY: &str = "lpl.sha256";
+
+/// SHA-256 over the tensors in name order: each name, its dtype, shape and bytes.
+fn content_digest<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, String, Vec<usize>, &'a [u8])>,
+) -> String {
+    use sha2::Digest as _;
+    let mut sorted: Vec<_> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut hasher = sha2::Sha256::new();
+    for (name, dtype, shape, data) in sorted {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(dtype.as_bytes());
+        hasher.update((shape.len() as u64).to_le_bytes());
+        for d in shape {
+            hasher.update((d as u64).to_le_bytes());
+        }
+        hasher.update((data.len() as u64).to_le_bytes());
+        hasher.update(data);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks a safetensors file against the content digest recorded in its metadata when
+/// [`save`] wrote it (files without one, written elsewhere, pass unchecked). Reads the
+/// whole file.
+pub fn verify(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| TensorIoError::Io { path: path.to_path_buf(), source: e })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format_error(path, e))?;
+    let Some(expected) = meta.metadata().as_ref().and_then(|m| m.get(DIGEST_KEY)).cloned() else {
+        return Ok(());
+    };
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format_error(path, e))?;
+    let tensors = file.tensors();
+    let found = content_digest(tensors.iter().map(|(name, view)| {
+        (name.as_str(), format!("{:?}", view.dtype()), view.shape().to_vec(), view.data())
+    }));
+    if found != expected {
+        return Err(TensorIoError::Damaged { path: path.to_path_buf(), expected, found });
+    }
+    Ok(())
 }
 
 /// Copies `tensors` into the variables of `vs`, converting each to the variable's dtype and
@@ -206,7 +270,8 @@ fn to_bytes(name: &str, t: &Tensor, path: &Path) -> Result<Bytes> {
 }
 
 /// Writes `tensors` with string `metadata` as safetensors at `path`, atomically: the bytes
-/// go to `<path>.tmp-<pid>`, are fsynced, then renamed over `path`.
+/// go to `<path>.tmp-<pid>`, are fsynced, then renamed over `path`. The metadata also
+/// records the SHA-256 of the tensors ([`DIGEST_KEY`]), which [`read_tensors`] checks.
 pub fn save(
     tensors: &[(String, Tensor)],
     metadata: &BTreeMap<String, String>,
@@ -217,7 +282,12 @@ pub fn save(
         .map(|(n, t)| Ok((n.clone(), to_bytes(n, t, path)?)))
         .collect::<Result<_>>()?;
     let views: Vec<(&str, &Bytes)> = bytes.iter().map(|(n, b)| (n.as_str(), b)).collect();
-    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let digest =
+        content_digest(bytes.iter().map(|(n, b)| {
+            (n.as_str(), format!("{:?}", b.dtype), b.shape.clone(), b.data.as_slice())
+        }));
+    meta.insert(DIGEST_KEY.to_string(), digest);
     let buffer = safetensors::serialize(views, Some(meta)).map_err(|e| format_error(path, e))?;
     write_atomically(path, &buffer)
 }

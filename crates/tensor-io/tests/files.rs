@@ -40,11 +40,29 @@ fn safetensors_round_trip_keeps_dtypes_and_metadata() {
         ("step".to_string(), "12".to_string()),
     ]);
     save(&tensors, &meta, &path).unwrap();
-    assert_eq!(read_metadata(&path).unwrap(), meta);
+    // the given metadata, plus the SHA-256 of the tensors (64 hex digits)
+    let mut stored = read_metadata(&path).unwrap();
+    let digest = stored.remove(lpl_tensor_io::DIGEST_KEY).unwrap();
+    assert_eq!(stored, meta);
+    assert!(digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()), "{digest}");
     let back = read_tensors(&path).unwrap();
     for (k, v) in &tensors {
         assert!(back[k].equal(v) && back[k].kind() == v.kind(), "{k}");
     }
+    // any changed byte of the tensors is found, naming the file; the unchanged copy and a
+    // file written without a digest (by PyTorch, here the fixture) read as before
+    let bytes = std::fs::read(&path).unwrap();
+    for at in [bytes.len() - 1, bytes.len() / 2 + 37] {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x01;
+        let copy = dir.join("damaged.safetensors");
+        std::fs::write(&copy, &damaged).unwrap();
+        let err = read_tensors(&copy).unwrap_err();
+        assert!(matches!(err, lpl_tensor_io::TensorIoError::Damaged { .. }), "byte {at}: {err}");
+        assert!(err.to_string().contains("damaged.safetensors"), "{err}");
+        std::fs::remove_file(&copy).unwrap();
+    }
+    assert!(lpl_tensor_io::verify(&fixture("expected.safetensors")).is_ok());
     let leftovers: Vec<_> =
         std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");

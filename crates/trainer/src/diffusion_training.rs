@@ -298,11 +298,14 @@ impl TrainState {
             )),
             Start::Fresh => Ok(s),
             Start::Resume => {
-                let latest = existing.last().ok_or_else(|| {
-                    invalid("output_dir", format!("--resume: no checkpoint in {out}"))
-                })?;
-                let state = s.load_weights(model, latest)?;
-                s.opt.load_state(&run_checkpoint::load(latest)?.1, state.adamw_step)?;
+                // the newest checkpoint that verifies; damaged newer ones are skipped, named
+                let (latest, state, tensors) =
+                    run_checkpoint::load_latest_valid(&config.output_dir)?.ok_or_else(|| {
+                        invalid("output_dir", format!("--resume: no checkpoint in {out}"))
+                    })?;
+                let latest = &latest;
+                s.load_tensors(model, &tensors, latest)?;
+                s.opt.load_state(&tensors, state.adamw_step)?;
                 s.time_sampler = TimeSampler::with_state(
                     config.diffusion.time_sampling.clone(),
                     state.time_sampler_state,
@@ -323,13 +326,23 @@ impl TrainState {
     /// Loads the model's and the EMA's weights of checkpoint `path`; returns its state.
     fn load_weights(&mut self, model: &dyn Denoiser, path: &std::path::Path) -> Result<RunState> {
         let (state, tensors) = run_checkpoint::load(path)?;
+        self.load_tensors(model, &tensors, path)?;
+        Ok(state)
+    }
+
+    /// The model's and the EMA's weights from a checkpoint's `tensors` (read from `path`).
+    fn load_tensors(
+        &mut self,
+        model: &dyn Denoiser,
+        tensors: &std::collections::BTreeMap<String, Tensor>,
+        path: &std::path::Path,
+    ) -> Result<()> {
         lpl_tensor_io::load_into(
             model.var_store(),
-            &run_checkpoint::strip_prefix(&tensors, "model."),
+            &run_checkpoint::strip_prefix(tensors, "model."),
             path,
         )?;
-        self.ema.load(&tensors, "ema.")?;
-        Ok(state)
+        self.ema.load(tensors, "ema.")
     }
 
     /// What a checkpoint stores of this state (config and codec filled in by the caller).

@@ -110,6 +110,36 @@ pub fn load(path: &Path) -> Result<(RunState, BTreeMap<String, Tensor>)> {
     Ok((state, tensors))
 }
 
+/// The newest checkpoint of `output_dir` that reads and verifies (its recorded SHA-256),
+/// with its state and tensors. Each newer one that does not is skipped with a warning
+/// naming it and why; `Ok(None)` when there is no checkpoint at all, an error naming every
+/// skipped file when none is valid.
+#[allow(clippy::type_complexity)] // (path, state, tensors): what a resume needs at once
+pub fn load_latest_valid(
+    output_dir: &Path,
+) -> Result<Option<(PathBuf, RunState, BTreeMap<String, Tensor>)>> {
+    let all = list_checkpoints(output_dir);
+    let mut skipped = Vec::new();
+    for path in all.iter().rev() {
+        match load(path) {
+            Ok((state, tensors)) => {
+                for why in &skipped {
+                    tracing::warn!("skipped {why}");
+                }
+                return Ok(Some((path.clone(), state, tensors)));
+            }
+            Err(e) => skipped.push(format!("{}: {e}", path.display())),
+        }
+    }
+    if skipped.is_empty() {
+        return Ok(None);
+    }
+    Err(invalid(
+        "output_dir",
+        format!("no checkpoint of {} is valid: {}", output_dir.display(), skipped.join("; ")),
+    ))
+}
+
 /// Fields of a run config that may change between a run and its resumption: the length of
 /// the run and how often it logs and checkpoints. Any other change makes the checkpoints
 /// those of another run.

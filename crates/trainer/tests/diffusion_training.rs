@@ -827,3 +827,29 @@ fn a_profiled_run_writes_a_chrome_trace() {
     assert!(events.iter().any(|e| e["ph"] == "X" && e["ts"].is_number() && e["dur"].is_number()));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Checkpoints record the SHA-256 of their tensors: a byte changed after writing is found
+/// on load, naming the file, and `--resume` falls back to the newest checkpoint that
+/// verifies, then trains on to the end.
+#[test]
+fn a_damaged_checkpoint_is_detected_and_resume_falls_back() {
+    let (_rng, dir) = isolated("damaged");
+    let c = config(&dir, "run", 6, false);
+    train(&c, Start::Fresh, Device::Cpu).unwrap();
+    let newest = run_checkpoint::checkpoint_path(&dir.join("run"), 6);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let last = bytes.len() - 1; // the end of the file is tensor data
+    bytes[last] ^= 0x10;
+    std::fs::write(&newest, &bytes).unwrap();
+    let err = run_checkpoint::load(&newest).unwrap_err().to_string();
+    assert!(err.contains("step-0000006") && err.contains("damaged"), "{err}");
+    // resume: step 6 is skipped, step 3 taken, and the run reaches step 9
+    let longer = config(&dir, "run", 9, false);
+    let outcome = train(&longer, Start::Resume, Device::Cpu).unwrap();
+    assert_eq!(outcome.step, 9);
+    assert!(run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("run"), 9)).is_ok());
+    let steps: Vec<u64> =
+        metric_lines(&dir.join("run")).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=9).collect::<Vec<_>>(), "steps 4 to 6 logged once, by the resumed run");
+    std::fs::remove_dir_all(dir).unwrap();
+}
