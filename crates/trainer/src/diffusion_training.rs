@@ -165,6 +165,13 @@ where
     F: for<'a> FnOnce(&'a dyn Autoencoder, &'a LatentCodec) -> Result<Box<dyn Objective + 'a>>,
 {
     config.validate()?;
+    let weights_on = model.var_store().device();
+    if weights_on != device {
+        return Err(invalid(
+            "model",
+            format!("the denoiser's weights are on {weights_on:?}, training runs on {device:?}"),
+        ));
+    }
     // every step reseeds libtorch's global generator: hold it for the whole run
     let _rng = GlobalRng::lock();
     let inputs = RunInputs::open(config, model, device)?;

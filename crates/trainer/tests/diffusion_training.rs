@@ -653,6 +653,17 @@ fn objectives_come_from_the_config_or_the_caller_and_hooks_see_every_step() {
         Device::Cpu,
     )
     .unwrap();
+    // a model whose weights live elsewhere than the training device is refused, naming both
+    // (checked before anything touches the device)
+    let err = lpl_trainer::diffusion_training::train_model(
+        &custom,
+        model.as_ref(),
+        Start::Fresh,
+        Device::Cuda(0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("Cpu") && err.contains("Cuda(0)"), "{err}");
     let mut recorder = Recorder::default();
     let outcome = train_with_objective(
         &custom,
