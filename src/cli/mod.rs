@@ -7,6 +7,7 @@ pub mod eval;
 pub mod loss_probe;
 pub mod model_info;
 pub mod train;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// MSE vs MSE + LPL: pre-train, fork, evaluate, report (resumable).
     Ablate(train::AblateArgs),
+    /// Check checkpoints, cache shards and other files lpl wrote against the SHA-256 of
+    /// their tensors recorded when they were written.
+    Verify(verify::VerifyArgs),
 }
 
 /// Restores the default SIGPIPE action, so that `lpl ... | head` ends quietly instead of
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => train::sample(args),
         Command::Eval(args) => eval::eval(args),
         Command::Ablate(args) => train::ablate(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
 
