@@ -50,12 +50,8 @@ fn modified(p: &Path) -> SystemTime {
 
 #[test]
 fn quick_ablation_resumes_after_sigkill_reports_and_is_deterministic() {
-    if lpl::data::FashionMnist::locate(None).is_err()
-        || !lpl::trainer::evaluation::default_effnet_weights().is_some_and(|p| p.is_file())
-    {
-        println!("SKIPPED: needs Fashion-MNIST and the EfficientNet-Lite0 weights");
-        return;
-    }
+    lpl_test_assets::Asset::FashionMnist.require();
+    lpl_test_assets::Asset::EffNetWeights.require();
     let out = std::env::temp_dir().join(format!("lpl-ablate-quick-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let mse_eval = out.join("eps/seed0/mse/eval.json");
@@ -96,8 +92,9 @@ fn quick_ablation_resumes_after_sigkill_reports_and_is_deterministic() {
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.matches("data:image/png;base64,").count() >= 4, "plots and grids are inlined");
     assert!(html.contains("<table id=\"results\">") && html.contains("--only eps"));
-    // and it renders: every plot and grid decodes in headless Chromium (when there is one)
-    if let Some(browser) = chromium::find() {
+    // and it renders: every plot and grid decodes in headless Chromium
+    {
+        let browser = lpl_test_assets::Asset::Chromium.require();
         let page = chromium::render(&browser, &out.join("report.html"), &out.join("render"), 3000)
             .unwrap();
         assert_eq!(page.images.len(), html.matches("<img").count());

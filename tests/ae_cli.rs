@@ -108,11 +108,7 @@ fn encode_then_decode_with_an_lpl_checkpoint() {
 
 #[test]
 fn encode_then_decode_with_taef2() {
-    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/taef2");
-    if !weights.join("taef2_decoder.safetensors").exists() {
-        println!("SKIPPED: TAEF2 weights not found at {}", weights.display());
-        return;
-    }
+    let weights = lpl_test_assets::Asset::Taef2.require();
     let dir = scratch("taef2");
     let (images, latents, out) =
         (dir.join("images"), dir.join("latents.safetensors"), dir.join("out"));

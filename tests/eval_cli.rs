@@ -1,6 +1,6 @@
 //! `lpl eval --real DIR --fake DIR`: identical image sets are at FD ~0 (< 1e-6) with precision
 //! and recall 1; a blurred copy is farther and has the larger high-band spectrum error; the
-//! spectrum plot is written; an unknown feature network is a clear error. Skipped, saying so,
+//! spectrum plot is written; an unknown feature network is a clear error. Fails, naming the asset,
 //! without the EfficientNet-Lite0 weights (`cargo xtask test` converts them).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
@@ -35,11 +35,7 @@ fn json(stdout: &str) -> serde_json::Value {
 
 #[test]
 fn identical_sets_blur_and_errors() {
-    let weights = lpl::trainer::evaluation::default_effnet_weights();
-    if !weights.as_ref().is_some_and(|p| p.is_file()) {
-        println!("SKIPPED: no EfficientNet-Lite0 weights ({weights:?})");
-        return;
-    }
+    lpl_test_assets::Asset::EffNetWeights.require();
     let dir = std::env::temp_dir().join(format!("lpl-eval-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     tch::manual_seed(5);

@@ -1,7 +1,7 @@
 //! The committed ablation report (`docs/ablation-default/report.html`, written by
 //! `cargo xtask ablate`) renders in headless Chromium with every plot and sample grid decoded,
-//! and the screenshot shows them. Without a Chromium the test says SKIPPED, except on CI
-//! (`CI=true`), where `cargo xtask test` has installed one and its absence is a failure.
+//! and the screenshot shows them. Without a Chromium the test fails, naming it (`cargo xtask
+//! test` installs Debian's on CI; elsewhere `apt-get install chromium` or `LPL_CHROMIUM`).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
@@ -12,11 +12,7 @@ use std::path::Path;
 
 #[test]
 fn committed_report_renders_with_its_images() {
-    let Some(browser) = chromium::find() else {
-        assert!(std::env::var("CI").is_err(), "CI has no Chromium: cargo xtask test installs it");
-        println!("SKIPPED: no chromium on PATH (set LPL_CHROMIUM)");
-        return;
-    };
+    let browser = lpl_test_assets::Asset::Chromium.require();
     let report = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ablation-default/report.html");
     let html = std::fs::read_to_string(&report).unwrap();
     let inlined = html.matches("<img").count();

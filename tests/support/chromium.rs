@@ -1,23 +1,11 @@
 //! Rendering an HTML report in headless Chromium for tests: a full-page screenshot, and the
 //! decoded size of every `<img>` as the browser saw it (read back from the DOM).
 //!
-//! Chromium is found as `$LPL_CHROMIUM`, else `chromium`, `chromium-browser`,
-//! `google-chrome-stable` or `google-chrome` on `PATH` (`cargo xtask test` installs Debian's
-//! `chromium` on CI).
+//! Chromium is found by `lpl_test_assets::Asset::Chromium` (`$LPL_CHROMIUM`, else `chromium`
+//! and relatives on `PATH`; `cargo xtask test` installs Debian's `chromium` on CI).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The browser to use, if any.
-pub fn find() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LPL_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome-stable", "google-chrome"]
-        .iter()
-        .find_map(|name| std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()))
-}
 
 /// What the browser made of a page.
 pub struct Rendered {

@@ -9,8 +9,9 @@
 //! - the Noto emoji set: the npm package `emoji-datasource-google` (`npm pack`, then
 //!   unpacked to `$LPL_HOME/assets/emoji-datasource-google`).
 //!
-//! A failure is a warning that says what to install: the tests that need an asset say they
-//! skipped, and the commands that need data fail with the same instructions.
+//! A failure here is a warning that says what to install; `cargo xtask test` then refuses to
+//! run the suite, naming each missing asset (`lpl-test-assets`), unless `--offline`, and the
+//! commands that need data fail with the same instructions.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -36,7 +37,7 @@ pub fn ensure_fashion_mnist() {
 }
 
 /// On CI, Debian's Chromium for the test that renders the HTML report
-/// (`tests/report_render.rs`); elsewhere that test says SKIPPED without one, and nothing as
+/// (`tests/report_render.rs`); elsewhere the suite refuses to start without one, and nothing as
 /// large as a browser is installed behind a user's back.
 pub fn ensure_chromium_on_ci() {
     let on_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -72,9 +73,7 @@ fn apt_install(package: &str, what: &str, otherwise: &str) {
     if !install() {
         let _ = Command::new("apt-get").args(["update", "-qq"]).stdin(Stdio::null()).status();
         if !install() {
-            eprintln!(
-                "warning: apt-get install {package} failed; tests that need {what} will be skipped"
-            );
+            eprintln!("warning: apt-get install {package} failed: {what} is missing");
         }
     }
 }
@@ -143,9 +142,7 @@ pub fn ensure() -> Result<()> {
     std::fs::create_dir_all(&assets)
         .with_context(|| format!("cannot create {}", assets.display()))?;
     if let Err(e) = ensure_effnet(&assets) {
-        eprintln!(
-            "warning: EfficientNet-Lite0 weights unavailable ({e:#}); FD-EffNet tests will be skipped"
-        );
+        eprintln!("warning: EfficientNet-Lite0 weights unavailable ({e:#})");
     }
     if let Err(e) = ensure_emoji(&assets) {
         eprintln!(
@@ -159,10 +156,7 @@ pub fn ensure() -> Result<()> {
         return Ok(());
     }
     if let Err(e) = fetch_skimage_images(&dir) {
-        eprintln!(
-            "warning: could not fetch {} ({e:#}); the tests that use them will be skipped",
-            SKIMAGE_IMAGES.join(", ")
-        );
+        eprintln!("warning: could not fetch {} ({e:#})", SKIMAGE_IMAGES.join(", "));
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use lpl_test_assets::Asset;
 
 use crate::setup::workspace_root;
 
@@ -74,10 +75,69 @@ fn thread_budget() -> (usize, Vec<(&'static str, String)>) {
     (cpus, env)
 }
 
+/// How the suite treats tests that need external assets (see `lpl-test-assets`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AssetPolicy {
+    /// Every asset must be present: the suite refuses to start otherwise, naming each one.
+    Required,
+    /// `--offline`: the tests that need assets are left out by nextest's `offline` profile
+    /// and reported as skipped. Refused on CI.
+    Offline,
+}
+
+/// Splits `--offline` off the arguments of `cargo xtask test`.
+pub fn asset_policy(args: &[String]) -> (AssetPolicy, Vec<String>) {
+    let offline = args.iter().any(|a| a == "--offline");
+    let rest = args.iter().filter(|a| *a != "--offline").cloned().collect();
+    (if offline { AssetPolicy::Offline } else { AssetPolicy::Required }, rest)
+}
+
+fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The asset gate: with [`AssetPolicy::Required`] every missing asset is an error naming it,
+/// where it was looked for and how to provide it; `--offline` is refused on CI (`ci`), where
+/// nothing may be skipped.
+pub fn check_assets(policy: AssetPolicy, missing: &[Asset], ci: bool) -> Result<()> {
+    if policy == AssetPolicy::Offline {
+        if ci {
+            bail!("--offline is refused on CI: every test must run there (no skips)");
+        }
+        for asset in missing {
+            eprintln!(
+                "--offline: {} absent ({}); its tests are left out and reported as skipped",
+                asset.name(),
+                asset.location().display()
+            );
+        }
+        return Ok(());
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> =
+        missing.iter().map(|a| format!("  - {}", a.missing_message())).collect();
+    bail!(
+        "{} test asset(s) could not be provided, so the tests that need them cannot run:\n{}\n\
+         (`cargo xtask test --offline` runs the rest deliberately, reporting those as skipped)",
+        missing.len(),
+        lines.join("\n")
+    )
+}
+
 /// The whole workspace test suite. With cargo-nextest the unit and integration tests run
 /// under nextest and the doc tests, first, under `cargo test --doc` (nextest cannot run them);
 /// then, before the whole suite, the parity tests once more under [`OTHER_NUMERICS`].
-pub fn test(extra: &[String]) -> Result<()> {
+///
+/// Assets first ([`check_assets`]). On CI nextest also runs `#[ignore]`d tests
+/// (`--run-ignored all`), so its summary can show no skipped test there.
+pub fn test(args: &[String]) -> Result<()> {
+    let (policy, extra) = asset_policy(args);
+    check_assets(policy, &Asset::missing(), on_ci())?;
+    let profile: &[&str] =
+        if policy == AssetPolicy::Offline { &["--profile", "offline"] } else { &[] };
+    let ignored: &[&str] = if on_ci() { &["--run-ignored", "all"] } else { &[] };
     if nextest_available() {
         let (cpus, budget) = thread_budget();
         eprintln!(
@@ -102,7 +162,9 @@ pub fn test(extra: &[String]) -> Result<()> {
                 PARITY_BINARIES.iter().map(|b| format!("binary_id({b})")).collect::<Vec<_>>();
             let mut parity = cargo();
             parity
-                .args(["nextest", "run", "--workspace", "--no-fail-fast", "-E"])
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                .args(profile)
+                .arg("-E")
                 .arg(filter.join(" | "))
                 .arg(format!("--test-threads={cpus}"))
                 .envs(budget.iter().map(|(k, v)| (*k, v.as_str())))
@@ -119,13 +181,23 @@ pub fn test(extra: &[String]) -> Result<()> {
         }
         let mut cmd = cargo();
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .args(profile)
+            .args(ignored)
             .arg(format!("--test-threads={cpus}"))
             .envs(budget.iter().map(|(k, v)| (*k, v.as_str())))
-            .args(extra);
+            .args(&extra);
         run(cmd, "cargo nextest run")?;
     } else {
+        if policy == AssetPolicy::Offline {
+            bail!(
+                "--offline needs cargo-nextest (`cargo install cargo-nextest`): plain cargo test cannot report skips"
+            );
+        }
         let mut cmd = cargo();
-        cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
+        cmd.args(["test", "--workspace", "--no-fail-fast"]).args(&extra);
+        if on_ci() {
+            cmd.args(["--", "--include-ignored"]);
+        }
         run(cmd, "cargo test")?;
     }
     Ok(())
@@ -191,4 +263,32 @@ pub fn clean_torch_sys(root: &Path) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["clean", "--quiet", "--package", "torch-sys"]);
     run(cmd, "cargo clean -p torch-sys")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_asset_stops_the_suite_naming_it_and_offline_is_refused_on_ci() {
+        let err = check_assets(AssetPolicy::Required, &[Asset::Taef2, Asset::Chromium], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("2 test asset(s) could not be provided"), "{err}");
+        assert!(err.contains("TAEF2 weights") && err.contains("LPL_TAEF2_DIR"), "{err}");
+        assert!(err.contains("Chromium") && err.contains("--offline"), "{err}");
+        assert!(check_assets(AssetPolicy::Required, &[], true).is_ok());
+        assert!(check_assets(AssetPolicy::Offline, &[Asset::Taef2], false).is_ok());
+        let err = check_assets(AssetPolicy::Offline, &[], true).unwrap_err().to_string();
+        assert!(err.contains("refused on CI"), "{err}");
+    }
+
+    #[test]
+    fn offline_is_split_off_the_runner_arguments() {
+        let args = ["--offline".to_string(), "-E".into(), "test(x)".into()];
+        let (policy, rest) = asset_policy(&args);
+        assert_eq!(policy, AssetPolicy::Offline);
+        assert_eq!(rest, ["-E", "test(x)"]);
+        assert_eq!(asset_policy(&rest).0, AssetPolicy::Required);
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! - `setup`: find or install libtorch 2.11.0 and make it visible to plain cargo commands;
 //! - `doctor`: setup, then `lpl doctor`;
-//! - `test [ARGS...]`: setup, then the whole workspace test suite (nextest when installed);
+//! - `test [--offline] [ARGS...]`: setup and assets, then the whole workspace test suite
+//!   (nextest when installed); a missing asset stops it, naming the asset;
 //! - `fixtures`: regenerate golden fixtures with the pinned Python references;
 //! - `lint`: `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`;
 //! - `bench`: every benchmark (LPL overhead, training step vs PyTorch eager, sampling, data);
@@ -24,8 +25,11 @@ commands:
   setup            find or install libtorch 2.11.0 (LIBTORCH, else a managed venv under
                    $LPL_HOME, default ~/.cache/lpl) and link it as .libtorch
   doctor           setup, then `lpl doctor`
-  test [ARGS..]    setup and test assets, then the workspace tests (cargo-nextest if installed, else
-                   cargo test); ARGS are forwarded to the test runner
+  test [--offline] [ARGS..]
+                   setup and test assets, then the workspace tests (cargo-nextest if installed, else
+                   cargo test); fails naming any asset it cannot provide; --offline leaves out the
+                   tests that need assets (reported as skipped; refused on CI); ARGS are
+                   forwarded to the test runner
   fixtures         regenerate the golden fixtures with the pinned Python references
   lint             cargo fmt --check and cargo clippy --workspace --all-targets -D warnings
   ablate [ARGS..]  the MSE vs MSE+LPL ablation on Fashion-MNIST (configs/ablate-default.toml):

@@ -1,7 +1,7 @@
 //! TAEF2 with its real pretrained weights (../shared/assets/taef2, or `LPL_TAEF2_DIR`):
 //! parity with a PyTorch reference of the architecture (`fixtures/make_fixtures.py`, f32
 //! compute from the f16 weights; tolerance 1e-3 max abs, the bound) and the
-//! reconstruction quality of a real photo. Skipped, saying so, when the weights are absent.
+//! reconstruction quality of a real photo. Fails, naming the asset, when the weights are absent.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
@@ -9,18 +9,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use lpl_autoencoder::{Autoencoder, Taesd, TaesdVariant};
+use lpl_test_assets::Asset;
 use tch::{Device, Kind, Tensor};
 
-fn weights_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LPL_TAEF2_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/assets/taef2")
-    });
-    if dir.join("taef2_decoder.safetensors").exists() {
-        Some(dir)
-    } else {
-        println!("SKIPPED: TAEF2 weights not found at {} (set LPL_TAEF2_DIR)", dir.display());
-        None
-    }
+fn weights_dir() -> PathBuf {
+    Asset::Taef2.require()
 }
 
 fn reference() -> HashMap<String, Tensor> {
@@ -40,7 +33,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn taef2_matches_pytorch_reference_from_both_file_formats() {
-    let Some(dir) = weights_dir() else { return };
+    let dir = weights_dir();
     let r = reference();
     for ext in ["safetensors", "pth"] {
         let model = Taesd::from_files(
@@ -66,7 +59,7 @@ fn taef2_matches_pytorch_reference_from_both_file_formats() {
 
 #[test]
 fn taesd_directory_finds_the_pair_and_the_variant() {
-    let Some(dir) = weights_dir() else { return };
+    let dir = weights_dir();
     let model = Taesd::from_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     assert_eq!(model.variant(), TaesdVariant::Taef2);
     assert_eq!(model.latent_channels(), 32);
@@ -78,28 +71,22 @@ fn taesd_directory_finds_the_pair_and_the_variant() {
 
 /// scikit-image's astronaut.png (512x512 RGB), fetched by `cargo xtask test` into
 /// `$LPL_HOME/assets/` from the scikit-image wheel on PyPI.
-fn astronaut() -> Option<Tensor> {
-    let home = std::env::var_os("LPL_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lpl")))?;
-    let path = home.join("assets/astronaut.png");
-    let Ok(img) = image::open(&path) else {
-        println!("SKIPPED: {} not found (`cargo xtask test` fetches it)", path.display());
-        return None;
-    };
+fn astronaut() -> Tensor {
+    let path = Asset::SkimageImages.require().join("astronaut.png");
+    let img = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     let t = Tensor::from_slice(rgb.as_raw())
         .view([h as i64, w as i64, 3])
         .permute([2, 0, 1])
         .unsqueeze(0);
-    Some(t.to_kind(Kind::Float) / 255.0)
+    t.to_kind(Kind::Float) / 255.0
 }
 
 #[test]
 fn taef2_round_trip_of_a_real_photo() {
-    let Some(dir) = weights_dir() else { return };
-    let Some(image) = astronaut() else { return };
+    let dir = weights_dir();
+    let image = astronaut();
     assert_eq!(image.size(), vec![1, 3, 512, 512]);
     let model = Taesd::from_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     let recon = tch::no_grad(|| {

@@ -118,9 +118,25 @@ impl ImageFolder {
     }
 }
 
-/// Decodes one image file through `pipeline`.
+/// Largest width or height of an image we decode (a decompression bomb declares far more).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// Most bytes the decoder may allocate for one image.
+pub const MAX_IMAGE_ALLOC: u64 = 512 << 20;
+
+/// Decodes one image file through `pipeline`. The format is guessed from the content; an
+/// image wider or taller than [`MAX_IMAGE_SIDE`] or needing more than [`MAX_IMAGE_ALLOC`] bytes
+/// is refused from its header, before its pixels are decoded.
 pub fn decode_image(path: &Path, pipeline: &ImagePipeline) -> std::result::Result<Pixels, String> {
-    let img = image::open(path).map_err(|e| e.to_string())?;
+    let mut reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| e.to_string())?;
     pipeline.apply(&img.to_rgba8()).map_err(|e| e.to_string())
 }
 

@@ -31,46 +31,80 @@ fn format(path: &Path, message: impl Into<String>) -> DataError {
     DataError::Format { path: path.to_path_buf(), message: message.into() }
 }
 
+/// Largest expansion factor of a deflate stream (each 258-byte match costs at least 2 bits):
+/// a gzipped IDX file whose header promises more data than this times its size is lying.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
 /// Reads an IDX file of unsigned bytes; gzip is detected from the content, not the name.
+///
+/// Hostile files fail with an error naming the file, before anything large is allocated: a
+/// zero or overflowing dimension, a header promising more data than the file holds (or, for
+/// gzip, more than its compressed size can expand to), trailing or missing data.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let io = |source| DataError::Io { path: path.to_path_buf(), source };
     let raw = std::fs::read(path).map_err(io)?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| format(path, format!("corrupt gzip stream: {e}")))?;
-        out
-    } else {
-        raw
-    };
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+    let gzipped = raw.starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read> =
+        if gzipped { Box::new(flate2::read::GzDecoder::new(&raw[..])) } else { Box::new(&raw[..]) };
+    let corrupt = |e: std::io::Error| format(path, format!("corrupt gzip stream: {e}"));
+    let mut magic = [0u8; 4];
+    if let Err(e) = reader.read_exact(&mut magic) {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format(path, "not an IDX file (bad magic number)")
+        } else {
+            corrupt(e)
+        });
+    }
+    if magic[0] != 0 || magic[1] != 0 {
         return Err(format(path, "not an IDX file (bad magic number)"));
     }
-    if bytes[2] != 0x08 {
+    if magic[2] != 0x08 {
         return Err(format(
             path,
-            format!("IDX type 0x{:02x} is not unsigned byte (0x08)", bytes[2]),
+            format!("IDX type 0x{:02x} is not unsigned byte (0x08)", magic[2]),
         ));
     }
-    let ndim = bytes[3] as usize;
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        return Err(format(path, "truncated IDX header"));
+    let ndim = magic[3] as usize;
+    if ndim == 0 {
+        return Err(format(path, "IDX header has no dimensions"));
     }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|i| {
-            u32::from_be_bytes([
-                bytes[4 + 4 * i],
-                bytes[5 + 4 * i],
-                bytes[6 + 4 * i],
-                bytes[7 + 4 * i],
-            ]) as usize
-        })
+    let mut header = vec![0u8; 4 * ndim];
+    reader.read_exact(&mut header).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => format(path, "truncated IDX header"),
+        _ => corrupt(e),
+    })?;
+    let dims: Vec<usize> = header
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let expected: usize = dims.iter().product();
-    let found = bytes.len() - header;
-    if found != expected {
+    if dims.contains(&0) {
+        return Err(format(path, format!("IDX dimensions {dims:?} include 0: an empty array")));
+    }
+    // a raw file's shortfall is reported below, with the sizes; a gzipped one's is refused
+    // here, before decompressing what its header promises
+    let available =
+        if gzipped { (raw.len() as u64).saturating_mul(DEFLATE_MAX_RATIO) } else { u64::MAX };
+    let expected = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    let Some(expected) = expected.filter(|&n| n <= available) else {
+        return Err(format(
+            path,
+            format!(
+                "IDX dimensions {dims:?} promise more data than the file can hold ({} bytes{})",
+                raw.len(),
+                if gzipped { " of gzip" } else { "" }
+            ),
+        ));
+    };
+    let mut data = Vec::new();
+    reader.take(expected + 1).read_to_end(&mut data).map_err(corrupt)?;
+    let found = data.len() as u64;
+    if found > expected {
+        return Err(format(
+            path,
+            format!("IDX dimensions {dims:?} need {expected} bytes of data, the file has more"),
+        ));
+    }
+    if found < expected {
         return Err(format(
             path,
             format!(
@@ -78,7 +112,7 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
             ),
         ));
     }
-    Ok(IdxArray { dims, data: bytes[header..].to_vec() })
+    Ok(IdxArray { dims, data })
 }
 
 /// Which part of a dataset.

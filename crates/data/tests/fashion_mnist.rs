@@ -1,4 +1,4 @@
-//! Fashion-MNIST through the IDX reader (skipped, saying so, when the dataset is absent:
+//! Fashion-MNIST through the IDX reader (failing, naming the asset, when the dataset is absent:
 //! `cargo xtask test` installs it where it can) and IDX error handling on crafted files.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
@@ -8,21 +8,13 @@ use std::io::Write;
 use lpl_data::{DataError, FashionMnist, Split, read_idx};
 use tch::Kind;
 
-fn available() -> bool {
-    match FashionMnist::locate(None) {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIPPED: {e}");
-            false
-        }
-    }
+fn available() {
+    lpl_test_assets::Asset::FashionMnist.require();
 }
 
 #[test]
 fn splits_have_the_published_sizes_and_balanced_classes() {
-    if !available() {
-        return;
-    }
+    available();
     for (split, n) in [(Split::Train, 60_000), (Split::Test, 10_000)] {
         let data = FashionMnist::load(None, split).unwrap();
         assert_eq!(data.images.size(), vec![n, 1, 28, 28]);
@@ -34,9 +26,7 @@ fn splits_have_the_published_sizes_and_balanced_classes() {
 
 #[test]
 fn pixels_equal_the_idx_contents() {
-    if !available() {
-        return;
-    }
+    available();
     let dir = FashionMnist::locate(None).unwrap();
     let raw = read_idx(&dir.join("t10k-images-idx3-ubyte.gz")).unwrap();
     let data = FashionMnist::load(None, Split::Test).unwrap();

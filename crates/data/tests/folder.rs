@@ -89,17 +89,7 @@ fn class_subfolders_are_labels_and_images_are_resized() {
 
 #[test]
 fn noto_emoji_set_has_ten_categories() {
-    let dir = std::env::var_os("LPL_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/lpl"))
-        })
-        .unwrap()
-        .join("assets/emoji-datasource-google");
-    if !dir.join("emoji.json").is_file() {
-        println!("SKIPPED: no emoji set in {} (cargo xtask setup fetches it)", dir.display());
-        return;
-    }
+    let dir = lpl_test_assets::Asset::NotoEmoji.require();
     let (files, classes) = NotoEmoji::list(&dir).unwrap();
     assert_eq!(files.len(), 3786);
     assert_eq!(classes.len(), 10);

@@ -190,11 +190,7 @@ fn invalid_configs_name_the_field() {
 #[test]
 fn works_with_taef2() {
     let _rng = GlobalRng::lock();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/assets/taef2");
-    if !dir.join("taef2_decoder.safetensors").exists() {
-        println!("SKIPPED: TAEF2 weights not found at {}", dir.display());
-        return;
-    }
+    let dir = lpl_test_assets::Asset::Taef2.require();
     let mut taef2 = Taesd::from_dir(&dir, Device::Cpu, Kind::Float).unwrap();
     taef2.set_requires_grad(false);
     let lpl = LatentPerceptualLoss::new(

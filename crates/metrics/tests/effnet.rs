@@ -1,6 +1,6 @@
 //! EfficientNet-Lite0 with its real ImageNet weights matches the reference implementation
 //! (PyPI `efficientnet-lite-pytorch`; fixtures/make_effnet_fixture.py) to 1e-4 relative on
-//! features and logits (f32, same kernels in a different graph). Skipped, saying so, when the
+//! features and logits (f32, same kernels in a different graph). Fails, naming the asset, when the
 //! converted weights are absent (`cargo xtask test` makes them).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
@@ -8,19 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use lpl_metrics::effnet::{EfficientNetLite0, preprocess};
+use lpl_test_assets::Asset;
 use tch::{Device, Kind, Tensor};
 
-fn weights() -> Option<PathBuf> {
-    let home = std::env::var_os("LPL_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/lpl")))?;
-    let path = home.join("assets/efficientnet-lite0.pth");
-    if path.is_file() {
-        Some(path)
-    } else {
-        println!("SKIPPED: {} not found (`cargo xtask test` converts it)", path.display());
-        None
-    }
+fn weights() -> PathBuf {
+    Asset::EffNetWeights.require()
 }
 
 fn input() -> Tensor {
@@ -41,7 +33,7 @@ fn input() -> Tensor {
 
 #[test]
 fn matches_the_reference_implementation() {
-    let Some(path) = weights() else { return };
+    let path = weights();
     let model = EfficientNetLite0::from_file(&path, Device::Cpu).unwrap();
     let golden: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/effnet_lite0.safetensors"),
@@ -71,25 +63,19 @@ fn preprocessing_maps_grey_to_rgb_at_224() {
 
 /// scikit-image's chelsea.png (a tabby cat) and coffee.png (a cup of espresso), fetched by
 /// `cargo xtask test` into `$LPL_HOME/assets`.
-fn skimage_image(name: &str) -> Option<Tensor> {
-    let path = weights()?.with_file_name(name);
-    let Ok(img) = image::open(&path) else {
-        println!("SKIPPED: {} not found (`cargo xtask test` fetches it)", path.display());
-        return None;
-    };
+fn skimage_image(name: &str) -> Tensor {
+    let path = Asset::SkimageImages.require().join(name);
+    let img = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     let t = Tensor::from_slice(rgb.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]);
-    Some(t.to_kind(Kind::Float).unsqueeze(0) / 255.0)
+    t.to_kind(Kind::Float).unsqueeze(0) / 255.0
 }
 
 #[test]
 fn imagenet_classes_of_real_photos() {
-    let Some(path) = weights() else { return };
-    let (Some(cat), Some(coffee)) = (skimage_image("chelsea.png"), skimage_image("coffee.png"))
-    else {
-        return;
-    };
+    let path = weights();
+    let (cat, coffee) = (skimage_image("chelsea.png"), skimage_image("coffee.png"));
     let model = EfficientNetLite0::from_file(&path, Device::Cpu).unwrap();
     let top1 = |x: &Tensor| {
         i64::try_from(tch::no_grad(|| model.logits(&preprocess(x))).argmax(1, false).get(0))

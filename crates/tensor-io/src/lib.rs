@@ -170,12 +170,18 @@ fn content_digest<'a>(
 pub fn verify(path: &Path) -> Result<()> {
     let bytes = std::fs::read(path)
         .map_err(|e| TensorIoError::Io { path: path.to_path_buf(), source: e })?;
+    verify_bytes(path, &bytes)
+}
+
+/// [`verify`] of a file's bytes already in memory (or memory-mapped); `path` names it in
+/// errors.
+pub fn verify_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format_error(path, e))?;
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format_error(path, e))?;
     let Some(expected) = meta.metadata().as_ref().and_then(|m| m.get(DIGEST_KEY)).cloned() else {
         return Ok(());
     };
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format_error(path, e))?;
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format_error(path, e))?;
     let tensors = file.tensors();
     let found = content_digest(tensors.iter().map(|(name, view)| {
         (name.as_str(), format!("{:?}", view.dtype()), view.shape().to_vec(), view.data())

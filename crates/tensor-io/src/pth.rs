@@ -1,8 +1,19 @@
 //! Reading PyTorch `.pth` / `.pt` / `.bin` state dicts (`torch.save` zip archives) without
 //! executing any pickle code: a small interpreter for the pickle opcodes a state dict uses,
 //! which only ever builds plain values, `OrderedDict`s and tensors
-//! (`torch._utils._rebuild_tensor_v2`); any other callable stays an inert value.
+//! (`torch._utils._rebuild_tensor_v2`).
 //! Storages are read from the (uncompressed) zip entries `<archive>/data/<key>`.
+//!
+//! Hostile files are refused with an error naming the file and what is wrong, and nothing is
+//! ever executed:
+//! - a pickle that names any global outside [`ALLOWED_GLOBALS`] (`os.system`,
+//!   `builtins.eval`, ...), as `torch.load(weights_only=True)` refuses them;
+//! - values nested deeper than [`MAX_DEPTH`] levels, or memo references that would copy more
+//!   values than [`VALUE_NODES_PER_BYTE`] per byte of pickle (a "billion laughs" pickle);
+//! - zip entry names that are absolute or contain `..`, entries past the end of the file;
+//! - tensors whose shape, strides and offset reach past their storage, negative sizes or
+//!   strides, and views larger than their storage (a stride-0 "expansion bomb"): no tensor
+//!   larger than the bytes in the file is ever allocated.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -32,33 +43,69 @@ fn u32_at(b: &[u8], at: usize) -> Option<usize> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
 }
 
-/// The stored (uncompressed) entries of a zip archive, by name.
-fn zip_entries(bytes: &[u8]) -> Option<HashMap<String, Entry>> {
+/// Whether a zip entry name is absolute or has a `..` component (never in `torch.save`'s
+/// archives; refused so that no name can point outside the archive).
+fn unsafe_entry_name(name: &str) -> bool {
+    name.starts_with('/') || name.starts_with('\\') || name.split(['/', '\\']).any(|c| c == "..")
+}
+
+/// The stored (uncompressed) entries of a zip archive, by name; `Ok(None)` when the bytes are
+/// not a zip archive we can read, `Err` for an archive we refuse.
+fn zip_entries(bytes: &[u8]) -> std::result::Result<Option<HashMap<String, Entry>>, String> {
     let start = bytes.len().saturating_sub(65_557);
-    let eocd = (start..bytes.len().saturating_sub(21))
+    let Some(eocd) = (start..bytes.len().saturating_sub(21))
         .rev()
-        .find(|&i| u32_at(bytes, i) == Some(0x0605_4b50))?;
-    let count = u16_at(bytes, eocd + 10)?;
-    let mut at = u32_at(bytes, eocd + 16)?;
+        .find(|&i| u32_at(bytes, i) == Some(0x0605_4b50))
+    else {
+        return Ok(None);
+    };
+    central_directory(bytes, eocd)
+}
+
+fn central_directory(
+    bytes: &[u8],
+    eocd: usize,
+) -> std::result::Result<Option<HashMap<String, Entry>>, String> {
+    let none = || -> std::result::Result<Option<HashMap<String, Entry>>, String> { Ok(None) };
+    let (Some(count), Some(mut at)) = (u16_at(bytes, eocd + 10), u32_at(bytes, eocd + 16)) else {
+        return none();
+    };
     let mut entries = HashMap::new();
     for _ in 0..count {
-        if u32_at(bytes, at)? != 0x0201_4b50 {
-            return None;
+        macro_rules! get {
+            ($e:expr) => {
+                match $e {
+                    Some(v) => v,
+                    None => return none(),
+                }
+            };
         }
-        let method = u16_at(bytes, at + 10)?;
-        let size = u32_at(bytes, at + 24)?;
-        let (name_len, extra_len, comment_len) =
-            (u16_at(bytes, at + 28)?, u16_at(bytes, at + 30)?, u16_at(bytes, at + 32)?);
-        let local = u32_at(bytes, at + 42)?;
-        let name = String::from_utf8_lossy(bytes.get(at + 46..at + 46 + name_len)?).to_string();
+        if get!(u32_at(bytes, at)) != 0x0201_4b50 {
+            return none();
+        }
+        let method = get!(u16_at(bytes, at + 10));
+        let size = get!(u32_at(bytes, at + 24));
+        let (name_len, extra_len, comment_len) = (
+            get!(u16_at(bytes, at + 28)),
+            get!(u16_at(bytes, at + 30)),
+            get!(u16_at(bytes, at + 32)),
+        );
+        let local = get!(u32_at(bytes, at + 42));
+        let name =
+            String::from_utf8_lossy(get!(bytes.get(at + 46..at + 46 + name_len))).to_string();
         at += 46 + name_len + extra_len + comment_len;
-        if method != 0 || size == 0xFFFF_FFFF || local == 0xFFFF_FFFF {
-            return None; // compressed or zip64: torch.save writes neither for state dicts < 4 GB
+        if unsafe_entry_name(&name) {
+            return Err(format!(
+                "zip entry name `{name}` is absolute or climbs out of the archive (`..`)"
+            ));
         }
-        let data = local + 30 + u16_at(bytes, local + 26)? + u16_at(bytes, local + 28)?;
+        if method != 0 || size == 0xFFFF_FFFF || local == 0xFFFF_FFFF {
+            return none(); // compressed or zip64: torch.save writes neither for state dicts < 4 GB
+        }
+        let data = local + 30 + get!(u16_at(bytes, local + 26)) + get!(u16_at(bytes, local + 28));
         entries.insert(name, Entry { offset: data, size });
     }
-    Some(entries)
+    Ok(Some(entries))
 }
 
 /// A tensor described by `_rebuild_tensor_v2`.
@@ -123,26 +170,114 @@ fn reduce(callable: Value, args: Value) -> Value {
             })();
             spec.map_or(Value::Opaque, Value::Tensor)
         }
+        // a saved `nn.Parameter`: its data
+        (Value::Global(m, n), Value::Tuple(a))
+            if m == "torch._utils" && n.starts_with("_rebuild_parameter") =>
+        {
+            match a.first() {
+                Some(tensor @ Value::Tensor(_)) => tensor.clone(),
+                _ => Value::Opaque,
+            }
+        }
         _ => Value::Opaque,
     }
 }
 
-/// Runs the pickle program and returns the top-level value.
+/// Globals a state-dict pickle may name: those `torch.load(weights_only=True)` accepts for
+/// tensors, containers and metadata (plus `argparse.Namespace`, which training checkpoints
+/// such as SiT's carry as `args`: read as an inert value). Nothing named is ever called.
+pub const ALLOWED_GLOBALS: &[(&str, &str)] = &[
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch", "HalfStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "FloatStorage"),
+    ("torch", "DoubleStorage"),
+    ("torch", "LongStorage"),
+    ("torch", "IntStorage"),
+    ("torch", "ShortStorage"),
+    ("torch", "CharStorage"),
+    ("torch", "ByteStorage"),
+    ("torch", "BoolStorage"),
+    ("torch", "float16"),
+    ("torch", "bfloat16"),
+    ("torch", "float32"),
+    ("torch", "float64"),
+    ("torch", "int64"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("_codecs", "encode"),
+    ("argparse", "Namespace"),
+];
+
+/// Deepest nesting of values a state dict may have (they nest 3 or 4 levels).
+pub const MAX_DEPTH: usize = 64;
+
+/// Values the memo (`BINPUT`, `BINGET`) may copy per byte of pickle, beyond
+/// [`MIN_VALUE_NODES`]: a state dict memoizes each value once, right after the opcodes that
+/// built it, so its copies stay proportional to its size; a "billion laughs" pickle's grow
+/// exponentially.
+pub const VALUE_NODES_PER_BYTE: usize = 8;
+
+/// Values the memo may copy in any pickle, however small.
+pub const MIN_VALUE_NODES: usize = 1 << 16;
+
+/// Values in `v` (itself included), counting at most `limit`.
+fn nodes(v: &Value, limit: usize) -> usize {
+    let mut count = 0;
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        count += 1;
+        if count >= limit {
+            return count;
+        }
+        match v {
+            Value::Tuple(items) | Value::List(items) => todo.extend(items.iter()),
+            Value::Dict(items) => todo.extend(items.iter().flat_map(|(k, v)| [k, v])),
+            Value::Persistent(inner) => todo.push(inner),
+            _ => {}
+        }
+    }
+    count
+}
+
+/// Runs the pickle program and returns the top-level value. Every value on the stack and in
+/// the memo carries its nesting depth, so depth is checked in O(1) per opcode.
 fn unpickle(p: &[u8]) -> std::result::Result<Value, String> {
-    let mut stack: Vec<Value> = Vec::new();
-    let mut memo: HashMap<usize, Value> = HashMap::new();
+    let mut stack: Vec<(Value, usize)> = Vec::new();
+    let mut memo: HashMap<usize, (Value, usize)> = HashMap::new();
+    let mut copied = 0usize;
+    let budget = MIN_VALUE_NODES.max(VALUE_NODES_PER_BYTE.saturating_mul(p.len()));
     let mut i = 0usize;
     let take = |i: &mut usize, n: usize| -> std::result::Result<&[u8], String> {
-        let s = p.get(*i..*i + n).ok_or("truncated pickle")?;
+        let s = i.checked_add(n).and_then(|end| p.get(*i..end)).ok_or("truncated pickle")?;
         *i += n;
         Ok(s)
     };
-    let pop_mark = |stack: &mut Vec<Value>| -> std::result::Result<Vec<Value>, String> {
-        let at = stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or("MARK missing")?;
-        let items = stack.split_off(at + 1);
-        stack.pop();
-        Ok(items)
+    let pop = |stack: &mut Vec<(Value, usize)>| stack.pop().ok_or("stack underflow".to_string());
+    let pop_mark =
+        |stack: &mut Vec<(Value, usize)>| -> std::result::Result<Vec<(Value, usize)>, String> {
+            let at =
+                stack.iter().rposition(|v| matches!(v.0, Value::Mark)).ok_or("MARK missing")?;
+            let items = stack.split_off(at + 1);
+            stack.pop();
+            Ok(items)
+        };
+    // a container of `items`: one level deeper than the deepest of them
+    let nest = |items: &[(Value, usize)]| -> std::result::Result<usize, String> {
+        let depth = 1 + items.iter().map(|v| v.1).max().unwrap_or(0);
+        if depth > MAX_DEPTH {
+            return Err(format!("values nest deeper than {MAX_DEPTH} levels (a recursion bomb?)"));
+        }
+        Ok(depth)
     };
+    let unzip = |items: Vec<(Value, usize)>| items.into_iter().map(|v| v.0).collect::<Vec<_>>();
     loop {
         let op = *take(&mut i, 1)?.first().ok_or("empty")?;
         match op {
@@ -152,18 +287,18 @@ fn unpickle(p: &[u8]) -> std::result::Result<Value, String> {
             0x95 => {
                 take(&mut i, 8)?; // FRAME
             }
-            b'.' => return stack.pop().ok_or_else(|| "empty stack at STOP".to_string()),
-            b'(' => stack.push(Value::Mark),
-            b'N' => stack.push(Value::None),
-            0x88 | 0x89 => stack.push(Value::Scalar),
-            b'K' => stack.push(Value::Int(take(&mut i, 1)?[0] as i64)),
+            b'.' => return pop(&mut stack).map(|v| v.0).map_err(|_| "empty stack at STOP".into()),
+            b'(' => stack.push((Value::Mark, 0)),
+            b'N' => stack.push((Value::None, 0)),
+            0x88 | 0x89 => stack.push((Value::Scalar, 0)),
+            b'K' => stack.push((Value::Int(take(&mut i, 1)?[0] as i64), 0)),
             b'M' => {
                 let b = take(&mut i, 2)?;
-                stack.push(Value::Int(u16::from_le_bytes([b[0], b[1]]) as i64));
+                stack.push((Value::Int(u16::from_le_bytes([b[0], b[1]]) as i64), 0));
             }
             b'J' => {
                 let b = take(&mut i, 4)?;
-                stack.push(Value::Int(i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64));
+                stack.push((Value::Int(i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64), 0));
             }
             0x8a => {
                 let n = take(&mut i, 1)?[0] as usize;
@@ -175,11 +310,11 @@ fn unpickle(p: &[u8]) -> std::result::Result<Value, String> {
                 if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                     v -= 1i64 << (8 * n);
                 }
-                stack.push(Value::Int(v));
+                stack.push((Value::Int(v), 0));
             }
             b'G' => {
                 take(&mut i, 8)?;
-                stack.push(Value::Scalar);
+                stack.push((Value::Scalar, 0));
             }
             b'X' | 0x8c => {
                 let n = if op == b'X' {
@@ -188,40 +323,70 @@ fn unpickle(p: &[u8]) -> std::result::Result<Value, String> {
                 } else {
                     take(&mut i, 1)?[0] as usize
                 };
-                stack.push(Value::Str(String::from_utf8_lossy(take(&mut i, n)?).to_string()));
+                stack.push((Value::Str(String::from_utf8_lossy(take(&mut i, n)?).to_string()), 0));
             }
-            b'c' => {
-                let line = |i: &mut usize| -> std::result::Result<String, String> {
-                    let end =
-                        p[*i..].iter().position(|&c| c == b'\n').ok_or("GLOBAL without newline")?;
-                    let s = String::from_utf8_lossy(&p[*i..*i + end]).to_string();
-                    *i += end + 1;
-                    Ok(s)
+            b'c' | 0x93 => {
+                let (module, name) = if op == b'c' {
+                    let line = |i: &mut usize| -> std::result::Result<String, String> {
+                        let end = p[*i..]
+                            .iter()
+                            .position(|&c| c == b'\n')
+                            .ok_or("truncated pickle (GLOBAL without newline)")?;
+                        let s = String::from_utf8_lossy(&p[*i..*i + end]).to_string();
+                        *i += end + 1;
+                        Ok(s)
+                    };
+                    let module = line(&mut i)?;
+                    (module, line(&mut i)?)
+                } else {
+                    // STACK_GLOBAL: module and name are the two strings below
+                    let (Value::Str(name), Value::Str(module)) =
+                        (pop(&mut stack)?.0, pop(&mut stack)?.0)
+                    else {
+                        return Err("STACK_GLOBAL without two strings".into());
+                    };
+                    (module, name)
                 };
-                let module = line(&mut i)?;
-                let name = line(&mut i)?;
-                stack.push(Value::Global(module, name));
+                if !ALLOWED_GLOBALS.iter().any(|(m, n)| *m == module && *n == name) {
+                    return Err(format!(
+                        "the pickle names `{module}.{name}`, which is not part of a tensor state dict: \
+                         refused (nothing was executed)"
+                    ));
+                }
+                stack.push((Value::Global(module, name), 0));
             }
-            b')' => stack.push(Value::Tuple(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b'}' => stack.push(Value::Dict(Vec::new())),
+            b')' => stack.push((Value::Tuple(Vec::new()), 1)),
+            b']' => stack.push((Value::List(Vec::new()), 1)),
+            b'}' => stack.push((Value::Dict(Vec::new()), 1)),
             b't' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(Value::Tuple(items));
+                let depth = nest(&items)?;
+                stack.push((Value::Tuple(unzip(items)), depth));
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
                 let items = stack.split_off(stack.len().checked_sub(n).ok_or("stack underflow")?);
-                stack.push(Value::Tuple(items));
+                let depth = nest(&items)?;
+                stack.push((Value::Tuple(unzip(items)), depth));
             }
-            b'q' => {
-                let k = take(&mut i, 1)?[0] as usize;
-                memo.insert(k, stack.last().cloned().ok_or("PUT on empty stack")?);
-            }
-            b'r' => {
-                let b = take(&mut i, 4)?;
-                let k = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                memo.insert(k, stack.last().cloned().ok_or("PUT on empty stack")?);
+            b'q' | b'r' | 0x94 => {
+                let k = if op == 0x94 {
+                    memo.len() // MEMOIZE (protocol 4): the next index
+                } else if op == b'q' {
+                    take(&mut i, 1)?[0] as usize
+                } else {
+                    let b = take(&mut i, 4)?;
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+                };
+                let value = stack.last().ok_or("PUT on empty stack")?;
+                copied += nodes(&value.0, budget + 1);
+                if copied > budget {
+                    return Err(format!(
+                        "memo copies more than {budget} values for a {}-byte pickle (a \"billion laughs\" pickle?)",
+                        p.len()
+                    ));
+                }
+                memo.insert(k, value.clone());
             }
             b'h' | b'j' => {
                 let k = if op == b'h' {
@@ -230,43 +395,53 @@ fn unpickle(p: &[u8]) -> std::result::Result<Value, String> {
                     let b = take(&mut i, 4)?;
                     u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
                 };
-                stack.push(memo.get(&k).cloned().ok_or("GET of unknown memo key")?);
+                let value = memo.get(&k).ok_or("GET of unknown memo key")?;
+                copied += nodes(&value.0, budget + 1);
+                if copied > budget {
+                    return Err(format!(
+                        "memo copies more than {budget} values for a {}-byte pickle (a \"billion laughs\" pickle?)",
+                        p.len()
+                    ));
+                }
+                stack.push(value.clone());
             }
             b'Q' => {
-                let pid = stack.pop().ok_or("stack underflow")?;
-                stack.push(Value::Persistent(Box::new(pid)));
+                let pid = pop(&mut stack)?;
+                let depth = nest(std::slice::from_ref(&pid))?;
+                stack.push((Value::Persistent(Box::new(pid.0)), depth));
             }
             b'R' => {
-                let args = stack.pop().ok_or("stack underflow")?;
-                let callable = stack.pop().ok_or("stack underflow")?;
-                stack.push(reduce(callable, args));
+                let args = pop(&mut stack)?;
+                let callable = pop(&mut stack)?;
+                stack.push((reduce(callable.0, args.0), 1));
             }
             b'b' => {
-                stack.pop().ok_or("stack underflow")?; // BUILD state (e.g. `_metadata`): ignored
+                pop(&mut stack)?; // BUILD state (e.g. `_metadata`): ignored
             }
-            b'a' | b'e' => {
-                let items = if op == b'a' {
-                    vec![stack.pop().ok_or("stack underflow")?]
-                } else {
-                    pop_mark(&mut stack)?
-                };
-                if let Some(Value::List(list)) = stack.last_mut() {
-                    list.extend(items);
-                }
-            }
-            b's' | b'u' => {
-                let items = if op == b's' {
-                    let v = stack.pop().ok_or("stack underflow")?;
-                    let k = stack.pop().ok_or("stack underflow")?;
-                    vec![k, v]
-                } else {
-                    pop_mark(&mut stack)?
-                };
-                if let Some(Value::Dict(dict)) = stack.last_mut() {
-                    let mut it = items.into_iter();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        dict.push((k, v));
+            b'a' | b'e' | b's' | b'u' => {
+                let items = match op {
+                    b'a' => vec![pop(&mut stack)?],
+                    b's' => {
+                        let v = pop(&mut stack)?;
+                        let k = pop(&mut stack)?;
+                        vec![k, v]
                     }
+                    _ => pop_mark(&mut stack)?,
+                };
+                let depth = nest(&items)?;
+                let Some((target, target_depth)) = stack.last_mut() else {
+                    return Err("stack underflow".into());
+                };
+                *target_depth = (*target_depth).max(depth);
+                match (op, target) {
+                    (b'a' | b'e', Value::List(list)) => list.extend(unzip(items)),
+                    (b's' | b'u', Value::Dict(dict)) => {
+                        let mut it = unzip(items).into_iter();
+                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                            dict.push((k, v));
+                        }
+                    }
+                    _ => {} // appends to a value we do not interpret
                 }
             }
             other => return Err(format!("unsupported pickle opcode 0x{other:02x}")),
@@ -290,11 +465,44 @@ fn storage_kind(storage_type: &str) -> Option<(Kind, usize)> {
     })
 }
 
+/// Checks that a tensor's view lies inside its storage of `elements` elements and is no
+/// larger than it (so reading it never allocates more than the file holds).
+fn check_view(spec: &TensorSpec, elements: i64) -> std::result::Result<(), String> {
+    let storage = format!("its storage `data/{}` holds {elements} elements", spec.key);
+    if spec.size.len() != spec.stride.len() {
+        return Err(format!("shape {:?} and strides {:?} differ in rank", spec.size, spec.stride));
+    }
+    if spec.offset < 0 || spec.size.iter().chain(&spec.stride).any(|&d| d < 0) {
+        return Err(format!(
+            "negative size, stride or offset (shape {:?}, strides {:?}, offset {})",
+            spec.size, spec.stride, spec.offset
+        ));
+    }
+    let numel = spec.size.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
+    let Some(numel) = numel.filter(|&n| n <= elements.max(0)) else {
+        return Err(format!("shape {:?} has more elements than {storage}", spec.size));
+    };
+    if numel == 0 {
+        return Ok(());
+    }
+    let last = spec.size.iter().zip(&spec.stride).try_fold(spec.offset, |end, (&d, &s)| {
+        (d - 1).checked_mul(s).and_then(|reach| end.checked_add(reach))
+    });
+    match last {
+        Some(last) if last < elements => Ok(()),
+        _ => Err(format!(
+            "shape {:?} with strides {:?} at offset {} reaches past the end: {storage}",
+            spec.size, spec.stride, spec.offset
+        )),
+    }
+}
+
 /// Reads every tensor of a `torch.save` zip state dict.
 pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let bytes = std::fs::read(path)
         .map_err(|source| TensorIoError::Io { path: path.to_path_buf(), source })?;
     let entries = zip_entries(&bytes)
+        .map_err(|e| bad(path, e))?
         .ok_or_else(|| bad(path, "not a zip archive (legacy torch.save format?)"))?;
     let pkl = entries
         .keys()
@@ -304,8 +512,9 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
     let entry = |name: &str| -> Result<&[u8]> {
         let e = entries.get(name).ok_or_else(|| bad(path, format!("missing zip entry {name}")))?;
-        bytes
-            .get(e.offset..e.offset + e.size)
+        e.offset
+            .checked_add(e.size)
+            .and_then(|end| bytes.get(e.offset..end))
             .ok_or_else(|| bad(path, format!("truncated zip entry {name}")))
     };
     let root = unpickle(entry(&pkl)?).map_err(|e| bad(path, e))?;
@@ -319,7 +528,9 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
             bad(path, format!("`{key}`: unsupported storage {}", spec.storage_type))
         })?;
         let data = entry(&format!("{prefix}data/{}", spec.key))?;
-        let storage = Tensor::f_from_data_size(data, &[(data.len() / elem) as i64], kind)?;
+        let elements = (data.len() / elem) as i64;
+        check_view(&spec, elements).map_err(|e| bad(path, format!("`{key}`: {e}")))?;
+        let storage = Tensor::f_from_data_size(data, &[elements], kind)?;
         let tensor = storage.f_as_strided(&spec.size, &spec.stride, spec.offset)?.f_contiguous()?;
         out.insert(key, tensor);
     }

@@ -439,7 +439,14 @@ impl RunConfig {
     /// Parses TOML; `path` names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
         let config: Self = parse_toml(text, path)?;
-        config.validate()?;
+        // the file is named in every error, the field in the message
+        config.validate().map_err(|e| match e {
+            e @ crate::TrainError::ConfigFile { .. } => e,
+            other => crate::TrainError::ConfigFile {
+                path: path.to_path_buf(),
+                message: other.to_string(),
+            },
+        })?;
         Ok(config)
     }
 
@@ -479,14 +486,17 @@ impl RunConfig {
             return Err(invalid("loss.pixel.weight", format!("must be >= 0, got {}", p.weight)));
         }
         if let Some(g) = self.loss.min_snr_gamma
-            && (g.is_nan() || g <= 0.0)
+            && (!g.is_finite() || g <= 0.0)
         {
             return Err(invalid("loss.min_snr_gamma", format!("must be positive, got {g}")));
         }
-        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
+        if !self.optim.lr.is_finite() || self.optim.lr <= 0.0 {
             return Err(invalid("optim.lr", format!("must be positive, got {}", self.optim.lr)));
         }
         self.optim.adamw().validate()?;
+        if !(0.0..1.0).contains(&self.ema.decay) {
+            return Err(invalid("ema.decay", format!("must be in [0, 1), got {}", self.ema.decay)));
+        }
         if self.train.steps == 0 {
             return Err(invalid("train.steps", "must be >= 1"));
         }

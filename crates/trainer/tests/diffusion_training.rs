@@ -217,10 +217,7 @@ fn config_errors_name_the_field() {
 #[test]
 fn periodic_evaluation_keeps_the_best_checkpoint() {
     let _rng = GlobalRng::lock();
-    if !lpl_trainer::evaluation::default_effnet_weights().is_some_and(|p| p.is_file()) {
-        println!("SKIPPED: no EfficientNet-Lite0 weights (`cargo xtask test` converts them)");
-        return;
-    }
+    lpl_test_assets::Asset::EffNetWeights.require();
     let dir = scratch("eval");
     // real images: a folder of 200 smooth grey 16x16 PNGs (its test split: every 20th, 10)
     let real = (Tensor::rand([200, 1, 4, 4], (Kind::Float, Device::Cpu)).upsample_bilinear2d(
