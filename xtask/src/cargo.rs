@@ -187,6 +187,10 @@ pub fn test(args: &[String]) -> Result<()> {
             .envs(budget.iter().map(|(k, v)| (*k, v.as_str())))
             .args(&extra);
         run(cmd, "cargo nextest run")?;
+        if extra.is_empty() {
+            eprintln!("fuzzing every file reader for {CI_FUZZ_SECONDS} s");
+            fuzz(&["--seconds".to_string(), CI_FUZZ_SECONDS.to_string()])?;
+        }
     } else {
         if policy == AssetPolicy::Offline {
             bail!(
@@ -202,6 +206,17 @@ pub fn test(args: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+/// `lpl-fuzz` (dev profile, so overflow checks and debug assertions are on, and the build is
+/// shared with the tests): every reader for `--seconds` in all; fails on any crash.
+pub fn fuzz(extra: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "--package", "lpl-fuzz", "--"]).args(extra);
+    run(cmd, "lpl-fuzz")
+}
+
+/// Seconds of fuzzing in every `cargo xtask test` run (all targets together).
+const CI_FUZZ_SECONDS: &str = "60";
 
 /// `cargo fmt --check` and clippy with warnings denied.
 pub fn lint() -> Result<()> {

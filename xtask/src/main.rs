@@ -5,6 +5,7 @@
 //! - `test [--offline] [ARGS...]`: setup and assets, then the whole workspace test suite
 //!   (nextest when installed); a missing asset stops it, naming the asset;
 //! - `fixtures`: regenerate golden fixtures with the pinned Python references;
+//! - `fuzz [--seconds N] [--target NAME]`: the stable mutation fuzzer over every file reader;
 //! - `lint`: `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`;
 //! - `bench`: every benchmark (LPL overhead, training step vs PyTorch eager, sampling, data);
 //! - `ablate`: the main job, `lpl ablate` on the embedded default.
@@ -31,6 +32,10 @@ commands:
                    tests that need assets (reported as skipped; refused on CI); ARGS are
                    forwarded to the test runner
   fixtures         regenerate the golden fixtures with the pinned Python references
+  fuzz [ARGS..]    mutation fuzzing of every file reader (pickle/zip state dicts, safetensors,
+                   checkpoints, IDX, PNG, cache manifests, run and ablation configs):
+                   `--seconds N` in all (default 60), `--target NAME`; report and crashing
+                   inputs in target/fuzz/; fails on any crash
   lint             cargo fmt --check and cargo clippy --workspace --all-targets -D warnings
   ablate [ARGS..]  the MSE vs MSE+LPL ablation on Fashion-MNIST (configs/ablate-default.toml):
                    autoencoder, latent cache, MSE pre-training, MSE and MSE+LPL continuations
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
             .map(|_| assets::ensure_chromium_on_ci())
             .and_then(|_| cargo::test(&rest)),
         "lint" => cargo::lint(),
+        "fuzz" => setup::run().and_then(|_| cargo::fuzz(&rest)),
         "fixtures" => setup::run().and_then(|_| fixtures::run()),
         "bench" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::bench(&rest)),
         "ablate" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::ablate(&rest)),

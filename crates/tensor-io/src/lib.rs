@@ -325,6 +325,30 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(io)
 }
 
+/// Removes the temporary files [`write_atomically`] left in `dir` when a process was killed
+/// mid-write (`NAME.tmp-PID` whose PID is not a running process; on systems without
+/// `/proc`, any PID but ours). Returns the files removed. The complete files beside them
+/// are untouched: the rename that publishes a file never happened for these.
+pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let proc_fs = Path::new("/proc/self").exists();
+    let mut removed = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some((_, pid)) = name.rsplit_once(".tmp-") else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let alive = if proc_fs {
+            Path::new("/proc").join(pid.to_string()).exists()
+        } else {
+            pid == std::process::id()
+        };
+        if !alive && path.is_file() && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// A fingerprint of named tensors: FNV-1a (64 bit) over their sorted names, dtypes, shapes
 /// and bytes, as 16 hex digits. Equal weights give equal fingerprints on any device.
 pub fn fingerprint(tensors: &[(String, Tensor)]) -> Result<String> {

@@ -126,6 +126,9 @@ pub fn build_cache_from(
         return Err(invalid("shard_size", "shard size and batch must be >= 1"));
     }
     std::fs::create_dir_all(out).map_err(|e| invalid("out", format!("{}: {e}", out.display())))?;
+    for stale in lpl_tensor_io::remove_stale_temporaries(out) {
+        tracing::info!("removed {}, left by an interrupted write", stale.display());
+    }
     let codec = ae.codec().clone();
     let fingerprint = ae.fingerprint()?;
     let n = source.len();

@@ -183,6 +183,12 @@ where
     let mut state = TrainState::start(config, model, &start)?;
     std::fs::create_dir_all(&config.output_dir)
         .map_err(|e| TrainError::Io { path: config.output_dir.clone(), source: e })?;
+    // what a killed run was writing when it died (never published: the renames did not happen)
+    for dir in [config.output_dir.clone(), run_checkpoint::checkpoint_dir(&config.output_dir)] {
+        for stale in lpl_tensor_io::remove_stale_temporaries(&dir) {
+            tracing::info!("removed {}, left by an interrupted write", stale.display());
+        }
+    }
     let manifest = &inputs.cache.manifest;
     let ctx = SampleContext {
         ae,

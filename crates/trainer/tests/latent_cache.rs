@@ -1,7 +1,8 @@
 //! The latent cache end to end: encoding with a fixed autoencoder then reading back (memory
 //! mapped) gives the same tensors, flipped latents are the flipped images' latents, the
 //! shuffled stream is a deterministic permutation per epoch and resumes exactly, an
-//! interrupted build resumes, and damaged shards or a different autoencoder are clear errors.
+//! interrupted build resumes, and damaged shards (a flipped bit, truncation, garbage) or a
+//! different autoencoder are clear errors.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
@@ -113,9 +114,18 @@ fn round_trip_order_resume_and_damage() {
     let after = std::fs::metadata(dir.join("shard-00000.safetensors")).unwrap().modified().unwrap();
     assert_eq!(before, after, "complete shards are kept");
 
-    // a truncated shard is an error naming it
+    // one flipped bit in a shard's data is caught on open (its recorded SHA-256), naming it
     let shard = dir.join("shard-00001.safetensors");
     let bytes = std::fs::read(&shard).unwrap();
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - 50; // inside the last tensor's data
+    flipped[at] ^= 0x10;
+    std::fs::write(&shard, &flipped).unwrap();
+    let msg = LatentCache::open(&dir).unwrap_err().to_string();
+    assert!(msg.contains("shard-00001.safetensors") && msg.contains("damaged"), "{msg}");
+    std::fs::write(&shard, &bytes).unwrap();
+    LatentCache::open(&dir).unwrap();
+    // a truncated shard is an error naming it
     std::fs::write(&shard, &bytes[..bytes.len() - 100]).unwrap();
     let msg = LatentCache::open(&dir).unwrap_err().to_string();
     assert!(msg.contains("shard-00001.safetensors") && msg.contains("rebuild"), "{msg}");

@@ -1,0 +1,4 @@
+//! rpath to libtorch for the fuzz driver.
+fn main() {
+    lpl_torch_build::link_libtorch();
+}
