@@ -1,7 +1,8 @@
 //! `lpl verify PATH`: checks every safetensors file under PATH (a run directory, a latent
 //! cache, an autoencoder folder, or one file) against the SHA-256 of its tensors recorded
-//! when lpl wrote it. Training verifies checkpoints as it loads them; latent-cache shards are
-//! memory-mapped and read without this check, so this is how a cache is checked.
+//! when lpl wrote it. lpl runs the same check whenever it reads one of these files
+//! (checkpoints as they load, every shard when a cache is opened); this command checks a
+//! whole directory at once, e.g. after copying it.
 
 use std::path::{Path, PathBuf};
 

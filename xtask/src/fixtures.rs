@@ -37,7 +37,9 @@ fn python() -> Result<PathBuf> {
     Ok(exe)
 }
 
-pub fn run() -> Result<()> {
+/// Installs the pinned reference packages into the managed Python when they are missing
+/// (the fixtures and the PyTorch anchors of `cargo xtask bench` need them); returns it.
+pub fn ensure_reference_packages() -> Result<PathBuf> {
     let python = python()?;
     let has_reference = Command::new(&python)
         .args([
@@ -73,6 +75,11 @@ pub fn run() -> Result<()> {
             bail!("pip install --no-deps {} failed ({status})", NO_DEPS_PACKAGES.join(" "));
         }
     }
+    Ok(python)
+}
+
+pub fn run() -> Result<()> {
+    let python = ensure_reference_packages()?;
     let torch_ok = Command::new(&python)
         .args([
             "-c",

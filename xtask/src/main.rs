@@ -63,7 +63,10 @@ fn main() -> ExitCode {
         "lint" => cargo::lint(),
         "fuzz" => setup::run().and_then(|_| cargo::fuzz(&rest)),
         "fixtures" => setup::run().and_then(|_| fixtures::run()),
-        "bench" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::bench(&rest)),
+        "bench" => setup::run()
+            .and_then(|_| assets::ensure())
+            .and_then(|_| fixtures::ensure_reference_packages().map(drop))
+            .and_then(|_| cargo::bench(&rest)),
         "ablate" => setup::run().and_then(|_| assets::ensure()).and_then(|_| cargo::ablate(&rest)),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

@@ -88,6 +88,21 @@ pub trait Autoencoder {
         depth: usize,
         post_quant_conv: bool,
     ) -> Result<Vec<Tensor>>;
+    /// One stage of [`Self::decode_features`], for recomputation (activation checkpointing):
+    /// stage 0 maps decoder latents to the first feature map (`post_quant_conv` when asked,
+    /// the input convolution, the mid block), stage `s >= 1` maps feature map `s - 1` to
+    /// feature map `s`. Chaining stages `0..=depth` gives `decode_features(z, depth, _)`.
+    /// `Ok(None)` (the default): the autoencoder does not expose its stages, and callers
+    /// keep the whole graph.
+    fn decode_stage(
+        &self,
+        h: &Tensor,
+        stage: usize,
+        post_quant_conv: bool,
+    ) -> Result<Option<Tensor>> {
+        let _ = (h, stage, post_quant_conv);
+        Ok(None)
+    }
     /// Whether the decoder starts with a `post_quant_conv`.
     fn has_post_quant_conv(&self) -> bool {
         false

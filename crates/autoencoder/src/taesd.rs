@@ -352,6 +352,25 @@ impl Autoencoder for Taesd {
         Ok(out)
     }
 
+    fn decode_stage(
+        &self,
+        h: &Tensor,
+        stage: usize,
+        _post_quant_conv: bool,
+    ) -> Result<Option<Tensor>> {
+        check_depth(stage, self.stage_ends.len() - 1)?;
+        let (first, mut h) = if stage == 0 {
+            check_latents(h, self.latent_channels())?;
+            (0, h.f_to_kind(self.compute_kind())?)
+        } else {
+            (self.stage_ends[stage - 1] + 1, h.shallow_clone())
+        };
+        for layer in &self.decoder[first..=self.stage_ends[stage]] {
+            h = layer.forward(&h);
+        }
+        Ok(Some(h))
+    }
+
     fn parameters(&self) -> Vec<Tensor> {
         let mut p = self.encoder_vs.trainable_variables();
         p.extend(self.decoder_vs.trainable_variables());

@@ -170,7 +170,9 @@ mod tests {
         let seed = b"[train]\nsteps = 10\nlr = 1e-3\n".to_vec();
         let run = |s| {
             let mut rng = Rng::new(s);
-            (0..200).map(|_| mutate(&seed, std::slice::from_ref(&seed), &mut rng, true)).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| mutate(&seed, std::slice::from_ref(&seed), &mut rng, true))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));

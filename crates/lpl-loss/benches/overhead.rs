@@ -4,9 +4,10 @@
 //! All samples are kept (the gate's worst case: cost scales with the kept fraction).
 //!
 //! `cargo bench -p lpl-loss --bench overhead [-- --batch B --steps N --device cpu|cuda
-//! --chunk C --depths D1,D2]`. With `--chunk C` every depth is measured a second time with
-//! the LPL's gradient computed C kept samples at a time (`value_and_grad`, the trainer's
-//! `[loss.lpl] chunk`).
+//! --chunk C --depths D1,D2]`. With `--chunk C` every depth is measured twice more with the
+//! LPL's gradient computed C kept samples at a time (`value_and_grad`, the trainer's
+//! `[loss.lpl] chunk`): keeping each chunk's decoder graph, and recomputing it stage by stage
+//! (`[loss.lpl] recompute = true`).
 //! Each case runs in a child process so that its peak resident memory (VmHWM; on CUDA the
 //! allocator's peak is not exposed by tch, so RSS is what is reported) is its own. Writes
 //! `target/bench/lpl_overhead.json` and prints a table.
@@ -51,6 +52,7 @@ fn child(
     decoder: &str,
     depth: Option<usize>,
     chunk: Option<usize>,
+    recompute: bool,
     batch: i64,
     steps: usize,
     device: Device,
@@ -73,6 +75,8 @@ fn child(
         let mut config = LplConfig::preset("paper").unwrap();
         config.depth = Some(d);
         config.gate = LplGate::All;
+        config.chunk = chunk;
+        config.recompute = recompute;
         LatentPerceptualLoss::new(ae.as_ref(), ae.codec().clone(), config).unwrap()
     });
     let mut times = Vec::new();
@@ -132,7 +136,8 @@ fn main() {
         let decoder = parts.next().unwrap();
         let depth = parts.next().and_then(|d| d.parse().ok());
         let chunk = parts.next().and_then(|c| c.parse().ok());
-        child(decoder, depth, chunk, batch, steps, device);
+        let recompute = parts.next() == Some("recompute");
+        child(decoder, depth, chunk, recompute, batch, steps, device);
         return;
     }
     let exe = std::env::current_exe().unwrap();
@@ -173,21 +178,28 @@ fn main() {
         println!("| {decoder} | MSE only | - | {base_ms:.0} | 1.00 | {base_mb:.0} | 1.00 |");
         let chosen = depths.clone().unwrap_or_else(|| (0..=max_depth).collect());
         for depth in chosen.into_iter().filter(|d| *d <= max_depth) {
-            let chunks = std::iter::once(None).chain(chunk.map(Some));
-            for c in chunks {
+            let chunks = std::iter::once((None, false))
+                .chain(chunk.map(|c| (Some(c), false)))
+                .chain(chunk.map(|c| (Some(c), true)));
+            for (c, recompute) in chunks {
                 let case = match c {
+                    Some(c) if recompute => format!("{decoder}:{depth}:{c}:recompute"),
                     Some(c) => format!("{decoder}:{depth}:{c}"),
                     None => format!("{decoder}:{depth}"),
                 };
                 let (ms, mb) = run(case);
-                let shown = c.map_or("-".to_string(), |c| c.to_string());
+                let shown = match c {
+                    Some(c) if recompute => format!("{c}, recompute"),
+                    Some(c) => c.to_string(),
+                    None => "-".to_string(),
+                };
                 println!(
                     "| {decoder} | {depth} | {shown} | {ms:.0} | {:.2} | {mb:.0} | {:.2} |",
                     ms / base_ms,
                     mb / base_mb
                 );
                 rows.push(format!(
-                    "{{\"decoder\": \"{decoder}\", \"depth\": {depth}, \"chunk\": {}, \"step_ms\": {ms:.1}, \"mse_step_ms\": {base_ms:.1}, \"time_ratio\": {:.3}, \"peak_mb\": {mb:.0}, \"mse_peak_mb\": {base_mb:.0}, \"memory_ratio\": {:.3}}}",
+                    "{{\"decoder\": \"{decoder}\", \"depth\": {depth}, \"chunk\": {}, \"recompute\": {recompute}, \"step_ms\": {ms:.1}, \"mse_step_ms\": {base_ms:.1}, \"time_ratio\": {:.3}, \"peak_mb\": {mb:.0}, \"mse_peak_mb\": {base_mb:.0}, \"memory_ratio\": {:.3}}}",
                     c.map_or("null".to_string(), |c| c.to_string()),
                     ms / base_ms,
                     mb / base_mb

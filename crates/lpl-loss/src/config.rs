@@ -151,6 +151,12 @@ pub struct LplConfig {
     /// loss decomposes over samples). `None`: the whole batch at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<usize>,
+    /// With `chunk`: keep only the decoder's stage boundaries of a chunk and recompute each
+    /// stage's graph during the backward sweep (activation checkpointing): peak memory is
+    /// one stage's graph, for about one more decoder forward per kept sample. The gradient is
+    /// the same. Autoencoders that do not expose their stages keep the whole graph.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recompute: bool,
 }
 
 fn five() -> i64 {
@@ -220,6 +226,7 @@ impl LplConfig {
             min_snr_gamma: None,
             post_quant_conv: true,
             chunk: None,
+            recompute: false,
         };
         Ok(match name {
             "paper" => paper,
@@ -279,6 +286,9 @@ impl LplConfig {
         }
         if self.chunk == Some(0) {
             return Err(invalid("chunk", "must be >= 1 (or left out: the whole batch)"));
+        }
+        if self.recompute && self.chunk.is_none() {
+            return Err(invalid("recompute", "needs `chunk` (it recomputes one chunk's decoder)"));
         }
         if !self.mask && self.mask_source == MaskSource::Prediction {
             return Err(invalid("mask_source", "`prediction` needs `mask = true`"));

@@ -230,18 +230,40 @@ impl<'a> LatentPerceptualLoss<'a> {
             let idx = Tensor::from_slice(part).to_device(device);
             let pred = x0.index_select(0, &idx).set_requires_grad(true);
             let target = z0.to_kind(Kind::Float).index_select(0, &idx).detach();
-            let (per_kept, masked_part) = self.per_layer_distances(&pred, &target)?;
-            let mut weighted = per_kept.sum_dim_intlist(1, false, Kind::Float);
+            // each kept sample's weight in the value: min-SNR, the loss weight, the reduction
+            let mut weights = Tensor::full(
+                [part.len() as i64],
+                self.config.weight / denom,
+                (Kind::Float, device),
+            );
             if let Some(gamma) = self.config.min_snr_gamma {
                 let t_part = t_cpu.index_select(0, &Tensor::from_slice(part));
-                weighted *=
+                weights *=
                     min_snr_weights(schedule, parameterization, &t_part, gamma)?.to_device(device);
             }
-            let value = weighted.sum(Kind::Float) * (self.config.weight / denom);
-            let g = Tensor::f_run_backward(&[&value], &[&pred], false, false)?;
-            if let Some(g) = g.first() {
-                grad = grad.index_add(0, &idx, g);
-            }
+            let recomputed = if self.config.recompute {
+                self.per_layer_distances_recomputed(&pred, &target, &weights)?
+            } else {
+                None
+            };
+            let (per_kept, masked_part, value) = match recomputed {
+                Some((per_kept, masked_part, g)) => {
+                    grad = grad.index_add(0, &idx, &g);
+                    let value = (per_kept.sum_dim_intlist(1, false, Kind::Float) * &weights)
+                        .sum(Kind::Float);
+                    (per_kept, masked_part, value)
+                }
+                None => {
+                    let (per_kept, masked_part) = self.per_layer_distances(&pred, &target)?;
+                    let value = (per_kept.sum_dim_intlist(1, false, Kind::Float) * &weights)
+                        .sum(Kind::Float);
+                    let g = Tensor::f_run_backward(&[&value], &[&pred], false, false)?;
+                    if let Some(g) = g.first() {
+                        grad = grad.index_add(0, &idx, g);
+                    }
+                    (per_kept, masked_part, value)
+                }
+            };
             total += value.detach();
             per_sample_layer = per_sample_layer.index_add(0, &idx, &per_kept.detach());
             masked += masked_part * (part.len() as f64 / k);
@@ -267,60 +289,130 @@ impl<'a> LatentPerceptualLoss<'a> {
     fn per_layer_distances(&self, pred: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
         let post = self.config.post_quant_conv;
         let pred_f = self.ae.decode_features(&self.codec.to_decoder(pred)?, self.depth, post)?;
-        let target_f = tch::no_grad(|| -> Result<Vec<Tensor>> {
-            Ok(self.ae.decode_features(&self.codec.to_decoder(target)?, self.depth, post)?)
-        })?;
-        let n_layers = self.plan.len() as f64;
+        let target_f = self.target_features(target)?;
         let mut columns = Vec::with_capacity(self.plan.len());
         let mut masked = Vec::with_capacity(self.plan.len());
         for ((plan, x), y) in self.plan.iter().zip(&pred_f).zip(&target_f) {
-            let x = x.to_kind(Kind::Float);
-            let y = y.to_kind(Kind::Float).detach();
-            let mask = plan.mask_down.map(|down| {
-                let source = match self.config.mask_source {
-                    MaskSource::Target => &y,
-                    MaskSource::Prediction => &x,
-                };
-                outlier_mask(
-                    source,
-                    self.config.quantile,
-                    self.config.dilate_kernel,
-                    self.config.erode_kernel,
-                    down,
-                )
-                .to_kind(Kind::Float)
-            });
-            let y = match &mask {
-                Some(m) => &y * m,
-                None => y,
-            };
-            let (xn, yn) = normalize(self.config.norm, &x, &y);
-            let diff = xn - yn;
-            let mut d = match self.config.distance {
-                Distance::L2 => diff.square(),
-                Distance::L1 => diff.abs(),
-            };
-            if let Some(m) = &mask {
-                d *= m;
-            }
-            let dims = [2i64, 3];
-            let summed = d.sum_dim_intlist(&dims[..], false, Kind::Float); // (K, C)
-            let reduced = match (self.config.spatial_reduce, &mask) {
-                (SpatialReduce::MaskedMean, Some(m)) => {
-                    summed / m.sum_dim_intlist(&dims[..], false, Kind::Float).clamp_min(1.0)
-                }
-                (SpatialReduce::MaskedMean, None) => {
-                    let (_, _, h, w) = d.size4()?;
-                    summed / (h * w) as f64
-                }
-                (SpatialReduce::Sum, _) => summed,
-            };
-            columns.push(reduced.mean_dim(1, false, Kind::Float) * (plan.weight / n_layers)); // (K,)
-            masked.push(match &mask {
-                Some(m) => m.le(0.5).to_kind(Kind::Float).mean(Kind::Float),
-                None => Tensor::zeros([], (Kind::Float, x.device())),
-            });
+            let (column, m) = self.layer_distance(plan, x, y);
+            columns.push(column);
+            masked.push(m);
         }
         Ok((Tensor::stack(&columns, 1), Tensor::stack(&masked, 0)))
+    }
+
+    /// The decoder features of the clean latents, without a graph.
+    fn target_features(&self, target: &Tensor) -> Result<Vec<Tensor>> {
+        let post = self.config.post_quant_conv;
+        tch::no_grad(|| -> Result<Vec<Tensor>> {
+            Ok(self.ae.decode_features(&self.codec.to_decoder(target)?, self.depth, post)?)
+        })
+    }
+
+    /// One layer's term: `(K,)` weighted distances of the predicted features `x` to the
+    /// target's `y`, and the fraction of positions its mask removed (0-d).
+    fn layer_distance(&self, plan: &LayerPlan, x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+        let n_layers = self.plan.len() as f64;
+        let x = x.to_kind(Kind::Float);
+        let y = y.to_kind(Kind::Float).detach();
+        let mask = plan.mask_down.map(|down| {
+            let source = match self.config.mask_source {
+                MaskSource::Target => &y,
+                MaskSource::Prediction => &x,
+            };
+            outlier_mask(
+                source,
+                self.config.quantile,
+                self.config.dilate_kernel,
+                self.config.erode_kernel,
+                down,
+            )
+            .to_kind(Kind::Float)
+        });
+        let y = match &mask {
+            Some(m) => &y * m,
+            None => y,
+        };
+        let (xn, yn) = normalize(self.config.norm, &x, &y);
+        let diff = xn - yn;
+        let mut d = match self.config.distance {
+            Distance::L2 => diff.square(),
+            Distance::L1 => diff.abs(),
+        };
+        if let Some(m) = &mask {
+            d *= m;
+        }
+        let dims = [2i64, 3];
+        let summed = d.sum_dim_intlist(&dims[..], false, Kind::Float); // (K, C)
+        let reduced = match (self.config.spatial_reduce, &mask) {
+            (SpatialReduce::MaskedMean, Some(m)) => {
+                summed / m.sum_dim_intlist(&dims[..], false, Kind::Float).clamp_min(1.0)
+            }
+            (SpatialReduce::MaskedMean, None) => {
+                let h = d.size()[2];
+                let w = d.size()[3];
+                summed / (h * w) as f64
+            }
+            (SpatialReduce::Sum, _) => summed,
+        };
+        let column = reduced.mean_dim(1, false, Kind::Float) * (plan.weight / n_layers); // (K,)
+        let masked = match &mask {
+            Some(m) => m.le(0.5).to_kind(Kind::Float).mean(Kind::Float),
+            None => Tensor::zeros([], (Kind::Float, x.device())),
+        };
+        (column, masked)
+    }
+
+    /// [`Self::per_layer_distances`] and the gradient of `sum_k weights[k] * row_k` (the rows'
+    /// layer sums) with respect to `pred`, recomputing the decoder stage by stage: a forward
+    /// without a graph keeps the stage boundaries, then each stage, last first, is run again
+    /// with a graph, its own term and the gradient arriving from the stages after it sent
+    /// back through it, and its graph freed. `Ok(None)` when the autoencoder has no stages.
+    fn per_layer_distances_recomputed(
+        &self,
+        pred: &Tensor,
+        target: &Tensor,
+        weights: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        let post = self.config.post_quant_conv;
+        let z = self.codec.to_decoder(&pred.detach())?;
+        let target_f = self.target_features(target)?;
+        // forward: the input of every stage
+        let mut inputs = vec![z];
+        let stages = self.plan.len();
+        for stage in 0..stages {
+            let out = tch::no_grad(|| self.ae.decode_stage(&inputs[stage], stage, post))?;
+            let Some(out) = out else { return Ok(None) };
+            inputs.push(out);
+        }
+        // filled last stage first, reversed after the sweep
+        let mut columns = Vec::with_capacity(stages);
+        let mut masked = Vec::with_capacity(stages);
+        let mut grad: Option<Tensor> = None;
+        for stage in (0..stages).rev() {
+            let input = inputs[stage].detach().set_requires_grad(true);
+            let out = self
+                .ae
+                .decode_stage(&input, stage, post)?
+                .ok_or_else(|| LplError::Compute("decoder stages vanished".into()))?;
+            let (column, m) = self.layer_distance(&self.plan[stage], &out, &target_f[stage]);
+            let mut objective = (&column * weights).sum(Kind::Float);
+            if let Some(g) = &grad {
+                objective += (out.to_kind(Kind::Float) * g).sum(Kind::Float);
+            }
+            let g = Tensor::f_run_backward(&[&objective], &[&input], false, false)?;
+            grad = g.into_iter().next();
+            columns.push(column.detach());
+            masked.push(m);
+        }
+        columns.reverse();
+        masked.reverse();
+        // through the codec's map into decoder space (affine, but let autograd say so)
+        let pred = pred.detach().set_requires_grad(true);
+        let z = self.codec.to_decoder(&pred)?;
+        let g = grad.ok_or_else(|| LplError::Compute("no decoder stage ran".into()))?;
+        let objective = (z.to_kind(Kind::Float) * g).sum(Kind::Float);
+        let g = Tensor::f_run_backward(&[&objective], &[&pred], false, false)?;
+        let g = g.into_iter().next().ok_or_else(|| LplError::Compute("no gradient".into()))?;
+        Ok(Some((Tensor::stack(&columns, 1), Tensor::stack(&masked, 0), g)))
     }
 }

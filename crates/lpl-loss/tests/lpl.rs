@@ -213,6 +213,22 @@ fn works_with_taef2() {
     let total = f64::try_from(&out.total).unwrap();
     assert!(total.is_finite() && total > 0.0, "{total}");
     assert!(f64::try_from(x0_hat.grad().abs().sum(Kind::Float)).unwrap() > 0.0);
+    // TAESD's decoder stages recomputed one at a time give the same value and gradient
+    // (tolerances as in chunked_gradient_equals_the_whole_batch_gradient)
+    let recomputing = LatentPerceptualLoss::new(
+        &taef2,
+        taef2.codec().clone(),
+        LplConfig { chunk: Some(1), recompute: true, ..lpl.config().clone() },
+    )
+    .unwrap();
+    let schedule = NoiseSchedule::preset("sd15").unwrap();
+    let (again, grad) =
+        recomputing.value_and_grad(&x0_hat, &z0, &t, &schedule, Parameterization::Eps, 1).unwrap();
+    let rel = |a: &Tensor, b: &Tensor| {
+        f64::try_from((a - b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap()
+    };
+    assert!(rel(&again.total, &out.total) < 1e-5, "value");
+    assert!(rel(&grad, &x0_hat.grad()) < 1e-4, "gradient");
 }
 
 /// A user's own autoencoder: a 2-layer convolutional decoder with one upsampling stage.
@@ -316,9 +332,11 @@ fn works_with_a_user_defined_autoencoder() {
     }
 }
 
-/// `value_and_grad` in chunks of 1 and 2 kept samples gives the loss, the per-sample and
-/// per-layer terms and the gradient of the whole-batch `loss` + backward, for both presets,
-/// with the SNR gate, min-SNR weighting and either batch reduction. Tolerances: the chunks
+/// `value_and_grad` in chunks of 1 and 2 kept samples, keeping each chunk's decoder graph or
+/// recomputing it stage by stage (`recompute`), gives the loss, the per-sample and per-layer
+/// terms and the gradient of the whole-batch `loss` + backward, for both presets, with the
+/// SNR gate, min-SNR weighting and either batch reduction. Recomputation runs the same
+/// kernels on the same shapes, the stage gradients summed in another order. Tolerances: the chunks
 /// run the same per-sample arithmetic on batches of 1 or 2 instead of 3, so only
 /// batch-size-dependent kernel choices (convolution blocking) reorder f32 sums: ~1e-7 per
 /// feature, ~1e-6 on the losses (means of thousands of terms); 1e-5 relative on values and
@@ -361,8 +379,19 @@ fn chunked_gradient_equals_the_whole_batch_gradient() {
         let unweighted =
             plain.loss(&g["input"], &g["target"], &t, &schedule, Parameterization::Eps);
         assert!(unweighted.unwrap().per_sample.equal(&whole.per_sample), "{name}: per_sample");
-        for chunk in [1, 2] {
-            let (out, grad) = lpl
+        let recomputing = LatentPerceptualLoss::new(
+            &vae,
+            vae.codec().clone(),
+            LplConfig { chunk: Some(1), recompute: true, ..lpl.config().clone() },
+        )
+        .unwrap();
+        for (chunk, loss, how) in [
+            (1, &lpl, "graph kept"),
+            (2, &lpl, "graph kept"),
+            (1, &recomputing, "recomputed"),
+            (2, &recomputing, "recomputed"),
+        ] {
+            let (out, grad) = loss
                 .value_and_grad(
                     &g["input"],
                     &g["target"],
@@ -372,7 +401,7 @@ fn chunked_gradient_equals_the_whole_batch_gradient() {
                     chunk,
                 )
                 .unwrap();
-            let what = format!("{name}, chunk {chunk}");
+            let what = format!("{name}, chunk {chunk}, {how}");
             assert!(max_rel(&out.total, &whole.total) < 1e-5, "{what}: total");
             assert!(max_rel_floored(&out.per_sample, &whole.per_sample, 1e-3) < 1e-5, "{what}");
             assert!(max_rel_floored(&out.per_layer, &whole.per_layer, 1e-3) < 1e-5, "{what}");

@@ -1,11 +1,13 @@
-"""The PyTorch-eager reference of `cargo bench -p lpl-trainer --bench train_step`: the same
+"""The PyTorch references of `cargo bench -p lpl-trainer --bench train_step`: the same
 training step (diffusers' DiTTransformer2DModel with the DiT preset's config, epsilon
 prediction with MSE on the DiT linear schedule, torch.optim.AdamW, lr 1e-4), the same batch,
 warm-up then the median of N steps, in the torch install that provides our libtorch.
 
-Usage: python pytorch_step.py '<config json>' BATCH STEPS DEVICE [f32|bf16]. f32 on CUDA uses
-TF32 matmuls and convolutions (as ours); bf16 is torch.autocast around the forward pass and
-the loss. Prints one JSON line: {"ms": median step ms, "images_per_s": ..., "peak_mb": the
+Usage: python pytorch_step.py '<config json>' BATCH STEPS DEVICE [f32|bf16] [MODE]. f32 on
+CUDA uses TF32 matmuls and convolutions (as ours); bf16 is torch.autocast around the forward
+pass and the loss. MODE: `fused` (eager, AdamW(fused=True): the fastest eager optimiser, the
+default), `foreach` (eager, torch's default AdamW) or `compile` (the model under
+torch.compile, default mode, with the fused AdamW; two warm-up steps, the first compiles). Prints one JSON line: {"ms": median step ms, "images_per_s": ..., "peak_mb": the
 CUDA allocator's peak of a steady-state step, or the process's peak RSS on CPU}, or
 {"error": ...} when diffusers cannot be imported.
 """
@@ -27,6 +29,7 @@ except Exception as e:  # ImportError, or diffusers' RuntimeError about its depe
 config = json.loads(sys.argv[1])
 batch, steps, device = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 precision = sys.argv[5] if len(sys.argv) > 5 else "f32"
+mode = sys.argv[6] if len(sys.argv) > 6 else "fused"
 if device.startswith("cuda"):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -39,7 +42,9 @@ keep = {
 torch.manual_seed(0)
 model = DiTTransformer2DModel(**{k: v for k, v in config.items() if k in keep and v is not None}).to(device)
 model.train()
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=(mode != "foreach"))
+if mode == "compile":
+    model = torch.compile(model)
 c, s = config["in_channels"], config["sample_size"]
 betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
 alpha_bar = torch.cumprod(1 - betas, 0).float().to(device)
@@ -69,7 +74,11 @@ def step():
     return float(loss)
 
 
+compile_start = time.perf_counter()
 step()
+if mode == "compile":
+    step()  # a recompilation, if any, happens here
+warmup_s = time.perf_counter() - compile_start
 if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats()
 times = []
@@ -83,4 +92,5 @@ if device.startswith("cuda"):
     peak = torch.cuda.max_memory_allocated() / 2**20
 else:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"ms": ms, "images_per_s": batch * 1000 / ms, "peak_mb": peak, "threads": torch.get_num_threads()}))
+print(json.dumps({"ms": ms, "images_per_s": batch * 1000 / ms, "peak_mb": peak,
+                  "threads": torch.get_num_threads(), "mode": mode, "warmup_s": warmup_s}))

@@ -2,12 +2,17 @@
 //! forward, MSE on eps, backward, our AdamW) in images/s and peak memory, with and without
 //! the paper's LPL, for the tiny default (DiT-mini at 8x8x4, the Fashion-MNIST AE's decoder)
 //! and DiT-S/2 and DiT-B/2 at 32x32x4 (an SD-architecture decoder, random weights); and the
-//! same MSE step in PyTorch eager (diffusers' DiTTransformer2DModel, torch.optim.AdamW;
-//! benches/pytorch_step.py) with the torch install that provides our libtorch, in the same
-//! invocation: the ratio ours / PyTorch.
+//! same MSE step in PyTorch (diffusers' DiTTransformer2DModel; benches/pytorch_step.py) with
+//! the torch install that provides our libtorch, in the same invocation, as the anchors a
+//! user who cares about speed would pick: eager with `AdamW(fused=True)` and the model under
+//! `torch.compile` (default mode). Ratios ours / each. Beside each throughput, the model FLOP
+//! utilisation: analytic FLOPs of the step (`support::flops`: DiT forward and backward, the
+//! LPL decoder branch for the kept fraction) per second over the best 2048^3 matmul of the
+//! same device and precision. Cases are interleaved over `--rounds` rounds (each a fresh
+//! process per case) and reported as the median with the min-max spread.
 //!
-//! `cargo bench -p lpl-trainer --bench train_step [-- --steps N --device cpu|cuda
-//! --batch-small B --batch-large B --precision f32|bf16|all]`. Precision: `f32` (on CUDA
+//! `cargo bench -p lpl-trainer --bench train_step [-- --steps N --rounds R --device cpu|cuda
+//! --batch-small B --batch-large B --precision f32|bf16|all --models dit-mini,dit-s-2]`. Precision: `f32` (on CUDA
 //! with TF32 matmuls on both sides) or `bf16` autocast (f32 master weights; the LPL decoder
 //! branch in f32, as `lpl train` does); default `f32` on CPU and both on CUDA. Each case
 //! runs in a child process: peak memory is the process's peak RSS on CPU and the CUDA
@@ -61,6 +66,7 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16
     let (c, s) = (config.in_channels, config.sample_size);
     let classes = config.num_embeds_ada_norm.unwrap_or(1000);
     let mut times = Vec::new();
+    let mut kept = Vec::new();
     for step in 0..=steps {
         // the same t for both arms at a step (the LPL gate keeps a comparable fraction)
         tch::manual_seed(step as i64);
@@ -87,7 +93,9 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16
             let x0 =
                 x0_from_prediction(&pred, &z_t, &t_dev, Parameterization::Eps, &schedule).unwrap();
             let _f32 = region.as_ref().map(|_| Autocast::disable(device).unwrap());
-            loss += lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap().total;
+            let out = lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap();
+            kept.push(f64::try_from(&out.kept_fraction).unwrap());
+            loss += out.total;
         }
         drop(region);
         opt.zero_grad();
@@ -102,7 +110,19 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    println!("{{\"ms\": {}, \"peak_mb\": {}}}", times[times.len() / 2], peak_mb(device));
+    // FLOPs of the median step: the DiT's, plus the LPL branch at the mean kept fraction
+    let mut flops = support::flops::dit_step(&config, batch);
+    if let Some(lpl) = &loss_fn {
+        let fraction = kept.iter().sum::<f64>() / kept.len().max(1) as f64;
+        let depth = lpl.plan().len() - 1;
+        let hw = (s * s) as f64;
+        flops += support::flops::lpl_branch(&ae_config(preset), hw, depth, fraction * batch as f64);
+    }
+    println!(
+        "{{\"ms\": {}, \"peak_mb\": {}, \"flops\": {flops}}}",
+        times[times.len() / 2],
+        peak_mb(device)
+    );
 }
 
 /// The python of the torch install our libtorch comes from (`<venv>/bin/python`), or
@@ -126,17 +146,49 @@ fn pytorch_script() -> PathBuf {
     if built.is_file() { built } else { PathBuf::from("crates/trainer/benches/pytorch_step.py") }
 }
 
+/// The median and the min-max spread of some measurements.
+fn summary(values: &[f64]) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// `median (min-max)` to `digits` decimals.
+fn spread(values: &[f64], digits: usize) -> String {
+    let (m, lo, hi) = summary(values);
+    if m.is_nan() {
+        return "n/a".into();
+    }
+    if values.len() < 2 {
+        return format!("{m:.digits$}");
+    }
+    format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})")
+}
+
 fn main() {
     let device_name = arg("--device", "cpu");
     let device = support::device(&device_name);
     let steps: usize = arg("--steps", if device.is_cuda() { "10" } else { "3" }).parse().unwrap();
+    let rounds: usize = arg("--rounds", if device.is_cuda() { "2" } else { "3" }).parse().unwrap();
     let small: i64 = arg("--batch-small", "128").parse().unwrap();
     let large: i64 =
         arg("--batch-large", if device.is_cuda() { "64" } else { "4" }).parse().unwrap();
     let precision = arg("--precision", if device.is_cuda() { "all" } else { "f32" });
+    let models = arg("--models", "dit-mini,dit-s-2,dit-b-2");
     if let Some(case) =
         std::env::args().position(|a| a == "--case").and_then(|i| std::env::args().nth(i + 1))
     {
+        if case == "peak" {
+            let kind = if precision == "bf16" { Kind::BFloat16 } else { Kind::Float };
+            if device.is_cuda() && precision != "bf16" {
+                lpl_torch_ext::tf32::set(true).unwrap();
+            }
+            println!("{{\"flops_per_s\": {}}}", support::flops::matmul_peak(device, kind));
+            return;
+        }
         let (preset, lpl) = case.split_once(':').unwrap();
         let batch = if preset == "dit-mini" { small } else { large };
         child(preset, lpl == "lpl", batch, steps, device, precision == "bf16");
@@ -175,92 +227,149 @@ fn main() {
     let script = pytorch_script();
     let mut rows = Vec::new();
     let memory = if device.is_cuda() { "CUDA allocator peak" } else { "peak RSS" };
+    let presets: Vec<&str> = models.split(',').collect();
     for precision in precisions {
         let math = match (precision, device.is_cuda()) {
             ("bf16", _) => "bf16 autocast, f32 master weights",
             (_, true) => "f32 with TF32 matmuls",
             _ => "f32",
         };
-        println!(
-            "\ntraining step, {device_name}, {math}; median of {steps} after one warm-up; memory: {memory}\n"
-        );
-        println!(
-            "| model | latent | batch | ours img/s | PyTorch img/s | ours / PyTorch | ours + LPL img/s | LPL time x | peak MB ours / PyTorch | peak MB + LPL |"
-        );
-        println!("|---|---|---|---:|---:|---:|---:|---:|---|---:|");
-        for preset in ["dit-mini", "dit-s-2", "dit-b-2"] {
+        let peak_of = || -> f64 {
+            let out = Command::new(&exe).args(["--case", "peak"]).args(common(precision)).output();
+            json_line(out.unwrap(), "peak")["flops_per_s"].as_f64().unwrap()
+        };
+        // PyTorch: the value of `key` per round, or why it is unavailable
+        let torch_run = |preset: &str, mode: &str| -> Result<serde_json::Value, String> {
+            let py = python.as_ref().ok_or("no Python next to our libtorch")?;
             let batch = if preset == "dit-mini" { small } else { large };
-            let run = |lpl: &str| {
-                json_line(
-                    Command::new(&exe)
-                        .args(["--case", &format!("{preset}:{lpl}")])
-                        .args(common(precision))
-                        .output()
-                        .unwrap(),
-                    preset,
-                )
-            };
-            let (mse, with_lpl) = (run("mse"), run("lpl"));
-            let config = dit_config(preset);
-            let torch = python.as_ref().and_then(|py| {
-                let out = Command::new(py)
-                    .arg(&script)
-                    .arg(serde_json::to_string(&config).unwrap())
-                    .args([batch.to_string(), steps.to_string(), device_name.clone()])
-                    .arg(precision)
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stdout);
-                let v = text.lines().find(|l| l.starts_with('{'));
-                let v: Option<serde_json::Value> = v.and_then(|l| serde_json::from_str(l).ok());
-                match v {
-                    Some(v) if v.get("error").is_none() => Some(v),
-                    other => {
-                        let why = other.map_or_else(
-                            || {
-                                String::from_utf8_lossy(&out.stderr)
-                                    .lines()
-                                    .last()
-                                    .unwrap_or("")
-                                    .to_string()
-                            },
-                            |v| v["error"].to_string(),
-                        );
-                        println!("(PyTorch reference unavailable: {why})");
-                        None
+            let out = Command::new(py)
+                .arg(&script)
+                .arg(serde_json::to_string(&dit_config(preset)).unwrap())
+                .args([batch.to_string(), steps.to_string(), device_name.clone()])
+                .args([precision, mode])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v = text.lines().find(|l| l.starts_with('{'));
+            match v.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+                Some(v) if v.get("error").is_none() => Ok(v),
+                Some(v) => Err(v["error"].to_string()),
+                None => Err(String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("no output")
+                    .to_string()),
+            }
+        };
+        // measurements[preset][what] over rounds
+        let mut m: std::collections::BTreeMap<(String, &str), Vec<f64>> = Default::default();
+        let mut peaks = Vec::new();
+        let mut notes = std::collections::BTreeSet::new();
+        for round in 0..rounds {
+            eprintln!("round {} of {rounds} ({precision})", round + 1);
+            peaks.push(peak_of());
+            for preset in &presets {
+                let batch = if *preset == "dit-mini" { small } else { large } as f64;
+                for lpl in ["mse", "lpl"] {
+                    let v = json_line(
+                        Command::new(&exe)
+                            .args(["--case", &format!("{preset}:{lpl}")])
+                            .args(common(precision))
+                            .output()
+                            .unwrap(),
+                        preset,
+                    );
+                    let ms = v["ms"].as_f64().unwrap();
+                    let key = |what| (preset.to_string(), what);
+                    m.entry(key(if lpl == "mse" { "ours" } else { "lpl" }))
+                        .or_default()
+                        .push(batch * 1000.0 / ms);
+                    m.entry(key(if lpl == "mse" { "ours_flops" } else { "lpl_flops" }))
+                        .or_default()
+                        .push(v["flops"].as_f64().unwrap() * 1000.0 / ms);
+                    m.entry(key(if lpl == "mse" { "ours_mb" } else { "lpl_mb" }))
+                        .or_default()
+                        .push(v["peak_mb"].as_f64().unwrap_or(f64::NAN));
+                }
+                for mode in ["fused", "compile"] {
+                    match torch_run(preset, mode) {
+                        Ok(v) => {
+                            let key = (preset.to_string(), mode);
+                            m.entry(key).or_default().push(v["images_per_s"].as_f64().unwrap());
+                            let mb = (
+                                preset.to_string(),
+                                if mode == "fused" { "fused_mb" } else { "compile_mb" },
+                            );
+                            m.entry(mb)
+                                .or_default()
+                                .push(v["peak_mb"].as_f64().unwrap_or(f64::NAN));
+                        }
+                        Err(why) => {
+                            notes.insert(format!("PyTorch {mode} unavailable: {why}"));
+                        }
                     }
                 }
-            });
-            let ips = |v: &serde_json::Value| batch as f64 * 1000.0 / v["ms"].as_f64().unwrap();
-            let (ours, lpl_ips) = (ips(&mse), ips(&with_lpl));
-            let torch_ips = torch.as_ref().map(|t| t["images_per_s"].as_f64().unwrap());
-            let torch_peak = torch.as_ref().and_then(|t| t["peak_mb"].as_f64());
-            let latent = format!("{0}x{0}x{1}", config.sample_size, config.in_channels);
+            }
+        }
+        let (peak, _, _) = summary(&peaks);
+        println!(
+            "\ntraining step, {device_name}, {math}; median of {steps} steps after warm-up per process, \
+             {rounds} interleaved rounds: median (min-max); matmul peak {:.1} GFLOP/s; memory: {memory}\n",
+            peak / 1e9
+        );
+        println!(
+            "| model | batch | ours img/s | MFU | PyTorch fused img/s | ours / fused | torch.compile img/s | ours / compile | ours + LPL img/s | MFU + LPL | LPL time x | peak MB ours / fused / + LPL |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let get = |preset: &str, what: &str| {
+            m.get(&(preset.to_string(), what)).cloned().unwrap_or_default()
+        };
+        for preset in &presets {
+            let batch = if *preset == "dit-mini" { small } else { large };
+            let ours = get(preset, "ours");
+            let lpl = get(preset, "lpl");
+            let (fused, compiled) = (get(preset, "fused"), get(preset, "compile"));
+            // ratios per round (the rounds are interleaved, so round k of each is comparable)
+            let ratio =
+                |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>();
+            let mfu = |flops: &[f64]| flops.iter().map(|f| 100.0 * f / peak).collect::<Vec<_>>();
             println!(
-                "| {preset} | {latent} | {batch} | {ours:.1} | {} | {} | {lpl_ips:.1} | {:.2} | {:.0} / {} | {:.0} |",
-                torch_ips.map_or("n/a".into(), |v| format!("{v:.1}")),
-                torch_ips.map_or("n/a".into(), |v| format!("{:.2}", ours / v)),
-                ours / lpl_ips,
-                mse["peak_mb"].as_f64().unwrap_or(f64::NAN),
-                torch_peak.map_or("n/a".into(), |v| format!("{v:.0}")),
-                with_lpl["peak_mb"].as_f64().unwrap_or(f64::NAN),
+                "| {preset} | {batch} | {} | {}% | {} | {} | {} | {} | {} | {}% | {} | {:.0} / {} / {:.0} |",
+                spread(&ours, 1),
+                spread(&mfu(&get(preset, "ours_flops")), 1),
+                spread(&fused, 1),
+                spread(&ratio(&ours, &fused), 2),
+                spread(&compiled, 1),
+                spread(&ratio(&ours, &compiled), 2),
+                spread(&lpl, 1),
+                spread(&mfu(&get(preset, "lpl_flops")), 1),
+                spread(&ratio(&ours, &lpl), 2),
+                summary(&get(preset, "ours_mb")).0,
+                spread(&get(preset, "fused_mb"), 0),
+                summary(&get(preset, "lpl_mb")).0,
             );
+            let config = dit_config(preset);
             rows.push(serde_json::json!({
-                "model": preset, "latent": latent, "batch": batch, "precision": precision,
-                "ours_images_per_s": ours, "pytorch_images_per_s": torch_ips,
-                "ours_over_pytorch": torch_ips.map(|v| ours / v),
-                "lpl_images_per_s": lpl_ips, "lpl_time_ratio": ours / lpl_ips,
-                "ours_peak_mb": mse["peak_mb"], "lpl_peak_mb": with_lpl["peak_mb"],
-                "pytorch_peak_mb": torch_peak, "memory": memory,
-                "pytorch_threads": torch.as_ref().map(|t| t["threads"].clone()),
+                "model": preset, "batch": batch, "precision": precision,
+                "latent": format!("{0}x{0}x{1}", config.sample_size, config.in_channels),
+                "ours_images_per_s": ours, "lpl_images_per_s": lpl,
+                "pytorch_fused_images_per_s": fused, "pytorch_compile_images_per_s": compiled,
+                "ours_over_fused": ratio(&ours, &fused), "ours_over_compile": ratio(&ours, &compiled),
+                "ours_mfu_percent": mfu(&get(preset, "ours_flops")),
+                "lpl_mfu_percent": mfu(&get(preset, "lpl_flops")),
+                "step_flops": support::flops::dit_step(&config, batch),
+                "ours_peak_mb": get(preset, "ours_mb"), "lpl_peak_mb": get(preset, "lpl_mb"),
+                "pytorch_fused_peak_mb": get(preset, "fused_mb"),
+                "pytorch_compile_peak_mb": get(preset, "compile_mb"), "memory": memory,
+                "matmul_peak_flops_per_s": peaks,
             }));
         }
-    }
-    if python.is_none() {
-        println!("\n(no Python next to our libtorch: the PyTorch column is n/a)");
+        for note in notes {
+            println!("({note})");
+        }
     }
     let out = support::out_dir();
-    let json = serde_json::json!({"bench": "train_step", "device": device_name, "steps": steps, "threads": tch::get_num_threads(), "rows": rows});
+    let json = serde_json::json!({"bench": "train_step", "device": device_name, "steps": steps, "rounds": rounds, "threads": tch::get_num_threads(), "rows": rows});
     std::fs::write(out.join("train_step.json"), serde_json::to_string_pretty(&json).unwrap())
         .unwrap();
 }

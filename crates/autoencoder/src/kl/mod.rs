@@ -285,6 +285,25 @@ impl Autoencoder for AutoencoderKl {
         Ok(self.decoder.features(&z, depth))
     }
 
+    fn decode_stage(
+        &self,
+        h: &Tensor,
+        stage: usize,
+        post_quant_conv: bool,
+    ) -> Result<Option<Tensor>> {
+        let d = &self.decoder;
+        if stage == 0 {
+            check_latents(h, self.config.latent_channels)?;
+            let mut z = h.f_to_kind(self.compute_kind())?;
+            if let (true, Some(p)) = (post_quant_conv, &self.post_quant_conv) {
+                z = p.forward(&z);
+            }
+            return Ok(Some(d.mid_block.forward(&d.conv_in.forward(&z))));
+        }
+        check_depth(stage, d.up_blocks.len())?;
+        Ok(Some(d.up_blocks[stage - 1].forward(h)))
+    }
+
     fn has_post_quant_conv(&self) -> bool {
         self.post_quant_conv.is_some()
     }

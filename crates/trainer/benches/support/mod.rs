@@ -1,4 +1,7 @@
-//! What the trainer's benches share: argument lookup and peak memory.
+//! What the trainer's benches share: argument lookup, peak memory, FLOP counts.
+
+#[allow(dead_code)] // the sampling bench uses none of it
+pub mod flops;
 
 use tch::Device;
 
