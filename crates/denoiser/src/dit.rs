@@ -281,15 +281,22 @@ impl DitConfig {
 
 /// diffusers' `get_2d_sincos_pos_embed` for a `gh x gw` grid: `(gh * gw, dim)` f32, the first
 /// half encoding the column (x) coordinate and the second the row, each `[sin, cos]` over
-/// `dim / 4` frequencies `10000^(-i / (dim / 4))`.
-pub fn sincos_pos_embed(dim: i64, gh: i64, gw: i64) -> Tensor {
+/// `dim / 4` frequencies `10000^(-i / (dim / 4))`. Positions are `0..g` on the grid the
+/// model was built for (`base` patches a side); another grid is rescaled to it, as diffusers'
+/// `PatchEmbed` does (`i / (g / base)`, in f32 as there, interpolation scale 1), so that a
+/// model runs at other resolutions. (The original DiT keeps a fixed `pos_embed` buffer of
+/// its training grid and cannot run at another size.)
+pub fn sincos_pos_embed(dim: i64, gh: i64, gw: i64, base: i64) -> Tensor {
     let quarter = dim / 4;
     let omega: Vec<f64> =
         (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let scaled = |i: i64, g: i64| -> f64 {
+        if g == base { i as f64 } else { f64::from(i as f32 / (g as f32 / base as f32)) }
+    };
     let mut out = Vec::with_capacity((gh * gw * dim) as usize);
     for r in 0..gh {
         for c in 0..gw {
-            for pos in [c as f64, r as f64] {
+            for pos in [scaled(c, gw), scaled(r, gh)] {
                 out.extend(omega.iter().map(|w| (pos * w).sin()));
                 out.extend(omega.iter().map(|w| (pos * w).cos()));
             }
@@ -558,7 +565,9 @@ impl Denoiser for Dit {
         let kind = weights_kind(&self.patch.ws);
         let labels = self.label_dropout.labels(cond, b, x_t.device(), train)?;
         let (gh, gw) = (h / p, w / p);
-        let pos = sincos_pos_embed(c.hidden_size(), gh, gw).to_device(x_t.device()).to_kind(kind);
+        let base = c.sample_size / p;
+        let pos =
+            sincos_pos_embed(c.hidden_size(), gh, gw, base).to_device(x_t.device()).to_kind(kind);
         let mut x =
             self.patch.forward(&x_t.to_kind(kind)).flatten(2, 3).transpose(1, 2) + pos.unsqueeze(0);
         let t = t.to_kind(Kind::Float);
