@@ -23,18 +23,24 @@ pub struct Guidance {
     /// where `lo <= t <= hi`.
     #[serde(default)]
     pub interval: Option<[f64; 2]>,
+    /// Guide only the first `k` channels of the prediction and take the others from the
+    /// conditional prediction, as the original DiT's `forward_with_cfg` does (`k = 3` for its
+    /// 4-channel latents, the learned variance included in the unguided rest): to match its
+    /// published FIDs. `None` (the default): every channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<i64>,
 }
 
 impl Default for Guidance {
     fn default() -> Self {
-        Self { scale: default_scale(), interval: None }
+        Self { scale: default_scale(), interval: None, channels: None }
     }
 }
 
 impl Guidance {
     /// Guidance with `scale` at every time.
     pub fn new(scale: f64) -> Self {
-        Self { scale, interval: None }
+        Self { scale, interval: None, channels: None }
     }
 
     /// Checks the fields; the error names the field.
@@ -50,6 +56,11 @@ impl Guidance {
                 format!("must be [lo, hi] with lo <= hi, got [{lo}, {hi}]"),
             ));
         }
+        if let Some(k) = self.channels
+            && k < 1
+        {
+            return Err(invalid("channels", format!("must be >= 1, got {k}")));
+        }
         Ok(())
     }
 
@@ -58,9 +69,18 @@ impl Guidance {
         self.scale != 1.0 && self.interval.is_none_or(|[lo, hi]| lo <= t && t <= hi)
     }
 
-    /// `uncond + scale * (cond - uncond)`, `(B, C, ...)`, all channels.
+    /// `uncond + scale * (cond - uncond)`, `(B, C, ...)`: on every channel, or on the first
+    /// [`Guidance::channels`] with the rest taken from `cond`.
     pub fn combine(&self, cond: &Tensor, uncond: &Tensor) -> Tensor {
-        uncond + (cond - uncond) * self.scale
+        let c = cond.size().get(1).copied().unwrap_or(0);
+        match self.channels {
+            Some(k) if k < c => {
+                let guided = cond.narrow(1, 0, k) * self.scale
+                    + uncond.narrow(1, 0, k) * (1.0 - self.scale);
+                Tensor::cat(&[guided, cond.narrow(1, k, c - k)], 1)
+            }
+            _ => uncond + (cond - uncond) * self.scale,
+        }
     }
 
     /// Wraps `model(x, t, branch)` into a sampler model. Where guidance applies, the model

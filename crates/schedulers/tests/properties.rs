@@ -313,12 +313,17 @@ fn presets_and_toml_round_trip() {
 #[test]
 fn guidance_applies_to_every_channel_and_respects_the_interval() {
     let _rng = GlobalRng::lock();
-    let g = Guidance { scale: 3.0, interval: Some([200.0, 800.0]) };
+    let g = Guidance { scale: 3.0, interval: Some([200.0, 800.0]), channels: None };
     // cond and uncond differ on every one of 4 channels
     let cond = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([1, 4, 1, 1]);
     let uncond = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 2.0]).view([1, 4, 1, 1]);
     let out = Vec::<f32>::try_from(g.combine(&cond, &uncond).flatten(0, -1)).unwrap();
     assert_eq!(out, vec![3.0, 4.0, 7.0, 8.0]);
+    // DiT's published sampling: the first 3 channels guided, the 4th the conditional one
+    let dit = Guidance { channels: Some(3), ..g.clone() };
+    let out = Vec::<f32>::try_from(dit.combine(&cond, &uncond).flatten(0, -1)).unwrap();
+    assert_eq!(out, vec![3.0, 4.0, 7.0, 4.0]);
+    assert!(Guidance { channels: Some(0), ..g.clone() }.validate().is_err());
     let mut batched_calls = 0;
     {
         // conditional rows predict 1, unconditional rows 0
