@@ -83,6 +83,20 @@ fn identical_sets_blur_and_errors() {
         blur["spectrum_high"].as_f64().unwrap()
             > 10.0 * same["spectrum_high"].as_f64().unwrap().max(1e-3)
     );
+    // the same images as ADM-layout .npz files (what `lpl sample --npz`, ADM's and DiT's
+    // samplers write) give the same metrics, bit for bit: uint8 pixels either way
+    let pixels = |dir: &Path| {
+        lpl::data::folder::read_folder(dir, &lpl::data::ReadOptions::new(3)).unwrap().images
+    };
+    let (npz_a, npz_b) = (dir.join("a.npz"), dir.join("b.npz"));
+    let unit = |t: Tensor| t.to_kind(Kind::Float) / 255.0;
+    lpl::trainer::sampling::write_npz(&unit(pixels(&a)), None, &npz_a).unwrap();
+    lpl::trainer::sampling::write_npz(&unit(pixels(&b)), None, &npz_b).unwrap();
+    let (ok, stdout, stderr) = eval(&npz_a, &npz_b, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(json(&stdout)["metrics"]["fd"], blur["fd"], "FD from .npz files");
+    let (ok, _, stderr) = eval(&dir.join("missing.npz"), &npz_b, &[]);
+    assert!(!ok && stderr.contains("missing.npz"), "{stderr}");
     let (ok, _, stderr) = eval(&a, &b, &["--features", "clip"]);
     assert!(!ok && stderr.contains("unknown `clip`"), "{stderr}");
     let (ok, _, stderr) = eval(&a, &b, &["--features", "inception"]);

@@ -147,9 +147,17 @@ fn sigkill_then_resume_is_exact() {
         .arg(dir.join("straight"))
         .arg("--out")
         .arg(&grid)
+        .arg("--npz")
+        .arg(dir.join("samples.npz"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(image::open(&grid).is_ok());
+    // the ADM layout: arr_0 uint8 (N, H, W, 3) (this autoencoder's grey images as RGB),
+    // arr_1 the class labels cycling 0, 1, 2
+    let npz = lpl::tensor_io::npz::read_npz(&dir.join("samples.npz")).unwrap();
+    assert_eq!(npz["arr_0"].kind(), Kind::Uint8);
+    assert_eq!(npz["arr_0"].size(), [6, 16, 16, 3]);
+    assert_eq!(Vec::<i64>::try_from(&npz["arr_1"]).unwrap(), [0, 1, 2, 0, 1, 2]);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -21,11 +21,11 @@ pub struct EvalArgs {
     /// A run directory (its latest checkpoint) or a checkpoint file to sample from.
     #[arg(long, required_unless_present = "fake", conflicts_with = "fake")]
     run: Option<PathBuf>,
-    /// A folder of generated images (instead of --run).
+    /// A folder of generated images, or an `.npz` of them in ADM's layout (instead of --run).
     #[arg(long)]
     fake: Option<PathBuf>,
-    /// Real images: a folder, a latent cache directory, `fashion_mnist` (test split) or
-    /// `fashion_mnist:train`.
+    /// Real images: a folder, an `.npz` in ADM's layout (`arr_0`), a latent cache directory,
+    /// `fashion_mnist` (test split) or `fashion_mnist:train`.
     #[arg(long, default_value = "fashion_mnist")]
     real: String,
     /// Images per side (the first `count` of each).
@@ -82,6 +82,31 @@ fn feature_network(args: &EvalArgs, device: Device) -> Result<Box<dyn FeatureExt
     })
 }
 
+/// The first `count` images of an ADM-layout `.npz` (`arr_0`: uint8 `(N, H, W, C)`, as
+/// `lpl sample --npz`, ADM's and DiT's samplers write them) as `(N, C, H, W)` in `[0, 1]`.
+fn npz_images(path: &std::path::Path, count: usize) -> Result<Tensor> {
+    let arrays = lpl_tensor_io::npz::read_npz(path)?;
+    let Some(images) = arrays.get("arr_0") else {
+        bail!(
+            "{}: no `arr_0` (images, uint8 N x H x W x C); it holds {:?} (reference statistics \
+             alone, `mu`/`sigma`, are not supported yet: give the images)",
+            path.display(),
+            arrays.keys().collect::<Vec<_>>()
+        );
+    };
+    if images.kind() != Kind::Uint8 || images.dim() != 4 || ![1, 3].contains(&images.size()[3]) {
+        bail!(
+            "{}: `arr_0` is {:?} {:?}; expected uint8 N x H x W x C with C = 1 or 3 (ADM layout)",
+            path.display(),
+            images.kind(),
+            images.size()
+        );
+    }
+    let k = (count as i64).min(images.size()[0]);
+    // contiguous NCHW, as images read from folders are (strides pick the kernels)
+    Ok(preprocess::to_unit_range(&images.narrow(0, 0, k).permute([0, 3, 1, 2]).contiguous())?)
+}
+
 /// Real images `(N, C, H, W)` in `[0, 1]`, at most `count`.
 fn real_images(args: &EvalArgs, channels: u32, device: Device) -> Result<Tensor> {
     let n = args.count as i64;
@@ -94,6 +119,7 @@ fn real_images(args: &EvalArgs, channels: u32, device: Device) -> Result<Tensor>
     Ok(match args.real.as_str() {
         "fashion_mnist" | "fashion_mnist:test" => dataset(Split::Test)?,
         "fashion_mnist:train" => dataset(Split::Train)?,
+        _ if path.extension().is_some_and(|e| e == "npz") => npz_images(&path, args.count)?,
         _ if path.join("manifest.json").is_file() => {
             let cache = LatentCache::open(&path)?;
             let ae_path = PathBuf::from(&cache.manifest.autoencoder);
@@ -112,7 +138,7 @@ fn real_images(args: &EvalArgs, channels: u32, device: Device) -> Result<Tensor>
             preprocess::to_unit_range(&read.images.narrow(0, 0, k))?
         }
         other => bail!(
-            "--real `{other}`: not a folder, a latent cache or a dataset name (fashion_mnist, fashion_mnist:train)"
+            "--real `{other}`: not a folder, an .npz, a latent cache or a dataset name (fashion_mnist, fashion_mnist:train)"
         ),
     })
 }
@@ -140,6 +166,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             let images =
                 run.sample_images(&sample_config(&run, &args.sampling, args.count)?, device)?;
             (images, format!("{} (step {})", run_path.display(), run.step))
+        }
+        (None, Some(file)) if file.extension().is_some_and(|e| e == "npz") => {
+            (npz_images(file, args.count)?, file.display().to_string())
         }
         (None, Some(dir)) => {
             let read = read_folder(dir, &ReadOptions::new(3))?;

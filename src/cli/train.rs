@@ -171,8 +171,12 @@ pub struct SampleArgs {
     #[arg(long)]
     run: PathBuf,
     /// Output PNG of the grid.
+    #[arg(long, required_unless_present = "npz")]
+    out: Option<PathBuf>,
+    /// Also (or instead) write the samples as an `.npz` in the layout of ADM's evaluator and
+    /// DiT's `sample_ddp.py` (`arr_0`: uint8 N x H x W x 3; `arr_1`: class labels).
     #[arg(long)]
-    out: PathBuf,
+    npz: Option<PathBuf>,
     /// Images.
     #[arg(long, default_value_t = 64)]
     count: usize,
@@ -218,13 +222,23 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let device = super::parse_device(&args.device)?;
     let run = TrainedRun::open(&args.run, device)?;
     let sample = sample_config(&run, &args.sampling, args.count)?;
-    run.request(&sample, device).write_grid(run.ae.as_ref(), &run.codec, &args.out)?;
+    let request = run.request(&sample, device);
+    let images = request.images(run.ae.as_ref(), &run.codec)?;
+    let mut written = Vec::new();
+    if let Some(out) = &args.out {
+        request.write_grid_of(&images, out)?;
+        written.push(out.display().to_string());
+    }
+    if let Some(npz) = &args.npz {
+        lpl_trainer::sampling::write_npz(&images, request.sample_labels().as_ref(), npz)?;
+        written.push(npz.display().to_string());
+    }
     println!(
         "{} samples from {} (step {}) -> {}",
         args.count,
         run.checkpoint.display(),
         run.step,
-        args.out.display()
+        written.join(", ")
     );
     Ok(())
 }

@@ -32,8 +32,8 @@ use targets::{TARGETS, Target};
 const USAGE: &str = "usage: lpl-fuzz [--seconds N] [--target NAME] [--out DIR] [--seed S]
 
   --seconds N   total time, shared by the targets (default 60)
-  --target NAME only this target (pth, pickle, safetensors, checkpoint, idx, png, manifest,
-                run_config, ablation_config)
+  --target NAME only this target (pth, pickle, safetensors, checkpoint, npz, idx, png,
+                manifest, run_config, ablation_config)
   --out DIR     where report.json and crashes/ go (default target/fuzz)
   --seed S      first random seed (default 1)";
 

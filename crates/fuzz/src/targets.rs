@@ -93,7 +93,7 @@ pub fn zip(members: &[(String, Vec<u8>)]) -> Vec<u8> {
             h.extend((name.len() as u16).to_le_bytes());
             h.extend(0u16.to_le_bytes()); // extra
             if central {
-                h.extend([0u8; 8]); // comment, disk, attributes
+                h.extend([0u8; 6]); // comment length, disk, internal attributes
                 h.extend(0u32.to_le_bytes()); // external attributes
                 h.extend(offset.to_le_bytes());
             }
@@ -208,6 +208,14 @@ fn run_config(path: &Path, _: &Path) -> Result<(), String> {
     RunConfig::from_file(path).map(drop).map_err(|e| e.to_string())
 }
 
+fn npz_seeds(root: &Path) -> Vec<Vec<u8>> {
+    files(&root.join("crates/tensor-io/tests/fixtures"), |n| n.ends_with(".npz"))
+}
+
+fn npz(path: &Path, _: &Path) -> Result<(), String> {
+    lpl::tensor_io::npz::read_npz(path).map(drop).map_err(|e| e.to_string())
+}
+
 fn ablation_seeds(root: &Path) -> Vec<Vec<u8>> {
     files(&root.join("configs"), |n| n.starts_with("ablate"))
 }
@@ -248,6 +256,14 @@ pub const TARGETS: &[Target] = &[
         text: false,
         seeds: safetensors_seeds,
         run: checkpoint,
+        wrap: identity,
+    },
+    Target {
+        name: "npz",
+        file: "input.npz",
+        text: false,
+        seeds: npz_seeds,
+        run: npz,
         wrap: identity,
     },
     Target {

@@ -75,8 +75,8 @@ impl Guidance {
         let c = cond.size().get(1).copied().unwrap_or(0);
         match self.channels {
             Some(k) if k < c => {
-                let guided = cond.narrow(1, 0, k) * self.scale
-                    + uncond.narrow(1, 0, k) * (1.0 - self.scale);
+                let guided =
+                    cond.narrow(1, 0, k) * self.scale + uncond.narrow(1, 0, k) * (1.0 - self.scale);
                 Tensor::cat(&[guided, cond.narrow(1, k, c - k)], 1)
             }
             _ => uncond + (cond - uncond) * self.scale,

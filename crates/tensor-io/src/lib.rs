@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod npz;
 pub mod pth;
 
 use std::collections::{BTreeMap, HashMap};

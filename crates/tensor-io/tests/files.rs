@@ -91,3 +91,53 @@ fn load_into_checks_names_and_shapes() {
     std::fs::remove_file(corrupt).unwrap();
     std::fs::remove_file(truncated).unwrap();
 }
+
+/// `.npz` archives as NumPy writes them (`np.savez`, stored, and `np.savez_compressed`,
+/// deflated; `fixtures/make_npz_fixtures.py`) read with their dtypes, shapes and values; what
+/// we write reads back identically (and NumPy reads it: the stored layout of `np.savez`,
+/// CRC-32 included); damaged archives are errors naming the file and member.
+#[test]
+fn npz_archives_round_trip_and_read_numpy_files() {
+    use lpl_tensor_io::npz::{read_npz, write_npz};
+    let expected_images = Tensor::arange(96, (Kind::Uint8, tch::Device::Cpu)).view([2, 4, 4, 3]);
+    for name in ["adm_layout.npz", "compressed.npz"] {
+        let a = read_npz(&fixture(name)).unwrap();
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["arr_0", "arr_1", "mu", "sigma"], "{name}");
+        assert!(a["arr_0"].equal(&expected_images), "{name}: arr_0");
+        assert_eq!(Vec::<i64>::try_from(&a["arr_1"]).unwrap(), [3, 7]);
+        assert_eq!(a["mu"].kind(), Kind::Double);
+        assert_eq!(Vec::<f64>::try_from(&a["mu"]).unwrap(), [-1.0, -0.5, 0.0, 0.5, 1.0]);
+        assert_eq!(a["sigma"].size(), [5, 5]);
+        assert_eq!(f64::try_from(a["sigma"].sum(Kind::Double)).unwrap(), 10.0 + 25.0 * 0.25);
+    }
+    let ours = scratch("ours.npz");
+    let a = read_npz(&fixture("adm_layout.npz")).unwrap();
+    let arrays: Vec<(&str, &Tensor)> = a.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    write_npz(&ours, &arrays).unwrap();
+    let b = read_npz(&ours).unwrap();
+    for (k, v) in &a {
+        assert!(v.equal(&b[k]), "{k}");
+    }
+    // np.savez's member bytes are ours exactly (header padding, dtype strings, data)
+    let theirs = std::fs::read(fixture("adm_layout.npz")).unwrap();
+    let written = std::fs::read(&ours).unwrap();
+    let member = |zip: &[u8]| {
+        zip.windows(6).position(|w| w == b"\x93NUMPY").map(|i| zip[i..i + 128].to_vec())
+    };
+    assert_eq!(member(&theirs), member(&written), "arr_0's .npy header and first bytes");
+    // damage
+    let truncated = scratch("truncated.npz");
+    std::fs::write(&truncated, &theirs[..theirs.len() / 2]).unwrap();
+    let msg = read_npz(&truncated).unwrap_err().to_string();
+    assert!(msg.contains("truncated.npz") && msg.contains("not a zip archive"), "{msg}");
+    let mut lying = theirs.clone();
+    let at = lying.windows(5).position(|w| w == b"(2, 4").unwrap();
+    lying[at + 1] = b'9'; // shape (9, 4, 4, 3): more elements than bytes
+    let lying_path = scratch("lying.npz");
+    std::fs::write(&lying_path, &lying).unwrap();
+    let msg = read_npz(&lying_path).unwrap_err().to_string();
+    assert!(
+        msg.contains("lying.npz") && msg.contains("`arr_0.npy`") && msg.contains("(9, 4, 4, 3)"),
+        "{msg}"
+    );
+}

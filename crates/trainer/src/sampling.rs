@@ -159,19 +159,53 @@ impl<'a> SampleRequest<'a> {
         decode(ae, codec, &self.latents()?)
     }
 
+    /// The class label of each sample `(count,)` i64, when there are labels.
+    pub fn sample_labels(&self) -> Option<Tensor> {
+        match &self.labels {
+            SampleLabels::Unconditional => None,
+            SampleLabels::Cycle(k) => Some(
+                Tensor::arange(self.count as i64, (Kind::Int64, tch::Device::Cpu)).remainder(*k),
+            ),
+            SampleLabels::Given(t) => Some(t.to_device(tch::Device::Cpu)),
+        }
+    }
+
     /// [`Self::images`] as a grid PNG at `path`, one row per cycle of the classes (else
     /// square).
     pub fn write_grid(&self, ae: &dyn Autoencoder, codec: &LatentCodec, path: &Path) -> Result<()> {
-        let images = self.images(ae, codec)?;
+        self.write_grid_of(&self.images(ae, codec)?, path)
+    }
+
+    /// `images` (from [`Self::images`]) as the grid PNG of [`Self::write_grid`].
+    pub fn write_grid_of(&self, images: &Tensor, path: &Path) -> Result<()> {
         let n = images.size()[0];
         let nrow = match &self.labels {
             SampleLabels::Cycle(k) => *k,
             _ => (n as f64).sqrt().ceil() as i64,
         };
-        let grid = lpl_metrics::grid::make_grid(&images, nrow.max(1), 2);
+        let grid = lpl_metrics::grid::make_grid(images, nrow.max(1), 2);
         lpl_data::folder::write_png(&grid, path)?;
         Ok(())
     }
+}
+
+/// Images in `[0, 1]` `(N, C, H, W)` to the `.npz` layout of ADM's evaluator and DiT's
+/// `sample_ddp.py`: `arr_0` uint8 `(N, H, W, 3)` (grey images repeated to RGB), rounded as
+/// `(x * 255).round().clamp(0, 255)`; with `labels`, `arr_1` int64 `(N,)` as ADM writes them.
+pub fn write_npz(images: &Tensor, labels: Option<&Tensor>, path: &Path) -> Result<()> {
+    let rgb = if images.size().get(1) == Some(&1) {
+        images.repeat([1, 3, 1, 1])
+    } else {
+        images.shallow_clone()
+    };
+    let pixels = (rgb * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1]);
+    let mut arrays = vec![("arr_0", pixels)];
+    if let Some(l) = labels {
+        arrays.push(("arr_1", l.to_kind(Kind::Int64).to_device(tch::Device::Cpu)));
+    }
+    let refs: Vec<(&str, &Tensor)> = arrays.iter().map(|(k, v)| (*k, v)).collect();
+    lpl_tensor_io::npz::write_npz(path, &refs)?;
+    Ok(())
 }
 
 /// Model-space latents `(n, C, h, w)` to pixel images `(n, C_img, H, W)` in `[0, 1]`, on the
