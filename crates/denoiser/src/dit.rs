@@ -192,16 +192,49 @@ impl DitConfig {
         })
     }
 
-    /// Reads and validates a diffusers `config.json`.
+    /// Reads and validates a diffusers `config.json`: `DiTTransformer2DModel`'s, or the older
+    /// `Transformer2DModel`'s the Hub's DiT checkpoints ship (facebook/DiT-XL-2-256), whose
+    /// extra fields must then have the values a DiT has.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| DenoiserError::ConfigFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| DenoiserError::ConfigFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let err = |message: String| DenoiserError::ConfigFile { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if let Some(fields) = value.as_object_mut() {
+            // Transformer2DModel's fields for inputs a DiT does not take: (field, allowed)
+            let dit_values: [(&str, &[serde_json::Value]); 10] = [
+                ("cross_attention_dim", &[serde_json::Value::Null]),
+                ("num_vector_embeds", &[serde_json::Value::Null]),
+                ("caption_channels", &[serde_json::Value::Null]),
+                ("only_cross_attention", &[serde_json::Value::Bool(false)]),
+                ("double_self_attention", &[serde_json::Value::Bool(false)]),
+                (
+                    "use_additional_conditions",
+                    &[serde_json::Value::Null, serde_json::Value::Bool(false)],
+                ),
+                ("attention_type", &[serde_json::Value::String("default".into())]),
+                (
+                    "interpolation_scale",
+                    &[serde_json::Value::Null, serde_json::json!(1), serde_json::json!(1.0)],
+                ),
+                (
+                    "use_linear_projection",
+                    &[serde_json::Value::Bool(false), serde_json::Value::Bool(true)],
+                ),
+                ("num_positional_embeddings", &[serde_json::Value::Null]),
+            ];
+            for (field, allowed) in dit_values {
+                if let Some(v) = fields.remove(field)
+                    && !allowed.contains(&v)
+                {
+                    return Err(err(format!(
+                        "`{field}` = {v}: not a DiT (a DiT has {})",
+                        allowed.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" or ")
+                    )));
+                }
+            }
+        }
+        let config: Self = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -486,12 +519,25 @@ impl Dit {
         })
     }
 
-    /// Loads a diffusers `DiTTransformer2DModel` folder (config.json +
-    /// diffusion_pytorch_model.safetensors), any dtype on disk, converted to `kind`. The
+    /// Loads a diffusers DiT folder: `config.json` with `diffusion_pytorch_model.safetensors`
+    /// (or the torch zip `.bin`, read without executing pickle code), or a pipeline folder as
+    /// the Hub ships them (its `transformer/` sub-folder; `DiTTransformer2DModel` or the
+    /// older `Transformer2DModel`). Any dtype on disk, converted to `kind`. The
     /// conditioning layout (shared or per block) follows the file.
     pub fn from_diffusers_dir(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        let dir = if !dir.join("config.json").is_file()
+            && dir.join("transformer/config.json").is_file()
+        {
+            dir.join("transformer")
+        } else {
+            dir.to_path_buf()
+        };
         let mut config = DitConfig::from_file(&dir.join("config.json"))?;
-        let file = dir.join("diffusion_pytorch_model.safetensors");
+        let file = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| dir.join("diffusion_pytorch_model.safetensors"));
         let tensors = lpl_tensor_io::read_tensors(&file)?;
         if config.shared_conditioning.is_none() {
             let per_block =
@@ -500,6 +546,128 @@ impl Dit {
         }
         let mut model = Self::build(&config, device)?;
         lpl_tensor_io::load_into(&model.vs, &tensors, &file)?;
+        model.vs.set_kind(kind);
+        Ok(model)
+    }
+
+    /// Loads a state dict of the original DiT repository (facebookresearch/DiT, and SiT's,
+    /// which shares it): a `.pt`/`.pth` zip read without executing pickle code, either the
+    /// bare state dict (DiT-XL-2-256x256.pt) or a training checkpoint's `ema` (else `model`)
+    /// entry. Keys are mapped as diffusers' `convert_dit_to_diffusers.py` maps them (`qkv`
+    /// split into q, k, v; one shared time/label embedder; the fixed `pos_embed` buffer
+    /// dropped: it is recomputed). The architecture is read off the shapes; the head count,
+    /// which shapes do not give, is `heads`, else DiT's convention (64 channels a head, 72
+    /// for XL's 1152). Unknown or missing keys are errors listing them.
+    pub fn from_original(
+        path: &Path,
+        heads: Option<i64>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        let mut tensors = lpl_tensor_io::read_tensors(path)?;
+        for prefix in ["ema.", "model."] {
+            if tensors.keys().all(|k| !k.starts_with("x_embedder."))
+                && tensors.keys().any(|k| k.starts_with(&format!("{prefix}x_embedder.")))
+            {
+                tensors = tensors
+                    .into_iter()
+                    .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v)))
+                    .collect();
+            }
+        }
+        let err = |message: String| {
+            DenoiserError::Weights(lpl_tensor_io::TensorIoError::Format {
+                path: path.to_path_buf(),
+                message,
+            })
+        };
+        let shape = |k: &str| -> Result<Vec<i64>> {
+            tensors
+                .get(k)
+                .map(Tensor::size)
+                .ok_or_else(|| err(format!("missing key `{k}`: not an original DiT state dict")))
+        };
+        let patch = shape("x_embedder.proj.weight")?;
+        let (d, c, p) = (patch[0], patch[1], patch[2]);
+        let out = shape("final_layer.linear.weight")?[0] / (p * p);
+        let classes = shape("y_embedder.embedding_table.weight")?[0] - 1;
+        let depth = (0..)
+            .take_while(|i| tensors.contains_key(&format!("blocks.{i}.attn.qkv.weight")))
+            .count() as i64;
+        let tokens = shape("pos_embed")?.get(1).copied().unwrap_or(0);
+        let grid = (tokens as f64).sqrt().round() as i64;
+        if grid * grid != tokens {
+            return Err(err(format!("pos_embed holds {tokens} positions, not a square grid")));
+        }
+        let heads = match heads {
+            Some(h) => h,
+            None if d == 1152 => 16,
+            None if d % 64 == 0 => d / 64,
+            None => {
+                return Err(err(format!("hidden size {d}: give the number of attention heads")));
+            }
+        };
+        let config = DitConfig {
+            num_attention_heads: heads,
+            attention_head_dim: d / heads,
+            in_channels: c,
+            out_channels: (out != c).then_some(out),
+            num_layers: depth,
+            sample_size: grid * p,
+            patch_size: p,
+            num_embeds_ada_norm: Some(classes),
+            shared_conditioning: Some(true),
+            ..DitConfig::default()
+        };
+        let mut mapped = std::collections::BTreeMap::new();
+        let mut take = |from: &str, to: &str| -> Result<()> {
+            let t = tensors.remove(from).ok_or_else(|| err(format!("missing key `{from}`")))?;
+            mapped.insert(to.to_string(), t);
+            Ok(())
+        };
+        for w in ["weight", "bias"] {
+            take(&format!("x_embedder.proj.{w}"), &format!("pos_embed.proj.{w}"))?;
+            let emb = "transformer_blocks.0.norm1.emb";
+            take(
+                &format!("t_embedder.mlp.0.{w}"),
+                &format!("{emb}.timestep_embedder.linear_1.{w}"),
+            )?;
+            take(
+                &format!("t_embedder.mlp.2.{w}"),
+                &format!("{emb}.timestep_embedder.linear_2.{w}"),
+            )?;
+            take(&format!("final_layer.adaLN_modulation.1.{w}"), &format!("proj_out_1.{w}"))?;
+            take(&format!("final_layer.linear.{w}"), &format!("proj_out_2.{w}"))?;
+            for i in 0..depth {
+                let (o, b) = (format!("blocks.{i}"), format!("transformer_blocks.{i}"));
+                take(&format!("{o}.adaLN_modulation.1.{w}"), &format!("{b}.norm1.linear.{w}"))?;
+                take(&format!("{o}.attn.proj.{w}"), &format!("{b}.attn1.to_out.0.{w}"))?;
+                take(&format!("{o}.mlp.fc1.{w}"), &format!("{b}.ff.net.0.proj.{w}"))?;
+                take(&format!("{o}.mlp.fc2.{w}"), &format!("{b}.ff.net.2.{w}"))?;
+            }
+        }
+        take(
+            "y_embedder.embedding_table.weight",
+            "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight",
+        )?;
+        for i in 0..depth {
+            for w in ["weight", "bias"] {
+                let key = format!("blocks.{i}.attn.qkv.{w}");
+                let qkv =
+                    tensors.remove(&key).ok_or_else(|| err(format!("missing key `{key}`")))?;
+                let parts = qkv.f_chunk(3, 0)?;
+                for (name, t) in ["to_q", "to_k", "to_v"].iter().zip(parts) {
+                    mapped.insert(format!("transformer_blocks.{i}.attn1.{name}.{w}"), t);
+                }
+            }
+        }
+        tensors.remove("pos_embed");
+        if !tensors.is_empty() {
+            let keys: Vec<&String> = tensors.keys().collect();
+            return Err(err(format!("unexpected keys for a DiT: {keys:?}")));
+        }
+        let mut model = Self::build(&config, device)?;
+        lpl_tensor_io::load_into(&model.vs, &mapped, path)?;
         model.vs.set_kind(kind);
         Ok(model)
     }
