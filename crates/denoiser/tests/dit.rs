@@ -298,7 +298,8 @@ fn original_layout_errors_name_the_file_and_key() {
     let dir = std::env::temp_dir().join(format!("lpl-dit-orig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let tensors = lpl_tensor_io::read_tensors(&fixtures().join("dit_original.pt")).unwrap();
-    let write = |name: &str, edit: &dyn Fn(&mut Vec<(String, Tensor)>)| {
+    type Edit = dyn Fn(&mut Vec<(String, Tensor)>);
+    let write = |name: &str, edit: &Edit| {
         let mut t: Vec<(String, Tensor)> =
             tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
         edit(&mut t);
