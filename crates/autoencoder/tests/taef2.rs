@@ -1,4 +1,4 @@
-//! TAEF2 with its real pretrained weights (../shared/assets/taef2, or `LPL_TAEF2_DIR`):
+//! TAEF2 with its real pretrained weights (`lpl_test_assets::Asset::Taef2`: `LPL_TAEF2_DIR`, the workplace's shared assets):
 //! parity with a PyTorch reference of the architecture (`fixtures/make_fixtures.py`, f32
 //! compute from the f16 weights; tolerance 1e-3 max abs, the bound) and the
 //! reconstruction quality of a real photo. Fails, naming the asset, when the weights are absent.

@@ -28,8 +28,10 @@ pub enum Asset {
     SkimageImages,
     /// The Noto emoji set (npm `emoji-datasource-google`) in `$LPL_HOME/assets`.
     NotoEmoji,
-    /// The pretrained TAEF2 autoencoder: `LPL_TAEF2_DIR`, else the workplace's
-    /// `../shared/assets/taef2` beside the checkout.
+    /// The pretrained TAEF2 autoencoder: `LPL_TAEF2_DIR`, else the first folder holding it of
+    /// the workplace's `../shared/assets/taef2` beside the checkout, `/work/shared/assets/taef2`
+    /// (the same folder seen from a checkout elsewhere on the machine) and
+    /// `$LPL_HOME/assets/taef2`.
     Taef2,
     /// A headless Chromium: `LPL_CHROMIUM`, else `chromium` (and relatives) on `PATH`.
     Chromium,
@@ -65,11 +67,21 @@ impl Asset {
             Asset::EffNetWeights => lpl_assets().join("efficientnet-lite0.pth"),
             Asset::SkimageImages => lpl_assets(),
             Asset::NotoEmoji => lpl_assets().join("emoji-datasource-google"),
-            Asset::Taef2 => {
-                std::env::var_os("LPL_TAEF2_DIR").map(PathBuf::from).unwrap_or_else(|| {
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/assets/taef2")
-                })
-            }
+            Asset::Taef2 => match std::env::var_os("LPL_TAEF2_DIR") {
+                Some(dir) => PathBuf::from(dir),
+                None => {
+                    let candidates = [
+                        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/assets/taef2"),
+                        PathBuf::from("/work/shared/assets/taef2"),
+                        lpl_assets().join("taef2"),
+                    ];
+                    candidates
+                        .iter()
+                        .find(|d| Asset::Taef2.is_present_at(d))
+                        .unwrap_or(&candidates[0])
+                        .clone()
+                }
+            },
             Asset::Chromium => find_chromium().unwrap_or_else(|| PathBuf::from("chromium")),
         }
     }
@@ -115,7 +127,8 @@ impl Asset {
             }
             Asset::Taef2 => {
                 "set LPL_TAEF2_DIR to a folder holding taef2_encoder.safetensors and \
-                 taef2_decoder.safetensors (madebyollin's TAEF2)"
+                 taef2_decoder.safetensors (madebyollin's TAEF2), or put them in \
+                 $LPL_HOME/assets/taef2"
             }
             Asset::Chromium => {
                 "`apt-get install chromium` (cargo xtask test does it on CI), or set LPL_CHROMIUM"
