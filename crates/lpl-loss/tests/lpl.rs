@@ -213,8 +213,12 @@ fn works_with_taef2() {
     let total = f64::try_from(&out.total).unwrap();
     assert!(total.is_finite() && total > 0.0, "{total}");
     assert!(f64::try_from(x0_hat.grad().abs().sum(Kind::Float)).unwrap() > 0.0);
-    // TAESD's decoder stages recomputed one at a time give the same value and gradient
-    // (tolerances as in chunked_gradient_equals_the_whole_batch_gradient)
+    // TAESD's decoder stages recomputed one at a time give the same value and gradient.
+    // Tolerances: chunks of 1 instead of a batch of 2 change the convolution kernels' blocking,
+    // ~1e-6 relative per feature after TAEF2's 20-odd layers (measured 4e-6 on the loss with
+    // AVX-512 kernels, 2.2e-5 with ATen's portable ones); the loss squares differences that are
+    // about 20% of the features (x0_hat = z0 + 0.2 noise), which amplifies those errors about
+    // tenfold: 1e-4 on the value and on the gradient (floored by its largest entry).
     let recomputing = LatentPerceptualLoss::new(
         &taef2,
         taef2.codec().clone(),
@@ -227,8 +231,10 @@ fn works_with_taef2() {
     let rel = |a: &Tensor, b: &Tensor| {
         f64::try_from((a - b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap()
     };
-    assert!(rel(&again.total, &out.total) < 1e-5, "value");
-    assert!(rel(&grad, &x0_hat.grad()) < 1e-4, "gradient");
+    let (value_err, grad_err) = (rel(&again.total, &out.total), rel(&grad, &x0_hat.grad()));
+    println!("TAEF2 recomputed: value {value_err:e}, gradient {grad_err:e}");
+    assert!(value_err < 1e-4, "value {value_err:e}");
+    assert!(grad_err < 1e-4, "gradient {grad_err:e}");
 }
 
 /// A user's own autoencoder: a 2-layer convolutional decoder with one upsampling stage.
