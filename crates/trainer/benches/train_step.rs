@@ -9,7 +9,8 @@
 //! utilisation: analytic FLOPs of the step (`support::flops`: DiT forward and backward, the
 //! LPL decoder branch for the kept fraction) per second over the best 2048^3 matmul of the
 //! same device and precision. Cases are interleaved over `--rounds` rounds (each a fresh
-//! process per case) and reported as the median with the min-max spread.
+//! process per case) and reported as the median with the min-max spread. Ours is the mean
+//! step (the gated LPL keeps a varying number of samples per step), MFU over those steps.
 //!
 //! `cargo bench -p lpl-trainer --bench train_step [-- --steps N --rounds R --device cpu|cuda
 //! --batch-small B --batch-large B --precision f32|bf16|all --models dit-mini,dit-s-2]`. Precision: `f32` (on CUDA
@@ -94,7 +95,9 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16
                 x0_from_prediction(&pred, &z_t, &t_dev, Parameterization::Eps, &schedule).unwrap();
             let _f32 = region.as_ref().map(|_| Autocast::disable(device).unwrap());
             let out = lpl.loss(&x0, &z0, &t, &schedule, Parameterization::Eps).unwrap();
-            kept.push(f64::try_from(&out.kept_fraction).unwrap());
+            if step > 0 {
+                kept.push(f64::try_from(&out.kept_fraction).unwrap());
+            }
             loss += out.total;
         }
         drop(region);
@@ -109,20 +112,18 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16
             lpl_torch_ext::memory::reset_peak(device).unwrap();
         }
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    // FLOPs of the median step: the DiT's, plus the LPL branch at the mean kept fraction
+    // The mean step: with the SNR gate the LPL's cost varies from step to step with how many
+    // samples it keeps (often none at a small batch), so a median step would hide it. FLOPs
+    // of the measured steps: the DiT's, plus the LPL branch for the samples each step kept.
+    let mean_ms = times.iter().sum::<f64>() / times.len() as f64;
     let mut flops = support::flops::dit_step(&config, batch);
     if let Some(lpl) = &loss_fn {
-        let fraction = kept.iter().sum::<f64>() / kept.len().max(1) as f64;
+        let kept_samples = kept.iter().sum::<f64>() * batch as f64 / kept.len().max(1) as f64;
         let depth = lpl.plan().len() - 1;
         let hw = (s * s) as f64;
-        flops += support::flops::lpl_branch(&ae_config(preset), hw, depth, fraction * batch as f64);
+        flops += support::flops::lpl_branch(&ae_config(preset), hw, depth, kept_samples);
     }
-    println!(
-        "{{\"ms\": {}, \"peak_mb\": {}, \"flops\": {flops}}}",
-        times[times.len() / 2],
-        peak_mb(device)
-    );
+    println!("{{\"ms\": {mean_ms}, \"peak_mb\": {}, \"flops\": {flops}}}", peak_mb(device));
 }
 
 /// The python of the torch install our libtorch comes from (`<venv>/bin/python`), or
@@ -313,8 +314,9 @@ fn main() {
         }
         let (peak, _, _) = summary(&peaks);
         println!(
-            "\ntraining step, {device_name}, {math}; median of {steps} steps after warm-up per process, \
-             {rounds} interleaved rounds: median (min-max); matmul peak {:.1} GFLOP/s; memory: {memory}\n",
+            "\ntraining step, {device_name}, {math}; mean of {steps} steps after warm-up per process \
+             (ours; PyTorch: median), {rounds} interleaved rounds: median (min-max); matmul peak \
+             {:.1} GFLOP/s; memory: {memory}\n",
             peak / 1e9
         );
         println!(
