@@ -35,6 +35,7 @@ fn nextest_available() -> bool {
 /// scripts, NumPy or hand-computed references): run a second time under other numerics.
 const PARITY_BINARIES: &[&str] = &[
     "lpl-schedulers::diffusers_parity",
+    "lpl-schedulers::learned_variance",
     "lpl-autoencoder::diffusers_parity",
     "lpl-autoencoder::taef2",
     "lpl-denoiser::dit",

@@ -672,6 +672,36 @@ impl Dit {
         Ok(model)
     }
 
+    /// A published DiT or SiT, as [`Self::from_diffusers_dir`] reads a folder and
+    /// [`Self::from_original`] a file (`.pt`/`.pth` of the original repositories; `heads`,
+    /// else DiT's convention). What `[model] pretrained` and `lpl sample --run` accept.
+    pub fn from_pretrained(
+        path: &Path,
+        heads: Option<i64>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_diffusers_dir(path, device, kind)
+        } else if path.is_file() {
+            Self::from_original(path, heads, device, kind)
+        } else {
+            Err(DenoiserError::Weights(lpl_tensor_io::TensorIoError::Format {
+                path: path.to_path_buf(),
+                message: "no such file or folder: give a diffusers DiT folder (config.json, \
+                          or a pipeline's transformer/) or an original DiT/SiT .pt"
+                    .to_string(),
+            }))
+        }
+    }
+
+    /// Sets the probability of dropping a label to the null class in training (a
+    /// pretrained model's file does not carry it).
+    pub fn set_class_dropout_prob(&mut self, prob: f64) {
+        self.config.class_dropout_prob = prob;
+        self.label_dropout.prob = prob;
+    }
+
     /// Its configuration.
     pub fn config(&self) -> &DitConfig {
         &self.config

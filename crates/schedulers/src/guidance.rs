@@ -73,21 +73,28 @@ impl Guidance {
     /// [`Guidance::channels`] with the rest taken from `cond`.
     pub fn combine(&self, cond: &Tensor, uncond: &Tensor) -> Tensor {
         let c = cond.size().get(1).copied().unwrap_or(0);
-        match self.channels {
-            Some(k) if k < c => {
-                let guided =
-                    cond.narrow(1, 0, k) * self.scale + uncond.narrow(1, 0, k) * (1.0 - self.scale);
-                Tensor::cat(&[guided, cond.narrow(1, k, c - k)], 1)
-            }
-            _ => uncond + (cond - uncond) * self.scale,
+        self.combine_first(cond, uncond, self.channels.unwrap_or(c))
+    }
+
+    /// [`Self::combine`] guiding at most the first `k` channels.
+    fn combine_first(&self, cond: &Tensor, uncond: &Tensor, k: i64) -> Tensor {
+        let c = cond.size().get(1).copied().unwrap_or(0);
+        if k < c {
+            let guided =
+                cond.narrow(1, 0, k) * self.scale + uncond.narrow(1, 0, k) * (1.0 - self.scale);
+            Tensor::cat(&[guided, cond.narrow(1, k, c - k)], 1)
+        } else {
+            uncond + (cond - uncond) * self.scale
         }
     }
 
-    /// Wraps `model(x, t, branch)` into a sampler model. Where guidance applies, the model
-    /// gets one batch of 2B ([`Branch::Both`]: the inputs twice, rows `[0, B)` to be
-    /// conditioned, rows `[B, 2B)` unconditional, e.g. null class labels), as diffusers'
-    /// pipelines batch it; elsewhere B rows, [`Branch::Conditional`]. Reads the model time of
-    /// the first sample to decide the interval (one host read per call, sampling only).
+    /// Wraps `model(x, t, branch)` into a sampler model, guiding the channels of `x` (of a
+    /// learned-variance model's `2C`, the prediction; the variance is the conditional
+    /// branch's). Where guidance applies, the model gets one batch of 2B
+    /// ([`Branch::Both`]: the inputs twice, rows `[0, B)` to be conditioned, rows `[B, 2B)`
+    /// unconditional, e.g. null class labels), as diffusers' pipelines batch it; elsewhere B
+    /// rows, [`Branch::Conditional`]. Reads the model time of the first sample to decide the
+    /// interval (one host read per call, sampling only).
     pub fn wrap<'a, F>(
         &'a self,
         mut model: F,
@@ -100,10 +107,13 @@ impl Guidance {
             if !self.active_at(t0) {
                 return model(x, t, Branch::Conditional);
             }
-            let b = x.size()[0];
+            let (b, c) = (x.size()[0], x.size().get(1).copied().unwrap_or(0));
             let both =
                 model(&Tensor::f_cat(&[x, x], 0)?, &Tensor::f_cat(&[t, t], 0)?, Branch::Both)?;
-            Ok(self.combine(&both.f_narrow(0, 0, b)?, &both.f_narrow(0, b, b)?))
+            // the prediction's own channels only: a learned variance (channels past x's)
+            // comes from the conditional branch, as in DiT's forward_with_cfg
+            let k = self.channels.map_or(c, |k| k.min(c));
+            Ok(self.combine_first(&both.f_narrow(0, 0, b)?, &both.f_narrow(0, b, b)?, k))
         }
     }
 }

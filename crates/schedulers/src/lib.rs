@@ -42,6 +42,7 @@
 
 mod error;
 pub mod guidance;
+pub mod learned_variance;
 pub mod parameterization;
 pub mod rng;
 pub mod sampling;
@@ -51,6 +52,7 @@ pub mod weighting;
 
 pub use error::{Result, ScheduleError};
 pub use guidance::{Branch, Guidance};
+pub use learned_variance::VarianceTables;
 pub use parameterization::{NoiseLevel, Parameterization};
 pub use rng::Rng;
 pub use sampling::{

@@ -127,13 +127,16 @@ impl RunInputs {
         let codec: LatentCodec = cache.manifest.codec.clone();
         cache.check_autoencoder(&ae.fingerprint()?, &codec)?;
         let channels = cache.manifest.latent_shape[0];
-        if model.in_channels() != channels || model.out_channels() != channels {
+        if model.in_channels() != channels
+            || ![channels, 2 * channels].contains(&model.out_channels())
+        {
             return Err(invalid(
                 "model",
                 format!(
-                    "the denoiser maps {} to {} channels, the cache holds {channels}",
+                    "the denoiser maps {} to {} channels, the cache holds {channels} (out: {channels}, or {} with a learned variance)",
                     model.in_channels(),
                     model.out_channels(),
+                    2 * channels
                 ),
             ));
         }
@@ -176,7 +179,10 @@ where
     let _rng = GlobalRng::lock();
     let inputs = RunInputs::open(config, model, device)?;
     let ae: &dyn Autoencoder = inputs.ae.as_ref();
-    let objective = objective(ae, &inputs.codec)?;
+    let mut objective = objective(ae, &inputs.codec)?;
+    if model.out_channels() == 2 * model.in_channels() {
+        objective = Box::new(objective::LearnedVariance::new(objective, &inputs.schedule, device)?);
+    }
     if device.is_cuda() {
         lpl_torch_ext::tf32::set(config.precision.tf32)?;
     }

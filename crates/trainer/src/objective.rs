@@ -7,13 +7,15 @@
 
 use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_loss::{LatentPerceptualLoss, x0_from_prediction};
-use lpl_schedulers::{NoiseSchedule, Parameterization, min_snr_weights};
+use lpl_schedulers::learned_variance::split_prediction;
+use lpl_schedulers::{NoiseSchedule, Parameterization, VarianceTables, min_snr_weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, invalid};
 use crate::run_config::{LossConfig, PrecisionConfig};
 
 /// One micro-batch as an objective sees it; every tensor on the training device but `t_cpu`.
+#[derive(Clone, Copy)]
 pub struct MicroBatch<'a> {
     /// The denoiser's prediction `(B, C, h, w)`, f32 (cast back from autocast).
     pub pred: &'a Tensor,
@@ -156,6 +158,52 @@ impl Objective for MsePixel<'_> {
         let pixel = lpl_loss::pixel_loss(self.ae, &self.codec, &x0_hat, b.z0)? * self.weight;
         let terms = vec![("mse", mse.detach()), ("pixel", pixel.detach())];
         Ok(Loss::new(mse + pixel, terms))
+    }
+}
+
+/// An objective for a denoiser with a learned variance (`2C` output channels), as DiT trains
+/// it (improved DDPM's hybrid loss): `inner` sees the mean part (its MSE, LPL, ... on the
+/// first C channels) and the variational bound term of the variance part is added, with the
+/// mean frozen (detached) in it, so the bound trains the variance alone. Logs `vb` (bits
+/// per dimension, the mean over the batch) besides `inner`'s terms.
+pub struct LearnedVariance<'a> {
+    /// The objective of the mean part.
+    pub inner: Box<dyn Objective + 'a>,
+    /// The schedule's variance tables.
+    pub tables: VarianceTables,
+}
+
+impl<'a> LearnedVariance<'a> {
+    /// Wraps `inner` for `schedule` (a discrete one: the bound is defined on the discrete
+    /// chain only) on `device`.
+    pub fn new(
+        inner: Box<dyn Objective + 'a>,
+        schedule: &NoiseSchedule,
+        device: Device,
+    ) -> Result<Self> {
+        let NoiseSchedule::Discrete(d) = schedule else {
+            return Err(invalid(
+                "model",
+                "a learned variance (2C output channels) needs a discrete schedule: the \
+                 variational bound is defined on the discrete chain",
+            ));
+        };
+        Ok(Self { inner, tables: VarianceTables::new(d, device)? })
+    }
+}
+
+impl Objective for LearnedVariance<'_> {
+    fn loss(&self, b: &MicroBatch<'_>) -> Result<Loss> {
+        let (mean, v) = split_prediction(b.pred, b.z0.size()[1])?;
+        let v = v.ok_or_else(|| invalid("model", "the prediction has no variance channels"))?;
+        let mut out = self.inner.loss(&MicroBatch { pred: &mean, ..*b })?;
+        let x0_hat =
+            x0_from_prediction(&mean.detach(), b.z_t, b.t, b.parameterization, b.schedule)?;
+        let vb = self.tables.vlb_bits_per_dim(b.z0, b.z_t, b.t, &x0_hat, &v)?.mean(Kind::Float);
+        out.total = &out.total + &vb;
+        out.backward = out.backward.map(|g| g + &vb);
+        out.terms.push(("vb", vb.detach()));
+        Ok(out)
     }
 }
 

@@ -76,9 +76,26 @@ fn registered(kind: &str) -> Option<Builder> {
 /// Checks that `config` names a known kind (and a known preset for the built-ins).
 pub fn check(config: &ModelConfig) -> Result<()> {
     match config {
-        ModelConfig::Dit(m) => DitConfig::preset(&m.preset)
-            .map(|_| ())
-            .map_err(|e| invalid("model.preset", e.to_string())),
+        ModelConfig::Dit(m) => match (&m.pretrained, m.preset.is_empty()) {
+            (Some(_), false) => Err(invalid(
+                "model.preset",
+                "give `preset` or `pretrained` (whose file gives the architecture), not both",
+            )),
+            (Some(_), true) if m.learn_sigma => Err(invalid(
+                "model.learn_sigma",
+                "a pretrained model's file says whether it learns sigma: leave it out",
+            )),
+            (Some(_), true) => Ok(()),
+            (None, _) => DitConfig::preset(&m.preset)
+                .map(|_| ())
+                .map_err(|e| invalid("model.preset", e.to_string())),
+        },
+        ModelConfig::Unet(m) if m.pretrained.is_some() || m.learn_sigma || m.heads.is_some() => {
+            Err(invalid(
+                "model",
+                "`pretrained`, `heads` and `learn_sigma` are for DiT models (kind = \"dit\")",
+            ))
+        }
         ModelConfig::Unet(m) => UNetConfig::preset(&m.preset)
             .map(|_| ())
             .map_err(|e| invalid("model.preset", e.to_string())),
@@ -121,15 +138,57 @@ fn build_dit(
     classes: Option<i64>,
     device: Device,
 ) -> Result<Box<dyn Denoiser>> {
+    if let Some(path) = &m.pretrained {
+        return pretrained_dit(path, m, c, classes, device);
+    }
     let mut d = DitConfig::preset(&m.preset).map_err(|e| invalid("model.preset", e.to_string()))?;
     d.in_channels = c;
     d.sample_size = h;
+    if m.learn_sigma {
+        d.out_channels = Some(2 * c);
+    }
     // unconditional data: one class that is never used (every label is the null class)
     d.num_embeds_ada_norm = Some(classes.unwrap_or(1));
     if let Some(p) = m.class_dropout_prob {
         d.class_dropout_prob = p;
     }
     Ok(Box::new(Dit::new(&d, device, Kind::Float)?))
+}
+
+/// A published DiT for latents of `channels` channels and data of `classes` classes (its
+/// own architecture; other latent sizes run with the rescaled position embedding).
+fn pretrained_dit(
+    path: &std::path::Path,
+    m: &BuiltinModel,
+    channels: i64,
+    classes: Option<i64>,
+    device: Device,
+) -> Result<Box<dyn Denoiser>> {
+    let mut dit = Dit::from_pretrained(path, m.heads, device, Kind::Float)?;
+    if let Some(p) = m.class_dropout_prob {
+        dit.set_class_dropout_prob(p);
+    }
+    let config = dit.config();
+    if config.in_channels != channels {
+        return Err(invalid(
+            "model.pretrained",
+            format!(
+                "{} takes {}-channel latents, the data has {channels}",
+                path.display(),
+                config.in_channels
+            ),
+        ));
+    }
+    let model_classes = config.num_embeds_ada_norm.unwrap_or(0);
+    if let Some(k) = classes
+        && k > model_classes
+    {
+        return Err(invalid(
+            "model.pretrained",
+            format!("{} knows {model_classes} classes, the data has {k}", path.display()),
+        ));
+    }
+    Ok(Box::new(dit))
 }
 
 fn build_unet(

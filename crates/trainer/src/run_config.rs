@@ -48,17 +48,38 @@ pub enum ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuiltinModel {
-    /// The preset.
+    /// The preset (empty with `pretrained`, whose file gives the architecture).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub preset: String,
     /// Probability of dropping labels to the null class (classifier-free guidance).
     #[serde(default)]
     pub class_dropout_prob: Option<f64>,
+    /// DiT only: start from a published model instead of a preset's random weights: a
+    /// diffusers DiT folder (`config.json`, or a pipeline folder's `transformer/`) or an
+    /// original DiT/SiT state dict (`.pt`), read without executing pickle code. Its
+    /// architecture (learned sigma included) comes from the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PathBuf>,
+    /// The attention heads of a `pretrained` file in the original layout, whose shapes do
+    /// not give them (default: DiT's convention, 64 channels a head, 16 heads for XL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<i64>,
+    /// DiT presets only: 2C output channels, the last C a learned variance (improved DDPM's
+    /// "learned_range"), trained with DiT's hybrid loss (the variational bound added).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learn_sigma: bool,
 }
 
 impl ModelConfig {
     /// A DiT or UNet preset, by the preset's prefix.
     pub fn preset(name: &str) -> Self {
-        let m = BuiltinModel { preset: name.to_string(), class_dropout_prob: None };
+        let m = BuiltinModel {
+            preset: name.to_string(),
+            class_dropout_prob: None,
+            pretrained: None,
+            heads: None,
+            learn_sigma: false,
+        };
         if name.starts_with("unet-") { Self::Unet(m) } else { Self::Dit(m) }
     }
 
@@ -105,12 +126,11 @@ impl From<ModelConfig> for toml::Table {
         let kind = m.kind().to_string();
         let mut table = match m {
             ModelConfig::Dit(b) | ModelConfig::Unet(b) => {
-                let mut t = toml::Table::new();
-                t.insert("preset".into(), b.preset.into());
-                if let Some(p) = b.class_dropout_prob {
-                    t.insert("class_dropout_prob".into(), p.into());
+                match toml::Value::try_from(b) {
+                    Ok(toml::Value::Table(t)) => t,
+                    // a struct of strings, paths, numbers and booleans is always a table
+                    _ => toml::Table::new(),
                 }
-                t
             }
             ModelConfig::Registered { fields, .. } => fields,
         };

@@ -24,7 +24,8 @@ pub use grid::TimestepSpacing;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SamplerKind {
-    /// DDPM ancestral sampling ("fixed_small" posterior variance).
+    /// DDPM ancestral sampling ("fixed_small" posterior variance, or the model's learned
+    /// one: "learned_range").
     Ddpm,
     /// DDIM with stochasticity `eta` (0: deterministic, 1: DDPM-like).
     Ddim,
@@ -111,6 +112,15 @@ pub struct SamplerConfig {
     /// DDIM's previous-timestep rule.
     #[serde(default)]
     pub ddim_previous: PreviousTimestep,
+    /// DDPM: draw the step noise with the model's learned variance when it has one (`2C`
+    /// output channels; diffusers' `variance_type = "learned_range"`); `false` uses the
+    /// fixed small variance and ignores the learned one. Other samplers always ignore it.
+    #[serde(default = "default_true")]
+    pub learned_variance: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl SamplerConfig {
@@ -124,6 +134,7 @@ impl SamplerConfig {
             eta: 0.0,
             clip_x0: None,
             ddim_previous: PreviousTimestep::DiffusersStride,
+            learned_variance: true,
         }
     }
 
@@ -344,11 +355,24 @@ fn unreachable_kind(kind: SamplerKind) -> Result<Tensor> {
     Err(ScheduleError::SamplerMismatch { sampler: kind.name(), needs: "flow" })
 }
 
-/// Calls the model at one model time for the whole batch.
+/// Calls the model at one model time for the whole batch; returns its prediction with the
+/// channels of `x` (the mean part of a learned-variance model's `2C` channels: samplers other
+/// than DDPM ignore the variance, as diffusers' pipelines do).
 pub(crate) fn call(model: &mut Model<'_>, x: &Tensor, t_model: f32) -> Result<Tensor> {
+    Ok(call_with_variance(model, x, t_model)?.0)
+}
+
+/// [`call`] that also returns the variance values `v` `(B, C, ...)` of a model with a
+/// learned variance (`2C` output channels), `None` for a `C`-channel model.
+pub(crate) fn call_with_variance(
+    model: &mut Model<'_>,
+    x: &Tensor,
+    t_model: f32,
+) -> Result<(Tensor, Option<Tensor>)> {
     let t = Tensor::f_full([x.size()[0]], t_model as f64, (Kind::Float, x.device()))?;
     let out = model(x, &t).map_err(|e| ScheduleError::Model(e.into()))?;
-    Ok(out.f_to_kind(Kind::Float)?)
+    let channels = x.size().get(1).copied().unwrap_or(0);
+    crate::learned_variance::split_prediction(&out.f_to_kind(Kind::Float)?, channels)
 }
 
 /// A noise level with the same alpha and sigma for the whole batch.

@@ -2,7 +2,10 @@
 
 use tch::Tensor;
 
-use super::{Model, NoiseSource, PreviousTimestep, SamplerConfig, call, grid, karras, level};
+use super::{
+    Model, NoiseSource, PreviousTimestep, SamplerConfig, call, call_with_variance, grid, karras,
+    level,
+};
 use crate::error::Result;
 use crate::parameterization::Parameterization;
 use crate::schedule::DiscreteSchedule;
@@ -14,7 +17,10 @@ fn clip(x0: Tensor, clip: Option<f64>) -> Result<Tensor> {
     })
 }
 
-/// DDPM ancestral sampling with the "fixed_small" posterior variance (Ho et al. eq. 7).
+/// DDPM ancestral sampling with the "fixed_small" posterior variance (Ho et al. eq. 7), or,
+/// for a model with a learned variance `v` (and `c.learned_variance`), diffusers'
+/// "learned_range": `exp(frac log(beta_t) + (1 - frac) log(fixed_small_t))` with
+/// `frac = (v + 1) / 2`, `beta_t = 1 - ab_t / ab_prev` of the (possibly respaced) step.
 pub(super) fn ddpm(
     d: &DiscreteSchedule,
     c: &SamplerConfig,
@@ -33,7 +39,7 @@ pub(super) fn ddpm(
         let ab_prev = if prev >= 0 { ab[prev as usize] as f64 } else { 1.0 };
         let current_alpha = ab_t / ab_prev;
         let current_beta = 1.0 - current_alpha;
-        let out = call(model, &x, t as f32)?;
+        let (out, v) = call_with_variance(model, &x, t as f32)?;
         let lvl = level(ab_t.sqrt(), (1.0 - ab_t).sqrt(), &x, true)?;
         let x0 = clip(p.to_x0_at(&lvl, &out, &x)?, c.clip_x0)?;
         let x0_coeff = ab_prev.sqrt() * current_beta / (1.0 - ab_t);
@@ -41,7 +47,16 @@ pub(super) fn ddpm(
         let mut next = x0 * x0_coeff + &x * x_coeff;
         if t > 0 {
             let variance = ((1.0 - ab_prev) / (1.0 - ab_t) * current_beta).max(1e-20);
-            next += noise_source.next(&x)? * variance.sqrt();
+            let z = noise_source.next(&x)?;
+            next += match v.filter(|_| c.learned_variance) {
+                Some(v) => {
+                    let frac: Tensor = (v + 1.0) / 2.0;
+                    let log_var: Tensor =
+                        &frac * current_beta.ln() + (1f64 - &frac) * variance.ln();
+                    z * (log_var * 0.5).exp()
+                }
+                None => z * variance.sqrt(),
+            };
         }
         x = next;
         report(i, &x);
