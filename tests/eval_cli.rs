@@ -1,6 +1,7 @@
 //! `lpl eval --real DIR --fake DIR`: identical image sets are at FD ~0 (< 1e-6) with precision
 //! and recall 1; a blurred copy is farther and has the larger high-band spectrum error; the
-//! spectrum plot is written; an unknown feature network is a clear error. Fails, naming the asset,
+//! spectrum plot is written; ADM-layout `.npz` images and reference statistics (`mu`,
+//! `sigma`) give the FD of the images themselves; an unknown feature network is a clear error. Fails, naming the asset,
 //! without the EfficientNet-Lite0 weights (`cargo xtask test` converts them).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
@@ -95,6 +96,34 @@ fn identical_sets_blur_and_errors() {
     let (ok, stdout, stderr) = eval(&npz_a, &npz_b, &[]);
     assert!(ok, "{stderr}");
     assert_eq!(json(&stdout)["metrics"]["fd"], blur["fd"], "FD from .npz files");
+    // reference statistics: written by --save-real-stats in ADM's layout (mu, sigma), read
+    // back as --real they give the FD of the images themselves. 1e-9 relative: the same
+    // f64 statistics (npz stores f64 exactly), the same FD arithmetic
+    let stats = dir.join("ref_stats.npz");
+    let (ok, _, stderr) = eval(&npz_a, &npz_b, &["--save-real-stats", stats.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let arrays = lpl::tensor_io::npz::read_npz(&stats).unwrap();
+    assert_eq!(arrays["mu"].size(), [1280]);
+    assert_eq!(arrays["sigma"].size(), [1280, 1280]);
+    assert_eq!(arrays["mu"].kind(), Kind::Double);
+    let (ok, stdout, stderr) = eval(&stats, &npz_b, &[]);
+    assert!(ok, "{stderr}");
+    let from_stats = json(&stdout)["metrics"].clone();
+    let (x, y) = (from_stats["fd"].as_f64().unwrap(), blur["fd"].as_f64().unwrap());
+    assert!((x - y).abs() <= 1e-9 * y, "FD from stored statistics {x} vs images {y}");
+    // statistics alone have no neighbours and no spectrum: shown as "-", null in the JSON
+    assert!(from_stats["precision"].is_null(), "{from_stats}");
+    assert!(stdout.contains("| - | - |"), "{stdout}");
+    // statistics of another network are refused, naming the file and the dimensions
+    let other = dir.join("inception_like.npz");
+    let mu = Tensor::zeros([2048], (Kind::Double, Device::Cpu));
+    let sigma = Tensor::eye(2048, (Kind::Double, Device::Cpu));
+    lpl::tensor_io::npz::write_npz(&other, &[("mu", &mu), ("sigma", &sigma)]).unwrap();
+    let (ok, _, stderr) = eval(&other, &npz_b, &[]);
+    assert!(
+        !ok && stderr.contains("inception_like.npz") && stderr.contains("2048-dimensional"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = eval(&dir.join("missing.npz"), &npz_b, &[]);
     assert!(!ok && stderr.contains("missing.npz"), "{stderr}");
     let (ok, _, stderr) = eval(&a, &b, &["--features", "clip"]);

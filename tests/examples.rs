@@ -32,7 +32,7 @@ fn custom_denoiser_trains_samples_and_evaluates_through_the_cli() {
     // reopened from the checkpoint alone: the registered builder rebuilds it, and the EMA
     // weights of the checkpoint are what it holds
     let trained = TrainedRun::open(&out.run, Device::Cpu).unwrap();
-    assert_eq!(trained.config.model.kind(), "conv");
+    assert_eq!(trained.config.as_ref().unwrap().model.kind(), "conv");
     let (_, tensors) = run_checkpoint::load(&trained.checkpoint).unwrap();
     for (name, w) in trained.model.var_store().variables() {
         assert!(w.equal(&tensors[&format!("ema.{name}")]), "{name} is not the EMA weight");

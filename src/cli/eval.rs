@@ -9,25 +9,37 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use lpl_data::folder::{ReadOptions, read_folder};
 use lpl_data::{FashionMnist, LatentCache, Split, preprocess};
-use lpl_metrics::{EfficientNetLite0, FeatureExtractor, FidInceptionV3, compare_images};
-use lpl_trainer::evaluation::TrainedRun;
+use lpl_metrics::comparison::{FEATURE_BATCH, ImageMetrics, RealReference};
+use lpl_metrics::features::extract_features;
+use lpl_metrics::frechet::{GaussianStats, StatsAccumulator, frechet_distance};
+use lpl_metrics::{EfficientNetLite0, FeatureExtractor, FidInceptionV3};
 use tch::{Device, Kind, Tensor};
 
-use super::train::{SamplingArgs, sample_config};
+use super::train::{PretrainedArgs, SamplingArgs, sample_config};
 
 /// Arguments of `lpl eval`.
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A run directory (its latest checkpoint) or a checkpoint file to sample from.
+    /// A run directory (its latest checkpoint), a checkpoint file or a published model (a
+    /// diffusers DiT folder or an original DiT `.pt`, with --ae) to sample from.
     #[arg(long, required_unless_present = "fake", conflicts_with = "fake")]
     run: Option<PathBuf>,
+    /// A published model's autoencoder, heads, schedule and parameterisation.
+    #[command(flatten)]
+    pretrained: PretrainedArgs,
     /// A folder of generated images, or an `.npz` of them in ADM's layout (instead of --run).
     #[arg(long)]
     fake: Option<PathBuf>,
-    /// Real images: a folder, an `.npz` in ADM's layout (`arr_0`), a latent cache directory,
+    /// Real images: a folder, an `.npz` in ADM's layout (`arr_0` images and/or `mu`/`sigma`
+    /// statistics, as ADM's reference batches hold them: the FD then uses the stored
+    /// statistics, which must come from the same feature network), a latent cache directory,
     /// `fashion_mnist` (test split) or `fashion_mnist:train`.
     #[arg(long, default_value = "fashion_mnist")]
     real: String,
+    /// Write the real side's statistics (`mu`, `sigma` in the chosen features) here, as
+    /// `.npz` (ADM's and pytorch-fid's layout) or safetensors, for a later `--real`.
+    #[arg(long)]
+    save_real_stats: Option<PathBuf>,
     /// Images per side (the first `count` of each).
     #[arg(long, default_value_t = 1000)]
     count: usize,
@@ -82,14 +94,24 @@ fn feature_network(args: &EvalArgs, device: Device) -> Result<Box<dyn FeatureExt
     })
 }
 
+/// Whether an `.npz` holds reference statistics (`mu` and `sigma`).
+fn npz_has_stats(path: &std::path::Path) -> Result<bool> {
+    let arrays = lpl_tensor_io::npz::read_npz(path)?;
+    Ok(arrays.contains_key("mu") && arrays.contains_key("sigma"))
+}
+
+/// Whether an `.npz` holds images (`arr_0`).
+fn npz_has_images(path: &std::path::Path) -> Result<bool> {
+    Ok(lpl_tensor_io::npz::read_npz(path)?.contains_key("arr_0"))
+}
+
 /// The first `count` images of an ADM-layout `.npz` (`arr_0`: uint8 `(N, H, W, C)`, as
 /// `lpl sample --npz`, ADM's and DiT's samplers write them) as `(N, C, H, W)` in `[0, 1]`.
 fn npz_images(path: &std::path::Path, count: usize) -> Result<Tensor> {
     let arrays = lpl_tensor_io::npz::read_npz(path)?;
     let Some(images) = arrays.get("arr_0") else {
         bail!(
-            "{}: no `arr_0` (images, uint8 N x H x W x C); it holds {:?} (reference statistics \
-             alone, `mu`/`sigma`, are not supported yet: give the images)",
+            "{}: no `arr_0` (images, uint8 N x H x W x C) nor `mu`/`sigma` statistics; it holds {:?}",
             path.display(),
             arrays.keys().collect::<Vec<_>>()
         );
@@ -157,12 +179,27 @@ fn match_size(real: Tensor, fake: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `real` brought to the size and channels of `fake` (grey against RGB compares in RGB).
+fn same_layout(real: Tensor, fake: Tensor) -> Result<(Tensor, Tensor)> {
+    let real = match_size(real.to_device(Device::Cpu), &fake)?;
+    let rgb = |t: Tensor| if t.size()[1] == 1 { t.repeat([1, 3, 1, 1]) } else { t };
+    Ok(if real.size()[1] != fake.size()[1] { (rgb(real), rgb(fake)) } else { (real, fake) })
+}
+
+/// The Frechet distance of `fake`'s features to stored statistics.
+fn frechet_to(net: &dyn FeatureExtractor, stats: &GaussianStats, fake: &Tensor) -> Result<f64> {
+    let features = extract_features(net, fake, FEATURE_BATCH);
+    let mut acc = StatsAccumulator::new(net.dim());
+    acc.add(&features)?;
+    Ok(frechet_distance(stats, &acc.finish()?)?)
+}
+
 /// Computes and prints the metrics.
 pub fn eval(args: EvalArgs) -> Result<()> {
     let device = super::parse_device(&args.device)?;
     let (fake, source) = match (&args.run, &args.fake) {
         (Some(run_path), _) => {
-            let run = TrainedRun::open(run_path, device)?;
+            let run = args.pretrained.open(run_path, device)?;
             let images =
                 run.sample_images(&sample_config(&run, &args.sampling, args.count)?, device)?;
             (images, format!("{} (step {})", run_path.display(), run.step))
@@ -178,39 +215,87 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         (None, None) => bail!("give --run or --fake"),
     };
     let fake = fake.to_device(Device::Cpu);
-    let channels = fake.size()[1] as u32;
-    let real = match_size(real_images(&args, channels, device)?.to_device(Device::Cpu), &fake)?;
-    let real = if real.size()[1] != fake.size()[1] {
-        // grey real vs RGB fake (or the reverse): compare in RGB
-        let rgb = |t: Tensor| if t.size()[1] == 1 { t.repeat([1, 3, 1, 1]) } else { t };
-        rgb(real)
-    } else {
-        real
-    };
-    let fake = if fake.size()[1] != real.size()[1] { fake.repeat([1, 3, 1, 1]) } else { fake };
     let net = feature_network(&args, device)?;
-    let (m, spectrum) = compare_images(net.as_ref(), &real, &fake)?;
+    let real_path = PathBuf::from(&args.real);
+    let npz = real_path.extension().is_some_and(|e| e == "npz");
+    // stored reference statistics (ADM's reference batches): the FD against them
+    let stored = if npz && npz_has_stats(&real_path)? {
+        let stats = GaussianStats::load(&real_path)?;
+        let d = stats.mu.size()[0];
+        if d != net.dim() {
+            bail!(
+                "{}: its `mu`/`sigma` are {d}-dimensional, --features {} gives {}: reference \
+                 statistics must come from the same network (ADM's: Inception pool3, 2048; use \
+                 --features inception)",
+                real_path.display(),
+                args.features,
+                net.dim()
+            );
+        }
+        Some(stats)
+    } else {
+        None
+    };
+    let with_images = !npz || npz_has_images(&real_path)?;
+    let (m, spectrum) = if with_images {
+        let (real, fake) = same_layout(real_images(&args, fake.size()[1] as u32, device)?, fake)?;
+        let reference = RealReference::new(net.as_ref(), &real)?;
+        if let Some(path) = &args.save_real_stats {
+            reference.stats.save(path)?;
+        }
+        let (mut m, spectrum) = reference.compare(net.as_ref(), &fake)?;
+        if let Some(stats) = &stored {
+            m.fd = frechet_to(net.as_ref(), stats, &fake)?;
+        }
+        (m, Some(spectrum))
+    } else {
+        let stats = stored.context("no statistics")?;
+        if let Some(path) = &args.save_real_stats {
+            stats.save(path)?;
+        }
+        let fake = if fake.size()[1] == 1 { fake.repeat([1, 3, 1, 1]) } else { fake };
+        let m = ImageMetrics {
+            metric: net.metric_name().to_string(),
+            fd: frechet_to(net.as_ref(), &stats, &fake)?,
+            precision: f64::NAN,
+            recall: f64::NAN,
+            density: f64::NAN,
+            coverage: f64::NAN,
+            spectrum_low: f64::NAN,
+            spectrum_high: f64::NAN,
+            count: (stats.count, fake.size()[0]),
+        };
+        (m, None)
+    };
+    if let Some(path) = &args.save_real_stats {
+        println!("real statistics: {}", path.display());
+    }
+    let show = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{x:.3}") };
     println!(
         "| generated | real | n real / fake | {} | precision | recall | density | coverage | spectrum err low / high |",
         m.metric
     );
     println!("|---|---|---|---:|---:|---:|---:|---:|---|");
     println!(
-        "| {source} | {} | {} / {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} / {:.3} |",
+        "| {source} | {} | {} / {} | {:.3} | {} | {} | {} | {} | {} / {} |",
         args.real,
         m.count.0,
         m.count.1,
         m.fd,
-        m.precision,
-        m.recall,
-        m.density,
-        m.coverage,
-        m.spectrum_low,
-        m.spectrum_high
+        show(m.precision),
+        show(m.recall),
+        show(m.density),
+        show(m.coverage),
+        show(m.spectrum_low),
+        show(m.spectrum_high)
     );
-    if let Some(plot) = &args.plot {
-        spectrum.plot(&format!("power spectra: {}", args.real), "generated").save_png(plot)?;
-        println!("spectrum plot: {}", plot.display());
+    match (&args.plot, spectrum) {
+        (Some(plot), Some(spectrum)) => {
+            spectrum.plot(&format!("power spectra: {}", args.real), "generated").save_png(plot)?;
+            println!("spectrum plot: {}", plot.display());
+        }
+        (Some(_), None) => bail!("--plot needs real images (statistics alone have no spectrum)"),
+        _ => {}
     }
     println!(
         "{}",

@@ -164,12 +164,71 @@ pub struct SamplingArgs {
     pub(crate) seed: u64,
 }
 
+/// How to sample a published model given to `--run` (a diffusers DiT folder or an
+/// original DiT `.pt`): what its file does not say.
+#[derive(Args)]
+pub struct PretrainedArgs {
+    /// The autoencoder that decodes a published model's latents (a diffusers folder, e.g.
+    /// DiT's sd-vae-ft-ema); needed with a published model, refused with a run (whose
+    /// config names its own).
+    #[arg(long)]
+    pub(crate) ae: Option<PathBuf>,
+    /// Attention heads of an original-layout `.pt` (default: DiT's convention).
+    #[arg(long)]
+    pub(crate) heads: Option<i64>,
+    /// The published model's noise schedule (a preset: DiT's is `dit`).
+    #[arg(long, default_value = "dit")]
+    pub(crate) schedule: String,
+    /// What the published model predicts: eps (DiT), v, x0.
+    #[arg(long, default_value = "eps")]
+    pub(crate) parameterization: String,
+}
+
+impl PretrainedArgs {
+    /// The run or published model at `path`.
+    pub(crate) fn open(&self, path: &std::path::Path, device: tch::Device) -> Result<TrainedRun> {
+        if !lpl_trainer::evaluation::is_pretrained(path) {
+            if let Some(ae) = &self.ae {
+                bail!(
+                    "--ae {}: {} is a run, whose config names its autoencoder; --ae is for a published model",
+                    ae.display(),
+                    path.display()
+                );
+            }
+            return Ok(TrainedRun::open(path, device)?);
+        }
+        let ae = self.ae.clone().with_context(|| {
+            format!(
+                "{} is a published model: give --ae, the autoencoder that decodes its latents (DiT: a diffusers sd-vae-ft-ema folder)",
+                path.display()
+            )
+        })?;
+        let parameterization =
+            serde_json::from_value(serde_json::Value::String(self.parameterization.clone()))
+                .with_context(|| {
+                    format!("--parameterization: unknown `{}` (eps, v, x0)", self.parameterization)
+                })?;
+        let options = lpl_trainer::evaluation::PretrainedOptions {
+            heads: self.heads,
+            schedule: self.schedule.clone(),
+            parameterization,
+            ..lpl_trainer::evaluation::PretrainedOptions::dit(ae)
+        };
+        Ok(TrainedRun::open_pretrained(path, &options, device)?)
+    }
+}
+
 /// Arguments of `lpl sample`.
 #[derive(Args)]
 pub struct SampleArgs {
-    /// A run directory (its latest checkpoint is used) or a checkpoint file.
+    /// A run directory (its latest checkpoint is used), a checkpoint file, or a published
+    /// model: a diffusers DiT folder (or a pipeline folder with `transformer/`) or an
+    /// original DiT `.pt` (then give --ae).
     #[arg(long)]
     run: PathBuf,
+    /// A published model's autoencoder, heads, schedule and parameterisation.
+    #[command(flatten)]
+    pretrained: PretrainedArgs,
     /// Output PNG of the grid.
     #[arg(long, required_unless_present = "npz")]
     out: Option<PathBuf>,
@@ -220,7 +279,7 @@ pub(crate) fn sample_config(
 /// Samples a grid from a run's EMA weights.
 pub fn sample(args: SampleArgs) -> Result<()> {
     let device = super::parse_device(&args.device)?;
-    let run = TrainedRun::open(&args.run, device)?;
+    let run = args.pretrained.open(&args.run, device)?;
     let sample = sample_config(&run, &args.sampling, args.count)?;
     let request = run.request(&sample, device);
     let images = request.images(run.ae.as_ref(), &run.codec)?;

@@ -84,9 +84,19 @@ impl StatsAccumulator {
     }
 }
 
+fn is_npz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "npz")
+}
+
 impl GaussianStats {
-    /// Writes `mu`, `sigma` and the count atomically as safetensors.
+    /// Writes `mu`, `sigma` and the count atomically: as safetensors, or, for a `.npz` path,
+    /// as ADM's and pytorch-fid's statistics files hold them (`mu` `(D,)`, `sigma` `(D, D)`,
+    /// f64; no count).
     pub fn save(&self, path: &Path) -> Result<(), StatsError> {
+        if is_npz(path) {
+            let arrays = [("mu", &self.mu), ("sigma", &self.sigma)];
+            return Ok(lpl_tensor_io::npz::write_npz(path, &arrays)?);
+        }
         let meta = BTreeMap::from([("lpl.count".to_string(), self.count.to_string())]);
         let tensors = vec![
             ("mu".to_string(), self.mu.shallow_clone()),
@@ -95,16 +105,21 @@ impl GaussianStats {
         Ok(lpl_tensor_io::save(&tensors, &meta, path)?)
     }
 
-    /// Reads statistics written by [`Self::save`] (or any file with `mu` (D,), `sigma` (D, D)).
+    /// Reads statistics written by [`Self::save`], or any safetensors or `.npz` file with
+    /// `mu` (D,), `sigma` (D, D) (ADM's reference batches, pytorch-fid's `--save-stats`).
     pub fn load(path: &Path) -> Result<Self, StatsError> {
-        let t = lpl_tensor_io::read_tensors(path)?;
+        let t = if is_npz(path) {
+            lpl_tensor_io::npz::read_npz(path)?
+        } else {
+            lpl_tensor_io::read_tensors(path)?
+        };
         let get = |k: &str| {
             t.get(k)
                 .map(|x| x.to_kind(Kind::Double))
                 .ok_or_else(|| StatsError::Input(format!("{}: no tensor `{k}`", path.display())))
         };
         let (mu, sigma) = (get("mu")?, get("sigma")?);
-        let d = mu.size()[0];
+        let d = mu.size().first().copied().unwrap_or(0);
         if mu.dim() != 1 || sigma.size() != [d, d] {
             return Err(StatsError::Input(format!(
                 "{}: mu {:?} and sigma {:?} do not fit",
@@ -113,10 +128,14 @@ impl GaussianStats {
                 sigma.size()
             )));
         }
-        let count = lpl_tensor_io::read_metadata(path)?
-            .get("lpl.count")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let count = if is_npz(path) {
+            0
+        } else {
+            lpl_tensor_io::read_metadata(path)?
+                .get("lpl.count")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0)
+        };
         Ok(Self { mu, sigma, count })
     }
 }

@@ -96,3 +96,43 @@ fn matches_pytorch_fid_inception() {
     let spread = f64::try_from((golden.get(0) - golden.get(1)).abs().max()).unwrap();
     assert!(spread > 0.1, "{spread}");
 }
+
+/// pytorch-fid's weight file layout (`pt_inception-2015-12-05-6726825d.pth`): the legacy
+/// pre-zip `torch.save` format, 566 tensors (the FID Inception, its 1008-class `fc` and the
+/// batch-norm step counters) as strided views into shared storages, written by torch 2.11's
+/// own legacy writer (fixtures/make_inception_layout_fixture.py). It loads without pickle
+/// execution; every weight the network uses equals torch's: the f64 sum of its values (the
+/// same f32 values summed in f64: 1e-12 relative) and its first values exactly.
+#[test]
+fn loads_pytorch_fid_weight_file_layout() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let path = dir.join("pt_inception_layout.pth");
+    assert!(!std::fs::read(&path).unwrap().starts_with(b"PK"), "the legacy format");
+    let raw = lpl_tensor_io::read_tensors(&path).unwrap();
+    assert_eq!(raw.len(), 566);
+    assert_eq!(raw["fc.weight"].size(), [1008, 2048]);
+    let model = FidInceptionV3::from_file(&path, Device::Cpu).unwrap();
+    let check: BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("pt_inception_layout_check.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let vars = model.var_store().variables();
+    assert_eq!(vars.len(), 470);
+    for (name, w) in &vars {
+        let sum = f64::try_from(w.to_kind(Kind::Double).sum(Kind::Double)).unwrap();
+        let expected = f64::try_from(&check[&format!("sum/{name}")].get(0)).unwrap();
+        assert!((sum - expected).abs() <= 1e-12 * expected.abs().max(1.0), "{name}");
+        let head = w.flatten(0, -1).narrow(0, 0, w.numel().min(8) as i64);
+        assert!(head.equal(&check[&format!("head/{name}")]), "{name}");
+    }
+    // a truncated copy is an error naming the file and the storage
+    let tmp = std::env::temp_dir().join(format!("lpl-inception-legacy-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let cut = tmp.join("cut.pth");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let err = FidInceptionV3::from_file(&cut, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("cut.pth") && err.contains("storage"), "{err}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

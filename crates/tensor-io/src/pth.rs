@@ -1,8 +1,10 @@
-//! Reading PyTorch `.pth` / `.pt` / `.bin` state dicts (`torch.save` zip archives) without
+//! Reading PyTorch `.pth` / `.pt` / `.bin` state dicts (`torch.save` zip archives, and the
+//! legacy format of files written before torch 1.6) without
 //! executing any pickle code: a small interpreter for the pickle opcodes a state dict uses,
 //! which only ever builds plain values, `OrderedDict`s and tensors
 //! (`torch._utils._rebuild_tensor_v2`).
-//! Storages are read from the (uncompressed) zip entries `<archive>/data/<key>`.
+//! Storages are read from the (uncompressed) zip entries `<archive>/data/<key>`, or, in a
+//! legacy file, from the records after the pickles.
 //!
 //! Hostile files are refused with an error naming the file and what is wrong, and nothing is
 //! ever executed:
@@ -12,8 +14,9 @@
 //!   values than [`VALUE_NODES_PER_BYTE`] per byte of pickle (a "billion laughs" pickle);
 //! - zip entry names that are absolute or contain `..`, entries past the end of the file;
 //! - tensors whose shape, strides and offset reach past their storage, negative sizes or
-//!   strides, and views larger than their storage (a stride-0 "expansion bomb"): no tensor
-//!   larger than the bytes in the file is ever allocated.
+//!   strides, and views larger than their storage beyond [`OVERLAP_BUDGET_ELEMENTS`] in all
+//!   (a stride-0 "expansion bomb"): what a file makes us allocate is bounded by its bytes
+//!   plus that budget.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -25,7 +28,7 @@ use crate::{Result, TensorIoError};
 fn bad(path: &Path, what: impl std::fmt::Display) -> TensorIoError {
     TensorIoError::Format {
         path: path.to_path_buf(),
-        message: format!("not a readable PyTorch zip state dict: {what}"),
+        message: format!("not a readable PyTorch state dict: {what}"),
     }
 }
 
@@ -250,6 +253,12 @@ fn nodes(v: &Value, limit: usize) -> usize {
 /// Runs the pickle program and returns the top-level value. Every value on the stack and in
 /// the memo carries its nesting depth, so depth is checked in O(1) per opcode.
 fn unpickle(p: &[u8]) -> std::result::Result<Value, String> {
+    unpickle_prefix(p).map(|(v, _)| v)
+}
+
+/// [`unpickle`] of the pickle at the start of `p`, which may go on past its STOP (legacy
+/// files hold several pickles in a row); returns the value and the bytes it took.
+fn unpickle_prefix(p: &[u8]) -> std::result::Result<(Value, usize), String> {
     let mut stack: Vec<(Value, usize)> = Vec::new();
     let mut memo: HashMap<usize, (Value, usize)> = HashMap::new();
     let mut copied = 0usize;
@@ -287,7 +296,9 @@ fn unpickle(p: &[u8]) -> std::result::Result<Value, String> {
             0x95 => {
                 take(&mut i, 8)?; // FRAME
             }
-            b'.' => return pop(&mut stack).map(|v| v.0).map_err(|_| "empty stack at STOP".into()),
+            b'.' => {
+                return pop(&mut stack).map(|v| (v.0, i)).map_err(|_| "empty stack at STOP".into());
+            }
             b'(' => stack.push((Value::Mark, 0)),
             b'N' => stack.push((Value::None, 0)),
             0x88 | 0x89 => stack.push((Value::Scalar, 0)),
@@ -465,9 +476,20 @@ fn storage_kind(storage_type: &str) -> Option<(Kind, usize)> {
     })
 }
 
-/// Checks that a tensor's view lies inside its storage of `elements` elements and is no
-/// larger than it (so reading it never allocates more than the file holds).
-fn check_view(spec: &TensorSpec, elements: i64) -> std::result::Result<(), String> {
+/// Elements that views larger than their storage (expanded or overlapping tensors, which
+/// `torch.save` keeps as they are) may add up to in one file: 64 Mi elements (256 MB of
+/// f32). A view up to its storage's size costs nothing against it (the file holds its
+/// bytes); beyond, reading is bounded by this, however small the file (a stride-0
+/// "expansion bomb" of 2^40 elements is refused).
+pub const OVERLAP_BUDGET_ELEMENTS: i64 = 1 << 26;
+
+/// Checks that a tensor's view lies inside its storage of `elements` elements, and that a
+/// view larger than its storage fits in what is left of `budget` (which it then uses up).
+fn check_view(
+    spec: &TensorSpec,
+    elements: i64,
+    budget: &mut i64,
+) -> std::result::Result<(), String> {
     let storage = format!("its storage `data/{}` holds {elements} elements", spec.key);
     if spec.size.len() != spec.stride.len() {
         return Err(format!("shape {:?} and strides {:?} differ in rank", spec.size, spec.stride));
@@ -479,9 +501,16 @@ fn check_view(spec: &TensorSpec, elements: i64) -> std::result::Result<(), Strin
         ));
     }
     let numel = spec.size.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
-    let Some(numel) = numel.filter(|&n| n <= elements.max(0)) else {
-        return Err(format!("shape {:?} has more elements than {storage}", spec.size));
+    let Some(numel) = numel.filter(|&n| n <= elements.max(0) || n <= *budget) else {
+        return Err(format!(
+            "shape {:?} has more elements than {storage}, beyond the {OVERLAP_BUDGET_ELEMENTS} \
+             elements a file's overlapping views may add up to",
+            spec.size
+        ));
     };
+    if numel > elements {
+        *budget -= numel;
+    }
     if numel == 0 {
         return Ok(());
     }
@@ -497,13 +526,25 @@ fn check_view(spec: &TensorSpec, elements: i64) -> std::result::Result<(), Strin
     }
 }
 
-/// Reads every tensor of a `torch.save` zip state dict.
+/// The first pickle of a legacy (pre-1.6, non-zip) `torch.save` file: protocol 2, the magic
+/// number `0x1950a86a20f9469cfc6c` as a 10-byte `LONG1`, STOP.
+const LEGACY_MAGIC: [u8; 15] =
+    [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
+
+/// Reads every tensor of a `torch.save` state dict: a zip archive (torch >= 1.6), or the
+/// legacy format older files such as pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
+/// use (`_use_new_zipfile_serialization=False`): pickles in a row (magic number, protocol
+/// version 1001, system info, the object, the list of storage keys), then each storage as
+/// its element count (u64, little-endian) and its bytes.
 pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let bytes = std::fs::read(path)
         .map_err(|source| TensorIoError::Io { path: path.to_path_buf(), source })?;
-    let entries = zip_entries(&bytes)
-        .map_err(|e| bad(path, e))?
-        .ok_or_else(|| bad(path, "not a zip archive (legacy torch.save format?)"))?;
+    if bytes.starts_with(&LEGACY_MAGIC) {
+        return read_legacy(path, &bytes);
+    }
+    let entries = zip_entries(&bytes).map_err(|e| bad(path, e))?.ok_or_else(|| {
+        bad(path, "neither a zip archive nor a legacy torch.save file (no magic number)")
+    })?;
     let pkl = entries
         .keys()
         .find(|k| k.ends_with("/data.pkl") || *k == "data.pkl")
@@ -518,18 +559,85 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
             .ok_or_else(|| bad(path, format!("truncated zip entry {name}")))
     };
     let root = unpickle(entry(&pkl)?).map_err(|e| bad(path, e))?;
+    tensors_of(path, root, |key| entry(&format!("{prefix}data/{key}")))
+}
+
+/// The tensors of a legacy `torch.save` file (see [`read`]).
+fn read_legacy(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor>> {
+    let mut at = LEGACY_MAGIC.len();
+    let mut next = |what: &str| -> Result<Value> {
+        let rest = bytes.get(at..).unwrap_or_default();
+        let (value, used) = unpickle_prefix(rest).map_err(|e| bad(path, format!("{what}: {e}")))?;
+        at += used;
+        Ok(value)
+    };
+    match next("protocol version")? {
+        Value::Int(1001) => {}
+        other => return Err(bad(path, format!("legacy protocol version {other:?}, not 1001"))),
+    }
+    next("system info")?;
+    let root = next("the saved object")?;
+    let Value::List(keys) = next("storage keys")? else {
+        return Err(bad(path, "the legacy storage key list is not a list"));
+    };
+    // the element size of each storage, from the tensors that view it
+    let mut elem_of = HashMap::new();
+    if let Value::Dict(items) = &root {
+        for (_, value) in items {
+            if let Value::Tensor(spec) = value
+                && let Some((_, elem)) = storage_kind(&spec.storage_type)
+            {
+                elem_of.insert(spec.key.clone(), elem);
+            }
+        }
+    }
+    let mut storages: HashMap<String, &[u8]> = HashMap::new();
+    for key in keys {
+        let Value::Str(key) = key else {
+            return Err(bad(path, "a legacy storage key is not a string"));
+        };
+        let elem = *elem_of
+            .get(&key)
+            .ok_or_else(|| bad(path, format!("storage `{key}` is viewed by no tensor")))?;
+        let count = bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .ok_or_else(|| bad(path, format!("storage `{key}`: truncated size")))?;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(elem))
+            .filter(|&len| len <= bytes.len())
+            .ok_or_else(|| bad(path, format!("storage `{key}`: {count} elements")))?;
+        let data = bytes
+            .get(at + 8..at + 8 + len)
+            .ok_or_else(|| bad(path, format!("storage `{key}` runs past the end of the file")))?;
+        storages.insert(key, data);
+        at += 8 + len;
+    }
+    tensors_of(path, root, |key| {
+        storages.get(key).copied().ok_or_else(|| bad(path, format!("missing storage `{key}`")))
+    })
+}
+
+/// The tensors of an unpickled state dict `root`, their storages' bytes from `data_of`.
+fn tensors_of<'b>(
+    path: &Path,
+    root: Value,
+    data_of: impl Fn(&str) -> Result<&'b [u8]>,
+) -> Result<BTreeMap<String, Tensor>> {
     let Value::Dict(items) = root else {
         return Err(bad(path, "the pickled object is not a dict of tensors"));
     };
     let mut out = BTreeMap::new();
+    let mut budget = OVERLAP_BUDGET_ELEMENTS;
     for (key, value) in items {
         let (Value::Str(key), Value::Tensor(spec)) = (key, value) else { continue };
         let (kind, elem) = storage_kind(&spec.storage_type).ok_or_else(|| {
             bad(path, format!("`{key}`: unsupported storage {}", spec.storage_type))
         })?;
-        let data = entry(&format!("{prefix}data/{}", spec.key))?;
+        let data = data_of(&spec.key)?;
         let elements = (data.len() / elem) as i64;
-        check_view(&spec, elements).map_err(|e| bad(path, format!("`{key}`: {e}")))?;
+        check_view(&spec, elements, &mut budget).map_err(|e| bad(path, format!("`{key}`: {e}")))?;
         let storage = Tensor::f_from_data_size(data, &[elements], kind)?;
         let tensor = storage.f_as_strided(&spec.size, &spec.stride, spec.offset)?.f_contiguous()?;
         out.insert(key, tensor);

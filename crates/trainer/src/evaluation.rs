@@ -7,22 +7,24 @@ use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_data::LatentCache;
 use lpl_denoiser::Denoiser;
 use lpl_schedulers::{NoiseSchedule, Parameterization};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::diffusion_training::{build_model, open_autoencoder};
-use crate::error::{Result, TrainError};
+use crate::error::{Result, TrainError, invalid};
 use crate::run_checkpoint;
 use crate::run_config::{RunConfig, SampleConfig};
 use crate::sampling::SampleRequest;
 
-/// A run's latest (or a given) checkpoint, loaded for sampling: EMA weights in the model.
+/// A run's latest (or a given) checkpoint, loaded for sampling: EMA weights in the model;
+/// or a published model with the autoencoder that decodes its latents
+/// ([`Self::open_pretrained`]).
 pub struct TrainedRun {
-    /// The checkpoint read.
+    /// The checkpoint (or published model) read.
     pub checkpoint: PathBuf,
-    /// Its step.
+    /// Its step (0 for a published model).
     pub step: usize,
-    /// The run config.
-    pub config: RunConfig,
+    /// The run config (`None` for a published model).
+    pub config: Option<RunConfig>,
     /// The denoiser with the EMA weights.
     pub model: Box<dyn Denoiser>,
     /// The autoencoder (frozen).
@@ -69,7 +71,7 @@ impl TrainedRun {
         Ok(Self {
             checkpoint,
             step: state.step,
-            config,
+            config: Some(config),
             model,
             ae,
             codec,
@@ -81,7 +83,85 @@ impl TrainedRun {
     }
 }
 
+/// How to sample a published model: what its file does not say.
+#[derive(Debug, Clone)]
+pub struct PretrainedOptions {
+    /// The autoencoder that decodes its latents (a diffusers folder, e.g. DiT's
+    /// `sd-vae-ft-ema`; its `scaling_factor` is the latent codec).
+    pub autoencoder: PathBuf,
+    /// The attention heads of an original-layout file (default: DiT's convention).
+    pub heads: Option<i64>,
+    /// The noise schedule it was trained with (DiT: `dit`, linear 1e-4 to 0.02 over 1000).
+    pub schedule: String,
+    /// What it predicts (DiT: `eps`).
+    pub parameterization: Parameterization,
+}
+
+impl PretrainedOptions {
+    /// DiT's training setup, decoded by `autoencoder`.
+    pub fn dit(autoencoder: PathBuf) -> Self {
+        Self {
+            autoencoder,
+            heads: None,
+            schedule: "dit".to_string(),
+            parameterization: Parameterization::Eps,
+        }
+    }
+}
+
+/// Whether `path` is a published denoiser rather than a run: a diffusers DiT folder
+/// (`config.json` without lpl's checkpoints, or a pipeline's `transformer/`) or an
+/// original-layout `.pt`/`.pth`/`.bin` file.
+pub fn is_pretrained(path: &Path) -> bool {
+    if path.is_dir() {
+        (path.join("config.json").is_file() || path.join("transformer/config.json").is_file())
+            && run_checkpoint::list_checkpoints(path).is_empty()
+    } else {
+        path.extension().and_then(|e| e.to_str()).is_some_and(|e| ["pt", "pth", "bin"].contains(&e))
+    }
+}
+
 impl TrainedRun {
+    /// A published DiT (see [`lpl_denoiser::Dit::from_pretrained`]) with the autoencoder,
+    /// schedule and parameterisation of `options`; latents of the model's own size.
+    pub fn open_pretrained(
+        path: &Path,
+        options: &PretrainedOptions,
+        device: Device,
+    ) -> Result<Self> {
+        let dit = lpl_denoiser::Dit::from_pretrained(path, options.heads, device, Kind::Float)?;
+        let (c, size) = (dit.config().in_channels, dit.config().sample_size);
+        let classes = dit.config().num_embeds_ada_norm;
+        let mut ae = lpl_autoencoder::open(&options.autoencoder, device, Kind::Float)?;
+        ae.set_requires_grad(false);
+        if ae.latent_channels() != c {
+            return Err(invalid(
+                "ae",
+                format!(
+                    "{} has {}-channel latents, {} takes {c}",
+                    options.autoencoder.display(),
+                    ae.latent_channels(),
+                    path.display()
+                ),
+            ));
+        }
+        let codec = ae.codec().clone();
+        let schedule = NoiseSchedule::preset(&options.schedule)?.to_device(device);
+        options.parameterization.check(&schedule)?;
+        Ok(Self {
+            checkpoint: path.to_path_buf(),
+            step: 0,
+            config: None,
+            model: Box::new(dit),
+            ae,
+            codec,
+            schedule,
+            parameterization: options.parameterization,
+            latent_shape: [c, size, size],
+            num_classes: classes,
+        })
+    }
+
     /// A [`SampleRequest`] for `sample` from the EMA weights (labels cycling over the
     /// classes, so a grid row shows the classes in order).
     pub fn request(&self, sample: &SampleConfig, device: Device) -> SampleRequest<'_> {

@@ -170,8 +170,8 @@ impl<'a> SampleRequest<'a> {
         }
     }
 
-    /// [`Self::images`] as a grid PNG at `path`, one row per cycle of the classes (else
-    /// square).
+    /// [`Self::images`] as a grid PNG at `path`, one row per cycle of the classes (at most
+    /// 32; else square).
     pub fn write_grid(&self, ae: &dyn Autoencoder, codec: &LatentCodec, path: &Path) -> Result<()> {
         self.write_grid_of(&self.images(ae, codec)?, path)
     }
@@ -179,9 +179,12 @@ impl<'a> SampleRequest<'a> {
     /// `images` (from [`Self::images`]) as the grid PNG of [`Self::write_grid`].
     pub fn write_grid_of(&self, images: &Tensor, path: &Path) -> Result<()> {
         let n = images.size()[0];
+        let square = (n as f64).sqrt().ceil() as i64;
         let nrow = match &self.labels {
-            SampleLabels::Cycle(k) => *k,
-            _ => (n as f64).sqrt().ceil() as i64,
+            // a row per cycle of the classes, unless there are more classes than a grid
+            // shows in a row (ImageNet's 1000)
+            SampleLabels::Cycle(k) if *k <= 32 => *k,
+            _ => square,
         };
         let grid = lpl_metrics::grid::make_grid(images, nrow.max(1), 2);
         lpl_data::folder::write_png(&grid, path)?;
