@@ -200,8 +200,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let (fake, source) = match (&args.run, &args.fake) {
         (Some(run_path), _) => {
             let run = args.pretrained.open(run_path, device)?;
-            let images =
-                run.sample_images(&sample_config(&run, &args.sampling, args.count)?, device)?;
+            let sample = sample_config(&run, &args.sampling, args.count)?;
+            let request = lpl_trainer::sampling::SampleRequest {
+                batch: args.sampling.batch,
+                ..run.request(&sample, device)
+            };
+            let images = request.images(run.ae.as_ref(), &run.codec)?;
             (images, format!("{} (step {})", run_path.display(), run.step))
         }
         (None, Some(file)) if file.extension().is_some_and(|e| e == "npz") => {

@@ -334,6 +334,14 @@ impl TrainState {
                 tracing::info!("resumed {} at step {}", latest.display(), s.step);
                 Ok(s)
             }
+            Start::InitFrom(path) if crate::evaluation::is_pretrained(path) => Err(invalid(
+                "--init-from",
+                format!(
+                    "{} is a published model, not an lpl checkpoint: set `[model] pretrained = \"{}\"` (with kind = \"dit\" and no preset: its architecture comes from the file)",
+                    path.display(),
+                    path.display()
+                ),
+            )),
             Start::InitFrom(path) => {
                 s.load_weights(model, path)?;
                 tracing::info!("initialised from {}", path.display());

@@ -192,17 +192,43 @@ impl<'a> SampleRequest<'a> {
     }
 }
 
-/// Images in `[0, 1]` `(N, C, H, W)` to the `.npz` layout of ADM's evaluator and DiT's
-/// `sample_ddp.py`: `arr_0` uint8 `(N, H, W, 3)` (grey images repeated to RGB), rounded as
-/// `(x * 255).round().clamp(0, 255)`; with `labels`, `arr_1` int64 `(N,)` as ADM writes them.
-pub fn write_npz(images: &Tensor, labels: Option<&Tensor>, path: &Path) -> Result<()> {
+/// Images in `[0, 1]` `(N, C, H, W)` to uint8 `(N, H, W, 3)` as ADM's evaluator and DiT's
+/// `sample_ddp.py` store them (grey images repeated to RGB), rounded as
+/// `(x * 255).round().clamp(0, 255)`.
+pub fn to_uint8_rgb(images: &Tensor) -> Tensor {
     let rgb = if images.size().get(1) == Some(&1) {
         images.repeat([1, 3, 1, 1])
     } else {
         images.shallow_clone()
     };
-    let pixels = (rgb * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1]);
-    let mut arrays = vec![("arr_0", pixels)];
+    (rgb * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous()
+}
+
+/// Model-space latents `(n, C, h, w)` decoded 64 at a time straight to the uint8 `(n, H, W,
+/// 3)` pixels of [`to_uint8_rgb`] on the CPU: 50,000 ImageNet-256 samples take 9.8 GB this
+/// way, not the 39 GB of f32 images.
+pub fn decode_to_uint8(
+    ae: &dyn Autoencoder,
+    codec: &LatentCodec,
+    latents: &Tensor,
+) -> Result<Tensor> {
+    let mut parts = Vec::new();
+    for chunk in latents.split(64, 0) {
+        parts.push(to_uint8_rgb(&decode(ae, codec, &chunk)?));
+    }
+    Ok(Tensor::f_cat(&parts, 0)?)
+}
+
+/// Images in `[0, 1]` `(N, C, H, W)` to the `.npz` layout of ADM's evaluator and DiT's
+/// `sample_ddp.py` ([`write_npz_pixels`] of [`to_uint8_rgb`]).
+pub fn write_npz(images: &Tensor, labels: Option<&Tensor>, path: &Path) -> Result<()> {
+    write_npz_pixels(&to_uint8_rgb(images), labels, path)
+}
+
+/// uint8 `(N, H, W, 3)` pixels as `arr_0` of an `.npz` (written atomically); with `labels`,
+/// `arr_1` int64 `(N,)` as ADM writes them.
+pub fn write_npz_pixels(pixels: &Tensor, labels: Option<&Tensor>, path: &Path) -> Result<()> {
+    let mut arrays = vec![("arr_0", pixels.shallow_clone())];
     if let Some(l) = labels {
         arrays.push(("arr_1", l.to_kind(Kind::Int64).to_device(tch::Device::Cpu)));
     }

@@ -943,6 +943,12 @@ fn learned_sigma_post_training_from_a_pretrained_dit() {
     )
     .unwrap();
     let after = fixed_batch_vb(model.as_ref(), &cache);
+    // --init-from a published model points to `[model] pretrained`
+    let err =
+        train(&config(&dir, "init", 1, false), Start::InitFrom(pretrained_fixture()), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("[model] pretrained"), "{err}");
     println!("vb on a fixed batch: {before:.4} -> {after:.4} bits/dim");
     assert!(after.is_finite() && after < 0.9 * before, "vb {before} -> {after}");
     std::fs::remove_dir_all(dir).unwrap();
