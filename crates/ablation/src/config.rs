@@ -40,16 +40,49 @@ pub struct LplVariant {
     /// Feature normalisation.
     #[serde(default)]
     pub norm: Option<Normalization>,
-    /// Loss weight.
+    /// Loss weight: a number, or `{ share = s }`: calibrated at the fork so that the LPL
+    /// term is the fraction `s` of the loss on a few training batches of the pre-trained
+    /// model (the paper's guidance: about 0.2), written to the run's config and the report.
     #[serde(default)]
-    pub weight: Option<f64>,
+    pub weight: Option<LplWeight>,
     /// Outlier masking on or off.
     #[serde(default)]
     pub mask: Option<bool>,
 }
 
+/// A loss weight as written in an ablation config.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LplWeight {
+    /// This weight.
+    Fixed(f64),
+    /// Calibrated so that the term is this fraction of the loss at the fork.
+    Share {
+        /// The fraction, in (0, 1).
+        share: f64,
+    },
+}
+
+/// The continuation's length as a fraction of pre-training (`continuation = { fraction =
+/// 0.25 }`; the paper continues for 1/5 to 1/3 of it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContinuationLength {
+    /// Continuation steps / pre-training steps.
+    pub fraction: f64,
+}
+
 impl LplVariant {
-    /// `base` with this variant's fields.
+    /// The share to calibrate the weight to, if the weight is given as one.
+    pub fn share(&self) -> Option<f64> {
+        match self.weight {
+            Some(LplWeight::Share { share }) => Some(share),
+            _ => None,
+        }
+    }
+
+    /// `base` with this variant's fields (a `share` weight leaves the base weight: the
+    /// calibrated one is set at the fork).
     pub fn apply(&self, base: &LplConfig) -> LplConfig {
         let mut c = base.clone();
         if let Some(d) = self.depth {
@@ -61,7 +94,7 @@ impl LplVariant {
         if let Some(n) = self.norm {
             c.norm = n;
         }
-        if let Some(w) = self.weight {
+        if let Some(LplWeight::Fixed(w)) = self.weight {
             c.weight = w;
         }
         if let Some(m) = self.mask {
@@ -107,8 +140,13 @@ pub struct AblationConfig {
     pub autoencoder_steps: usize,
     /// MSE pre-training steps per parameterisation.
     pub pretrain_steps: usize,
-    /// Steps of each continuation.
+    /// Steps of each continuation (or give `continuation`).
+    #[serde(default)]
     pub continuation_steps: usize,
+    /// The continuation's length as a fraction of `pretrain_steps` (instead of
+    /// `continuation_steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<ContinuationLength>,
     /// The LPL arm's loss (`preset = "paper"` with overrides, or every field).
     #[serde(deserialize_with = "lpl_loss::config::with_preset")]
     pub lpl: LplConfig,
@@ -128,12 +166,46 @@ pub struct AblationConfig {
     /// (default: all).
     #[serde(default)]
     pub train_images: Option<usize>,
+    /// Add the pixel-space control arm `pixel`: MSE + the MSE of the decoded images
+    /// (`lpl_loss::pixel_loss`), with the first LPL variant's gate and weight (or share
+    /// calibration), so the report can say whether decoder features matter beyond decoding.
+    #[serde(default)]
+    pub pixel_arm: bool,
 }
 
 impl AblationConfig {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let c: Self = parse_toml(&read_text(path)?, path)?;
+        let mut c: Self = parse_toml(&read_text(path)?, path)?;
+        match (c.continuation, c.continuation_steps) {
+            (Some(f), 0) if f.fraction > 0.0 && f.fraction.is_finite() => {
+                c.continuation_steps =
+                    ((c.pretrain_steps as f64 * f.fraction).round() as usize).max(1);
+            }
+            (Some(f), 0) => {
+                return Err(invalid(
+                    "continuation",
+                    format!("fraction must be positive, got {}", f.fraction),
+                ));
+            }
+            (Some(_), _) => {
+                return Err(invalid(
+                    "continuation",
+                    "give `continuation_steps` or `continuation = { fraction = ... }`, not both",
+                ));
+            }
+            (None, _) => {}
+        }
+        for v in &c.variants {
+            if let Some(share) = v.share()
+                && !(share > 0.0 && share < 1.0)
+            {
+                return Err(invalid(
+                    "variants",
+                    format!("`{}`: weight share must be in (0, 1), got {share}", v.name),
+                ));
+            }
+        }
         if c.parameterizations.is_empty() || c.seeds.is_empty() {
             return Err(invalid(
                 "parameterizations",
@@ -151,14 +223,14 @@ impl AblationConfig {
         let mut names = std::collections::BTreeSet::new();
         for v in &c.variants {
             if v.name.is_empty()
-                || ["mse", "pretrain"].contains(&v.name.as_str())
+                || ["mse", "pretrain", "pixel", "reconstruction"].contains(&v.name.as_str())
                 || !v.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
                 || !names.insert(v.name.clone())
             {
                 return Err(invalid(
                     "variants",
                     format!(
-                        "variant name `{}`: must be unique, [A-Za-z0-9_-], not mse or pretrain",
+                        "variant name `{}`: must be unique, [A-Za-z0-9_-], not mse, pretrain, pixel or reconstruction",
                         v.name
                     ),
                 ));
@@ -202,6 +274,7 @@ impl AblationConfig {
     pub fn arms(&self) -> Vec<String> {
         std::iter::once("mse".to_string())
             .chain(self.variants.iter().map(|v| v.name.clone()))
+            .chain(self.pixel_arm.then(|| "pixel".to_string()))
             .collect()
     }
 

@@ -27,7 +27,11 @@ use lpl_trainer::{progress, run_checkpoint};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
+use lpl_loss::LatentPerceptualLoss;
+use lpl_trainer::calibration::{Calibration, calibrate};
+
 use crate::config::AblationConfig;
+use crate::control::{Control, ControlSet};
 use crate::error::{AblationError, Result, invalid};
 use crate::provenance::{self, Provenance};
 use crate::report;
@@ -53,6 +57,26 @@ pub struct ArmResult {
     /// recorded).
     #[serde(default)]
     pub provenance: Option<Provenance>,
+    /// The positive control: held-out LPL and MSE of the EMA model ([`crate::control`]).
+    #[serde(default)]
+    pub control: Option<Control>,
+    /// The weight of the arm's added term (LPL or pixel), calibrated or as configured.
+    #[serde(default)]
+    pub weight: Option<f64>,
+}
+
+/// The autoencoder's ceiling: its reconstructions of the real evaluation images compared
+/// with them as the generated images are (no denoiser can do better than its decoder).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ceiling {
+    /// Images compared.
+    pub count: usize,
+    /// FD-EffNet, precision, recall, ... of the reconstructions against the real images.
+    pub metrics: SampleMetrics,
+    /// Radially averaged power spectrum of the reconstructions.
+    pub spectrum: Vec<f64>,
+    /// The same for the real images.
+    pub real_spectrum: Vec<f64>,
 }
 
 /// What `eval.json` of a run holds.
@@ -71,6 +95,9 @@ struct EvalRecord {
     checkpoint_step: Option<usize>,
     #[serde(default)]
     provenance: Option<Provenance>,
+    /// The positive control (`None` in records written before it existed: computed then).
+    #[serde(default)]
+    control: Option<Control>,
 }
 
 /// SHA-256 of everything an ablation reads: the dataset's files, the autoencoder (trained
@@ -225,13 +252,15 @@ fn pretrain_config(
     pre
 }
 
-/// The continuation of `pre` with `seed` in `arm` (`mse`, or an LPL variant's name).
+/// The continuation of `pre` with `seed` in `arm` (`mse`, an LPL variant's name, or
+/// `pixel`), its added term at `weight` (`None`: as configured).
 fn continuation_config(
     config: &AblationConfig,
     base: &RunConfig,
     pre: &RunConfig,
     seed: u64,
     arm: &str,
+    weight: Option<f64>,
 ) -> RunConfig {
     let mut run = pre.clone();
     let param = pre.diffusion.parameterization.to_string();
@@ -240,7 +269,68 @@ fn continuation_config(
     run.train.log_every = base.train.log_every.min(config.continuation_steps / 10).max(1);
     run.train.seed = seed;
     run.loss.lpl = config.variants.iter().find(|v| v.name == arm).map(|v| v.apply(&config.lpl));
+    if let (Some(l), Some(w)) = (run.loss.lpl.as_mut(), weight) {
+        l.weight = w;
+    }
+    if arm == "pixel" {
+        // the first LPL arm's gate and weight
+        let first = config.variants.first().map(|v| v.apply(&config.lpl));
+        let fixed = first.as_ref().map_or(1.0, |l| l.weight);
+        run.loss.pixel = Some(lpl_trainer::run_config::PixelLossConfig {
+            weight: weight.unwrap_or(fixed),
+            gate: first.map(|l| l.gate),
+        });
+    }
     run
+}
+
+/// The share the weight of `arm` is calibrated to (the pixel arm: the first LPL arm's).
+fn arm_share(config: &AblationConfig, arm: &str) -> Option<f64> {
+    let variant = if arm == "pixel" {
+        config.variants.first()
+    } else {
+        config.variants.iter().find(|v| v.name == arm)
+    };
+    variant.and_then(|v| v.share())
+}
+
+/// The weight of `arm`'s added term for the continuations of `pre`: calibrated to its share
+/// at the fork `pre_ckpt` once per parameterisation and arm (kept in
+/// `<param>/calibration-<arm>.json`), or `None` (as configured).
+fn arm_weight(
+    config: &AblationConfig,
+    base: &RunConfig,
+    pre: &RunConfig,
+    arm: &str,
+    pre_ckpt: &Path,
+    device: Device,
+) -> Result<Option<Calibration>> {
+    let Some(share) = arm_share(config, arm) else { return Ok(None) };
+    let seed = config.seeds.first().copied().unwrap_or(0);
+    let file = pre
+        .output_dir
+        .parent()
+        .unwrap_or(&config.output_dir)
+        .join(format!("calibration-{arm}.json"));
+    if let Some(c) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Calibration>(&t).ok())
+        .filter(|c| c.share == share)
+    {
+        return Ok(Some(c));
+    }
+    let probe = continuation_config(config, base, pre, seed, arm, Some(1.0));
+    let c = calibrate(&probe, pre_ckpt, share, device)?;
+    tracing::info!(
+        "{arm}: weight {:.4} gives a share of {share} (MSE {:.4}, term at weight 1 {:.5})",
+        c.weight,
+        c.mse,
+        c.term
+    );
+    let text = serde_json::to_string_pretty(&c)
+        .map_err(|e| AblationError::Io { path: file.clone(), source: e.into() })?;
+    lpl_tensor_io::write_atomically(&file, text.as_bytes())?;
+    Ok(Some(c))
 }
 
 /// Evaluates continuations (or reuses their `eval.json`): the feature network and the real
@@ -248,17 +338,101 @@ fn continuation_config(
 struct ArmEvaluator<'c> {
     config: &'c AblationConfig,
     real: tch::Tensor,
+    real_labels: tch::Tensor,
     reference: Option<(lpl_metrics::EfficientNetLite0, RealReference)>,
     provenance: Provenance,
+    /// The positive control's held-out set per parameterisation (schedules differ).
+    controls: BTreeMap<String, ControlSet>,
 }
 
 impl<'c> ArmEvaluator<'c> {
     fn new(config: &'c AblationConfig, inputs: &Inputs, provenance: Provenance) -> Result<Self> {
         let test = inputs.data.open(Split::Test)?;
-        let real = lpl_data::preprocess::to_unit_range(
-            &test.read(0, (config.eval_count as i64).min(test.len()))?.images,
-        )?;
-        Ok(Self { config, real, reference: None, provenance })
+        let read = test.read(0, (config.eval_count as i64).min(test.len()))?;
+        let real = lpl_data::preprocess::to_unit_range(&read.images)?;
+        Ok(Self {
+            config,
+            real,
+            real_labels: read.labels,
+            reference: None,
+            provenance,
+            controls: BTreeMap::new(),
+        })
+    }
+
+    /// The feature network and the real images' reference, made on first need.
+    fn reference(
+        &mut self,
+        device: Device,
+    ) -> Result<&(lpl_metrics::EfficientNetLite0, RealReference)> {
+        if self.reference.is_none() {
+            let weights = default_effnet_weights().filter(|p| p.is_file()).ok_or_else(|| {
+                invalid("eval", "EfficientNet-Lite0 weights missing: run `cargo xtask ablate` or `cargo xtask test`, which convert them")
+            })?;
+            let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)?;
+            let r = RealReference::new(&net, &self.real)?;
+            self.reference = Some((net, r));
+        }
+        self.reference.as_ref().ok_or_else(|| invalid("eval", "no reference"))
+    }
+
+    /// The autoencoder's ceiling (kept in `ceiling.json` for this image count).
+    fn ceiling(&mut self, ae_path: &Path, device: Device) -> Result<Ceiling> {
+        let file = self.config.output_dir.join("ceiling.json");
+        if let Some(c) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Ceiling>(&t).ok())
+            .filter(|c| c.count == self.config.eval_count)
+        {
+            return Ok(c);
+        }
+        let mut ae = lpl_autoencoder::open(ae_path, device, Kind::Float)?;
+        ae.set_requires_grad(false);
+        let codec = ae.codec().clone();
+        let recon = tch::no_grad(|| -> Result<tch::Tensor> {
+            let mut parts = Vec::new();
+            for chunk in self.real.split(64, 0) {
+                let z = ae.encode(&codec.pixels_to_input(&chunk).to_device(device))?.mode();
+                parts.push(codec.output_to_pixels(&ae.decode(&z)?).to_device(tch::Device::Cpu));
+            }
+            Ok(tch::Tensor::f_cat(&parts, 0)?)
+        })?;
+        let (net, real_ref) = self.reference(device)?;
+        let (metrics, spectrum) = real_ref.compare(net, &recon)?;
+        let c = Ceiling {
+            count: self.config.eval_count,
+            metrics,
+            spectrum: spectrum.fake,
+            real_spectrum: spectrum.real,
+        };
+        let text = serde_json::to_string_pretty(&c)
+            .map_err(|e| AblationError::Io { path: file.clone(), source: e.into() })?;
+        lpl_tensor_io::write_atomically(&file, text.as_bytes())?;
+        Ok(c)
+    }
+
+    /// The positive control of the trained run (its EMA weights).
+    fn control(&mut self, trained: &TrainedRun, device: Device) -> Result<Control> {
+        let key = trained.parameterization.to_string();
+        if !self.controls.contains_key(&key) {
+            let lpl = LatentPerceptualLoss::new(
+                trained.ae.as_ref(),
+                trained.codec.clone(),
+                self.config.lpl.clone(),
+            )?;
+            let set = ControlSet::new(
+                trained.ae.as_ref(),
+                &trained.codec,
+                &self.real,
+                Some(&self.real_labels),
+                &lpl,
+                &trained.schedule,
+                device,
+            )?;
+            self.controls.insert(key.clone(), set);
+        }
+        let set = self.controls.get(&key).ok_or_else(|| invalid("eval", "no control set"))?;
+        set.evaluate(trained, &self.config.lpl, device)
     }
 
     /// The run's `eval.json` when it was made with these sampling settings from the final
@@ -275,21 +449,18 @@ impl<'c> ArmEvaluator<'c> {
                 (r.count, r.steps, r.guidance, r.seed) == key
                     && r.checkpoint_step == Some(c.continuation_steps)
             });
-        if let Some(record) = cached {
+        if let Some(mut record) = cached {
+            if record.control.is_none() {
+                // a record from before the positive control: add it, keep the rest
+                let trained = TrainedRun::open(&run.output_dir, device)?;
+                record.control = Some(self.control(&trained, device)?);
+                write_record(&eval_file, &record)?;
+            }
             return Ok(record);
         }
-        if self.reference.is_none() {
-            let weights = default_effnet_weights().filter(|p| p.is_file()).ok_or_else(|| {
-                invalid("eval", "EfficientNet-Lite0 weights missing: run `cargo xtask ablate` or `cargo xtask test`, which convert them")
-            })?;
-            let net = lpl_metrics::EfficientNetLite0::from_file(&weights, device)?;
-            let r = RealReference::new(&net, &self.real)?;
-            self.reference = Some((net, r));
-        }
-        let Some((net, real_ref)) = self.reference.as_ref() else {
-            return Err(invalid("eval", "no reference"));
-        };
         let trained = TrainedRun::open(&run.output_dir, device)?;
+        let control = self.control(&trained, device)?;
+        let (net, real_ref) = self.reference(device)?;
         let flow = run.diffusion.parameterization == Parameterization::Flow;
         let sample = SampleConfig {
             sampler: SamplerConfig::new(
@@ -320,12 +491,17 @@ impl<'c> ArmEvaluator<'c> {
             real_spectrum: spectrum.real,
             checkpoint_step: Some(c.continuation_steps),
             provenance: Some(self.provenance.clone()),
+            control: Some(control),
         };
-        let text = serde_json::to_string_pretty(&record)
-            .map_err(|e| AblationError::Io { path: eval_file.clone(), source: e.into() })?;
-        lpl_tensor_io::write_atomically(&eval_file, text.as_bytes())?;
+        write_record(&eval_file, &record)?;
         Ok(record)
     }
+}
+
+fn write_record(path: &Path, record: &EvalRecord) -> Result<()> {
+    let text = serde_json::to_string_pretty(record)
+        .map_err(|e| AblationError::Io { path: path.to_path_buf(), source: e.into() })?;
+    Ok(lpl_tensor_io::write_atomically(path, text.as_bytes())?)
 }
 
 /// Runs (or resumes) the whole ablation and writes its report; returns every arm's result.
@@ -343,6 +519,8 @@ pub fn run_ablation(
     let base = RunConfig::from_file(&config.run_config)?;
     let mut evaluator = ArmEvaluator::new(config, &inputs, provenance.clone())?;
     let mut results = Vec::new();
+    let mut calibrations = Vec::new();
+    let ceiling = evaluator.ceiling(&inputs.ae_path, device)?;
     let arms = config.arms();
     let total = config.parameterizations.len() * (1 + config.seeds.len() * arms.len());
     let overall = progress::bar(total as u64, "ablation");
@@ -352,10 +530,19 @@ pub fn run_ablation(
         run_or_resume(&pre, None, device)?;
         overall.inc(1);
         let pre_ckpt = run_checkpoint::checkpoint_path(&pre.output_dir, config.pretrain_steps);
+        let mut weights = BTreeMap::new();
+        for arm in &arms {
+            let c = arm_weight(config, &base, &pre, arm, &pre_ckpt, device)?;
+            if let Some(c) = c {
+                calibrations.push((param.to_string(), arm.clone(), c));
+            }
+            weights.insert(arm.clone(), c.map(|c| c.weight));
+        }
         for &seed in &config.seeds {
             for arm in &arms {
                 overall.set_message(format!("{param} seed {seed} {arm}"));
-                let run = continuation_config(config, &base, &pre, seed, arm);
+                let weight = weights.get(arm).copied().flatten();
+                let run = continuation_config(config, &base, &pre, seed, arm, weight);
                 run_or_resume(&run, Some(&pre_ckpt), device)?;
                 let record = evaluator.evaluate(&run, device)?;
                 tracing::info!(
@@ -372,12 +559,19 @@ pub fn run_ablation(
                     real_spectrum: record.real_spectrum,
                     run: run.output_dir.clone(),
                     provenance: record.provenance,
+                    control: record.control,
+                    weight: run.loss.lpl.as_ref().map(|l| l.weight).or(run
+                        .loss
+                        .pixel
+                        .as_ref()
+                        .map(|p| p.weight)),
                 });
                 overall.inc(1);
             }
         }
     }
     overall.finish_and_clear();
-    report::write_report(config, command, &provenance, &results)?;
+    let extras = report::Extras { ceiling: Some(ceiling), calibrations };
+    report::write_report(config, command, &provenance, &results, &extras)?;
     Ok(results)
 }

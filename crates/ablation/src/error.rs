@@ -47,6 +47,15 @@ pub enum AblationError {
     /// A libtorch error, as libtorch reported it.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// The latent perceptual loss failed.
+    #[error(transparent)]
+    Loss(#[from] lpl_loss::LplError),
+    /// A schedule computation failed.
+    #[error(transparent)]
+    Schedule(#[from] lpl_schedulers::ScheduleError),
+    /// The denoiser failed.
+    #[error(transparent)]
+    Denoiser(#[from] lpl_denoiser::DenoiserError),
 }
 
 /// `Result` with [`AblationError`].

@@ -2,7 +2,8 @@
 //!
 //! The MSE vs MSE + LPL ablation (the paper's central experiment) as a sweep over
 //! [`lpl_trainer`] runs: its config ([`config`]), the driver that trains or reuses every
-//! stage and evaluates each arm ([`driver`]), the statistics of the comparison ([`stats`]),
+//! stage and evaluates each arm ([`driver`]), the positive control of every arm
+//! ([`control`]), the statistics of the comparison ([`stats`]),
 //! the report (`report.md`, a self-contained `report.html`, `results.json`, `results.csv`,
 //! plots; [`report`]) and the provenance of every result ([`provenance`]).
 //!
@@ -11,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod driver;
 mod error;
 pub mod provenance;

@@ -12,11 +12,76 @@ use lpl_metrics::{LinePlot, Series};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use lpl_trainer::calibration::Calibration;
+
 use crate::config::AblationConfig;
-use crate::driver::ArmResult;
+use crate::control::{Control, control_flags};
+use crate::driver::{ArmResult, Ceiling};
 use crate::error::{AblationError, Result};
 use crate::provenance::Provenance;
-use crate::stats::{mean_std, verdict};
+use crate::stats::{MDE_POWER, mean_std, power_statement, verdict};
+
+/// What a report shows besides the arms' results: the autoencoder's ceiling and the weight
+/// calibrations `(parameterisation, arm, calibration)`.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Reconstructions of the real evaluation images against them.
+    pub ceiling: Option<Ceiling>,
+    /// The calibrated weights.
+    pub calibrations: Vec<(String, String, Calibration)>,
+}
+
+/// A section of the report below the main table: a title, paragraphs, a table.
+#[derive(Debug, Clone, Default)]
+struct Section {
+    title: String,
+    text: Vec<String>,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Section {
+    fn markdown(&self) -> String {
+        let mut md = format!("\n## {}\n\n", self.title);
+        for t in &self.text {
+            md += &format!("{t}\n\n");
+        }
+        if !self.header.is_empty() {
+            md += &format!(
+                "| {} |\n|{}\n",
+                self.header.join(" | "),
+                "---|".repeat(self.header.len())
+            );
+            for r in &self.rows {
+                md += &format!("| {} |\n", r.join(" | "));
+            }
+        }
+        md
+    }
+
+    fn html(&self) -> String {
+        let mut h = format!("<h2>{}</h2>\n", html_escape(&self.title));
+        for t in &self.text {
+            let _ = writeln!(h, "<p>{}</p>", html_escape(t));
+        }
+        if !self.header.is_empty() {
+            h += "<table><tr>";
+            for c in &self.header {
+                let _ = write!(h, "<th>{}</th>", html_escape(c));
+            }
+            h += "</tr>\n";
+            for r in &self.rows {
+                h += "<tr>";
+                for c in r {
+                    let _ = write!(h, "<td>{}</td>", html_escape(c));
+                }
+                h += "</tr>\n";
+            }
+            h += "</table>\n";
+        }
+        h
+    }
+}
 
 /// The provenance part of a report: the invocation's own, as (field, value) lines, and one
 /// warning per arm that was made differently (another commit, machine, thread count or
@@ -125,6 +190,8 @@ pub struct Row {
     pub spectrum_high: ((f64, f64), (f64, f64)),
     /// One sentence on the sign of the FD change and whether it exceeds the seed spread.
     pub verdict: String,
+    /// The minimal detectable effect the seed-to-seed spread allows.
+    pub power: String,
     /// The command reproducing this row.
     pub command: String,
 }
@@ -137,8 +204,8 @@ fn rows(config: &AblationConfig, command: &str, results: &[ArmResult]) -> Vec<Ro
             results.iter().filter(|r| r.parameterization == name && r.arm == arm).collect()
         };
         let mse = of("mse");
-        for v in &config.variants {
-            let lpl = of(&v.name);
+        for arm in config.arms().into_iter().filter(|a| a != "mse") {
+            let lpl = of(&arm);
             let seeds: Vec<u64> =
                 mse.iter().map(|r| r.seed).filter(|s| lpl.iter().any(|r| r.seed == *s)).collect();
             let pick = |set: &[&ArmResult], f: fn(&ArmResult) -> f64| -> Vec<f64> {
@@ -153,8 +220,9 @@ fn rows(config: &AblationConfig, command: &str, results: &[ArmResult]) -> Vec<Ro
             let metric = mse.first().map_or("FD".to_string(), |r| r.metrics.metric.clone());
             out.push(Row {
                 parameterization: name.clone(),
-                arm: v.name.clone(),
+                arm: arm.clone(),
                 verdict: verdict(&fd_mse, &fd_lpl, &metric),
+                power: power_statement(&fd_mse, &fd_lpl, &metric),
                 seeds: seeds.clone(),
                 fd_mse,
                 fd_lpl,
@@ -195,7 +263,11 @@ fn curve(run: &Path, key: &str, offset: f64) -> Vec<(f64, f64)> {
 }
 
 /// Writes the spectrum and loss-curve plots; returns (title, path relative to `out`).
-fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, PathBuf)>> {
+fn plots(
+    config: &AblationConfig,
+    results: &[ArmResult],
+    ceiling: Option<&Ceiling>,
+) -> Result<Vec<(String, PathBuf)>> {
     let out = &config.output_dir;
     let dir = out.join("plots");
     std::fs::create_dir_all(&dir)
@@ -208,6 +280,12 @@ fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, 
         };
         let mut series =
             vec![Series { name: "real".into(), points: mean_spectrum(&arm_results("mse"), true) }];
+        if let Some(c) = ceiling {
+            series.push(Series {
+                name: "autoencoder reconstructions".into(),
+                points: (1..c.spectrum.len()).map(|r| (r as f64, c.spectrum[r])).collect(),
+            });
+        }
         for arm in config.arms() {
             series.push(Series {
                 name: arm.clone(),
@@ -240,7 +318,12 @@ fn plots(config: &AblationConfig, results: &[ArmResult]) -> Result<Vec<(String, 
                     name: format!("{arm}: MSE term"),
                     points: curve(&run, "mse", offset),
                 });
-                if arm != "mse" {
+                if arm == "pixel" {
+                    series.push(Series {
+                        name: format!("{arm}: pixel term"),
+                        points: curve(&run, "pixel", offset),
+                    });
+                } else if arm != "mse" {
                     series.push(Series {
                         name: format!("{arm}: LPL term"),
                         points: curve(&run, "lpl", offset),
@@ -280,13 +363,14 @@ fn html_escape(s: &str) -> String {
 /// `results.csv`: one line per arm and seed.
 fn csv(results: &[ArmResult]) -> String {
     let mut csv = String::from(
-        "parameterization,seed,arm,metric,fd,precision,recall,density,coverage,spectrum_low,spectrum_high,run\n",
+        "parameterization,seed,arm,metric,fd,precision,recall,density,coverage,spectrum_low,spectrum_high,control_lpl,control_mse,weight,run\n",
     );
+    let opt = |v: Option<f64>, digits: usize| v.map_or(String::new(), |x| format!("{x:.digits$}"));
     for r in results {
         let m = &r.metrics;
         let _ = writeln!(
             csv,
-            "{},{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}",
+            "{},{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{}",
             r.parameterization,
             r.seed,
             r.arm,
@@ -298,6 +382,9 @@ fn csv(results: &[ArmResult]) -> String {
             m.coverage,
             m.spectrum_low,
             m.spectrum_high,
+            opt(r.control.map(|c| c.lpl), 6),
+            opt(r.control.map(|c| c.mse), 6),
+            opt(r.weight, 6),
             r.run.display()
         );
     }
@@ -310,17 +397,27 @@ pub fn write_report(
     command: &str,
     provenance: &Provenance,
     results: &[ArmResult],
+    extras: &Extras,
 ) -> Result<()> {
     let out = &config.output_dir;
     let rows = rows(config, command, results);
     let summary = ProvenanceSummary::new(provenance, results);
+    let control_rows: Vec<(String, u64, String, Control)> = results
+        .iter()
+        .filter_map(|r| r.control.map(|c| (r.parameterization.clone(), r.seed, r.arm.clone(), c)))
+        .collect();
+    let flags: Vec<String> = control_flags(&control_rows).iter().map(|f| f.to_string()).collect();
     let json = serde_json::json!({
         "command": command,
         "provenance": provenance,
         "provenance_warnings": summary.warnings,
         "config": config,
+        "protocol": protocol_text(config),
         "rows": rows,
         "results": results,
+        "control_flags": flags,
+        "ceiling": extras.ceiling,
+        "calibrations": extras.calibrations.iter().map(|(p, a, c)| serde_json::json!({"parameterization": p, "arm": a, "calibration": c})).collect::<Vec<_>>(),
     });
     let text = serde_json::to_string_pretty(&json)
         .map_err(|e| AblationError::Io { path: out.join("results.json"), source: e.into() })?;
@@ -331,7 +428,7 @@ pub fn write_report(
         &out.join(format!("results{suffix}.csv")),
         csv(results).as_bytes(),
     )?;
-    let figures = plots(config, results)?;
+    let figures = plots(config, results, extras.ceiling.as_ref())?;
     let metric = results.first().map_or("FD".to_string(), |r| r.metrics.metric.clone());
     let setup = format!(
         "{metric}: Frechet distance in EfficientNet-Lite0 ImageNet features between {n} generated and {n} real test images (lower is better). \
@@ -386,9 +483,13 @@ pub fn write_report(
     for r in &rows {
         let _ = writeln!(
             md,
-            "- **{} / {}**: {}. Reproduce: `{}`",
-            r.parameterization, r.arm, r.verdict, r.command
+            "- **{} / {}**: {}; {}. Reproduce: `{}`",
+            r.parameterization, r.arm, r.verdict, r.power, r.command
         );
+    }
+    let sections = sections(config, results, extras, &flags);
+    for section in &sections {
+        md += &section.markdown();
     }
     md += "\n## Figures\n\n";
     for (title, path) in &figures {
@@ -407,13 +508,147 @@ pub fn write_report(
         md.as_bytes(),
     )?;
     let preamble = Preamble { command, setup: &setup, provenance: summary.html() };
-    let page = html(config, &preamble, &header, &rows, &cells, &figures)?;
+    let page = html(config, &preamble, &header, &rows, &cells, &figures, &sections)?;
     lpl_tensor_io::write_atomically(
         &out.join(format!("{}.html", config.report_name)),
         page.as_bytes(),
     )?;
     println!("{md}");
     Ok(())
+}
+
+/// The pre-registered protocol, as the report states it before any number.
+fn protocol_text(config: &AblationConfig) -> String {
+    format!(
+        "Decided before the runs: the deciding metric is FD-EffNet of the EMA model's samples against the real test images; \
+         precision, recall (k = 3) and the high-band spectrum error are secondary. Each arm is compared with the MSE arm of the same \
+         pre-trained checkpoint and seed; the test is a two-sided paired t-test over the {} seed(s) at 95%, and the minimal detectable \
+         effect is stated at {:.0}% power from the measured spread of the paired differences. Every arm that ran is reported, not the best. \
+         The positive control (held-out LPL of the EMA model on {} test-split latents at times inside the gate) must be lower for every \
+         LPL arm than for the MSE arm of its seed, or the run is flagged as unable to speak for LPL.",
+        config.seeds.len(),
+        MDE_POWER * 100.0,
+        crate::control::CONTROL_COUNT.min(config.eval_count as i64)
+    )
+}
+
+/// The report's sections below the main table: the protocol, the positive control, the
+/// autoencoder's ceiling, the weight calibrations.
+fn sections(
+    config: &AblationConfig,
+    results: &[ArmResult],
+    extras: &Extras,
+    flags: &[String],
+) -> Vec<Section> {
+    let mut out = vec![Section {
+        title: "Protocol (pre-registered)".into(),
+        text: vec![protocol_text(config)],
+        ..Section::default()
+    }];
+    let mut control = Section {
+        title: "Positive control: held-out LPL and MSE".into(),
+        header: ["parameterisation", "arm", "held-out LPL", "held-out MSE", "per-seed LPL"]
+            .map(String::from)
+            .to_vec(),
+        ..Section::default()
+    };
+    for p in &config.parameterizations {
+        let name = p.to_string();
+        for arm in config.arms() {
+            let of: Vec<(u64, Control)> = results
+                .iter()
+                .filter(|r| r.parameterization == name && r.arm == arm)
+                .filter_map(|r| r.control.map(|c| (r.seed, c)))
+                .collect();
+            if of.is_empty() {
+                continue;
+            }
+            let lpl: Vec<f64> = of.iter().map(|(_, c)| c.lpl).collect();
+            let mse: Vec<f64> = of.iter().map(|(_, c)| c.mse).collect();
+            let (l, ls) = mean_std(&lpl);
+            let (m, ms) = mean_std(&mse);
+            control.rows.push(vec![
+                name.clone(),
+                arm.clone(),
+                format!("{l:.5} +- {ls:.5}"),
+                format!("{m:.5} +- {ms:.5}"),
+                of.iter().map(|(s, c)| format!("{s}: {:.5}", c.lpl)).collect::<Vec<_>>().join(", "),
+            ]);
+        }
+    }
+    control.text.push(if flags.is_empty() {
+        "Every LPL arm ends with a lower held-out LPL than the MSE arm of its seed: the LPL arms optimised what LPL measures.".into()
+    } else {
+        format!("FLAGGED ({}): {}", flags.len(), flags.join(" | "))
+    });
+    out.push(control);
+    if let Some(c) = &extras.ceiling {
+        let m = &c.metrics;
+        let arms_mean = |f: fn(&ArmResult) -> f64| -> f64 {
+            mean_std(&results.iter().map(f).collect::<Vec<_>>()).0
+        };
+        let generated_high = arms_mean(|r| r.metrics.spectrum_high);
+        let verdict = if m.spectrum_high >= 0.8 * generated_high {
+            format!(
+                "The reconstructions' high-band spectrum error ({:.3}) is as large as the generated images' ({generated_high:.3}, mean over arms): the missing high frequencies are the autoencoder's, and no denoiser loss can restore them.",
+                m.spectrum_high
+            )
+        } else {
+            format!(
+                "The reconstructions' high-band spectrum error ({:.3}) is below the generated images' ({generated_high:.3}, mean over arms): the decoder can render detail the denoisers do not produce, so a denoiser loss could close part of the gap.",
+                m.spectrum_high
+            )
+        };
+        out.push(Section {
+            title: "The autoencoder's ceiling".into(),
+            text: vec![
+                format!(
+                    "The autoencoder's reconstructions of the {} real evaluation images, compared with them as the samples are: no denoiser can beat its decoder. FD {:.2} (mean FD of the arms {:.2}).",
+                    c.count,
+                    m.fd,
+                    arms_mean(|r| r.metrics.fd)
+                ),
+                verdict,
+            ],
+            header: ["images", "FD", "precision", "recall", "spectrum err low / high"]
+                .map(String::from)
+                .to_vec(),
+            rows: vec![vec![
+                "reconstructions".into(),
+                format!("{:.2}", m.fd),
+                format!("{:.3}", m.precision),
+                format!("{:.3}", m.recall),
+                format!("{:.3} / {:.3}", m.spectrum_low, m.spectrum_high),
+            ]],
+        });
+    }
+    if !extras.calibrations.is_empty() {
+        out.push(Section {
+            title: "Weight calibration at the fork".into(),
+            text: vec![format!(
+                "Weights given as a share of the loss are calibrated on the first {} training batches of the pre-trained checkpoint: w = share / (1 - share) * MSE / term, the term measured at weight 1.",
+                extras.calibrations.first().map_or(0, |(_, _, c)| c.batches)
+            )],
+            header: ["parameterisation", "arm", "share", "MSE", "term at weight 1", "weight"]
+                .map(String::from)
+                .to_vec(),
+            rows: extras
+                .calibrations
+                .iter()
+                .map(|(p, a, c)| {
+                    vec![
+                        p.clone(),
+                        a.clone(),
+                        format!("{}", c.share),
+                        format!("{:.5}", c.mse),
+                        format!("{:.6}", c.term),
+                        format!("{:.4}", c.weight),
+                    ]
+                })
+                .collect(),
+        });
+    }
+    out
 }
 
 /// The first seed's sample grid of every arm: (title, path relative to the output dir).
@@ -456,6 +691,7 @@ fn html(
     rows: &[Row],
     cells: &dyn Fn(&Row) -> Vec<String>,
     figures: &[(String, PathBuf)],
+    sections: &[Section],
 ) -> Result<String> {
     let mut h = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>lpl: MSE vs MSE + LPL</title><style>\
@@ -494,14 +730,19 @@ fn html(
     for r in rows {
         let _ = writeln!(
             h,
-            "<li><b>{} / {}</b>: {}. Reproduce: <code>{}</code></li>",
+            "<li><b>{} / {}</b>: {}; {}. Reproduce: <code>{}</code></li>",
             html_escape(&r.parameterization),
             html_escape(&r.arm),
             html_escape(&r.verdict),
+            html_escape(&r.power),
             html_escape(&r.command)
         );
     }
-    h += "</ul>\n<h2>Figures</h2>\n";
+    h += "</ul>\n";
+    for section in sections {
+        h += &section.html();
+    }
+    h += "<h2>Figures</h2>\n";
     for (title, path) in figures {
         if let Some(src) = inline_png(&config.output_dir.join(path)) {
             let _ = writeln!(

@@ -44,6 +44,47 @@ pub fn verdict(mse: &[f64], lpl: &[f64], metric: &str) -> String {
     )
 }
 
+/// The power the minimal detectable effect is stated at (the usual 80%).
+pub const MDE_POWER: f64 = 0.8;
+
+/// The minimal detectable effect of a two-sided paired t-test at 95% with [`MDE_POWER`]
+/// power, for `n` paired differences with sample standard deviation `sd`:
+/// `(t_{0.975, n-1} + t_{power, n-1}) sd / sqrt(n)` (the effect at which the test rejects
+/// with that probability, the noncentral t approximated by a shifted central one, as power
+/// tables for small samples do). Infinite with fewer than 2 pairs.
+pub fn minimal_detectable_effect(sd: f64, n: usize) -> f64 {
+    if n < 2 {
+        return f64::INFINITY;
+    }
+    let df = (n - 1) as f64;
+    match StudentsT::new(0.0, 1.0, df) {
+        Ok(t) => (t.inverse_cdf(0.975) + t.inverse_cdf(MDE_POWER)) * sd / (n as f64).sqrt(),
+        Err(_) => f64::INFINITY,
+    }
+}
+
+/// The sentence of the report on what a run could have seen: the minimal detectable
+/// paired difference of `metric` from the measured spread of the paired differences,
+/// absolute and as a percentage of the MSE arm's mean.
+pub fn power_statement(mse: &[f64], lpl: &[f64], metric: &str) -> String {
+    let diffs: Vec<f64> = lpl.iter().zip(mse).map(|(l, m)| l - m).collect();
+    let (_, sd) = mean_std(&diffs);
+    let (m, _) = mean_std(mse);
+    let mde = minimal_detectable_effect(sd, diffs.len());
+    if !mde.is_finite() {
+        return format!(
+            "with {} seed(s) there is no spread estimate: no effect size is detectable",
+            diffs.len()
+        );
+    }
+    format!(
+        "this run could have seen a change of {metric} of {mde:.2} ({:.1}% of the MSE arm's {m:.2}) with {:.0}% power at 95% (paired over {} seeds, spread of the differences {sd:.2})",
+        mde / m.abs() * 100.0,
+        MDE_POWER * 100.0,
+        diffs.len()
+    )
+}
+
 /// Two-sided 95% critical value of Student's t with `df` degrees of freedom (the 0.975
 /// quantile); infinite for `df = 0`.
 pub fn t_critical_95(df: usize) -> f64 {
@@ -93,6 +134,22 @@ mod tests {
         assert!(t_critical_95(0).is_infinite());
         // the hand table this replaces said 2.1 for df 11..=20: too lenient below df 17
         assert!(t_critical_95(11) > 2.1 && t_critical_95(16) > 2.1 && t_critical_95(17) < 2.11);
+    }
+
+    #[test]
+    fn minimal_detectable_effect_by_hand() {
+        // 3 seeds, sd of the differences 1.0: with 2 degrees of freedom t has the closed
+        // form t_p = (2p - 1) / sqrt(2 p (1 - p)): t_0.975 = 4.30265, t_0.8 = 1.06066;
+        // (4.30265 + 1.06066) / sqrt(3) = 3.09651
+        assert!((minimal_detectable_effect(1.0, 3) - 3.09651).abs() < 1e-4);
+        // 10 seeds, sd 2.5: t_{0.975, 9} = 2.2622, t_{0.8, 9} = 0.8830 (Student's t table);
+        // (2.2622 + 0.8830) * 2.5 / sqrt(10) = 2.4865
+        assert!((minimal_detectable_effect(2.5, 10) - 2.4865).abs() < 1e-3);
+        assert!(minimal_detectable_effect(1.0, 1).is_infinite());
+        // the sentence: differences 1, 2, 3 (sd 1) on an MSE mean of 50: 3.10, 6.2%
+        let s = power_statement(&[50.0, 50.0, 50.0], &[51.0, 52.0, 53.0], "FD");
+        assert!(s.contains("change of FD of 3.10 (6.2% of the MSE arm's 50.00)"), "{s}");
+        assert!(power_statement(&[50.0], &[51.0], "FD").contains("no spread estimate"));
     }
 
     #[test]

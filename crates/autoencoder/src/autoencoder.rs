@@ -103,6 +103,24 @@ pub trait Autoencoder {
         let _ = (h, stage, post_quant_conv);
         Ok(None)
     }
+    /// How many pieces [`Self::decode_stage_part`] splits stage `stage` into (finer
+    /// activation checkpointing: a resnet at a time); 1, the default, is the whole stage.
+    fn decode_stage_parts(&self, stage: usize) -> usize {
+        let _ = stage;
+        1
+    }
+    /// Piece `part` of decoder stage `stage`: chaining parts `0..decode_stage_parts(stage)`
+    /// from the stage's input gives [`Self::decode_stage`]. The default has one piece, the
+    /// stage itself.
+    fn decode_stage_part(
+        &self,
+        h: &Tensor,
+        stage: usize,
+        part: usize,
+        post_quant_conv: bool,
+    ) -> Result<Option<Tensor>> {
+        if part == 0 { self.decode_stage(h, stage, post_quant_conv) } else { Ok(None) }
+    }
     /// Whether the decoder starts with a `post_quant_conv`.
     fn has_post_quant_conv(&self) -> bool {
         false

@@ -5,11 +5,17 @@ use lpl_schedulers::{NoiseSchedule, Parameterization, min_snr_weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{
-    BatchReduce, Distance, LayerWeights, LplConfig, LplGate, MaskSource, SpatialReduce,
+    BatchReduce, Distance, LayerWeights, LplConfig, LplGate, MaskSource, Normalization,
+    SpatialReduce,
 };
 use crate::error::{LplError, Result};
 use crate::mask::outlier_mask;
 use crate::normalize::normalize;
+
+/// Channels of a feature map whose layer term is computed at once when the decoder is
+/// recomputed (`recompute = true`): at the SD decoder's 256x256 maps, 32 channels are 8 MB a
+/// map instead of 64 MB for all 256.
+pub const TERM_CHANNEL_CHUNK: i64 = 32;
 
 /// What one call computes; every field is a tensor on the input's device (no host
 /// synchronisation), read by the trainer at log intervals.
@@ -49,6 +55,7 @@ pub struct LatentPerceptualLoss<'a> {
     config: LplConfig,
     plan: Vec<LayerPlan>,
     depth: usize,
+    term_channel_chunk: i64,
 }
 
 impl<'a> LatentPerceptualLoss<'a> {
@@ -94,7 +101,15 @@ impl<'a> LatentPerceptualLoss<'a> {
                 LayerPlan { layer: layer.clone(), weight, mask_down }
             })
             .collect();
-        Ok(Self { ae, codec, config, plan, depth })
+        Ok(Self { ae, codec, config, plan, depth, term_channel_chunk: TERM_CHANNEL_CHUNK })
+    }
+
+    /// Sets the channels of a feature map whose layer term is computed at once under
+    /// `recompute` (default [`TERM_CHANNEL_CHUNK`]; fewer: less memory, more small kernels).
+    /// The value and gradient do not depend on it beyond f32 summation order.
+    pub fn with_term_channel_chunk(mut self, channels: i64) -> Self {
+        self.term_channel_chunk = channels.max(1);
+        self
     }
 
     /// The compared layers with their weights and mask factors.
@@ -363,10 +378,13 @@ impl<'a> LatentPerceptualLoss<'a> {
     }
 
     /// [`Self::per_layer_distances`] and the gradient of `sum_k weights[k] * row_k` (the rows'
-    /// layer sums) with respect to `pred`, recomputing the decoder stage by stage: a forward
-    /// without a graph keeps the stage boundaries, then each stage, last first, is run again
-    /// with a graph, its own term and the gradient arriving from the stages after it sent
-    /// back through it, and its graph freed. `Ok(None)` when the autoencoder has no stages.
+    /// layer sums) with respect to `pred`, recomputing the decoder (activation
+    /// checkpointing): a forward without a graph keeps the stage boundaries; then, last
+    /// stage first, the stage's own term and its gradient are computed on its output a few
+    /// channels at a time ([`Self::layer_term_and_grad`]), and that gradient plus the one
+    /// arriving from the stages after it is sent back through the stage one piece at a time
+    /// ([`Self::backward_through_stage`]: a resnet's graph at most). `Ok(None)` when the
+    /// autoencoder has no stages.
     fn per_layer_distances_recomputed(
         &self,
         pred: &Tensor,
@@ -375,8 +393,9 @@ impl<'a> LatentPerceptualLoss<'a> {
     ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
         let post = self.config.post_quant_conv;
         let z = self.codec.to_decoder(&pred.detach())?;
-        let target_f = self.target_features(target)?;
-        // forward: the input of every stage
+        // each stage's target features are dropped once its term is computed
+        let mut target_f = self.target_features(target)?;
+        // forward: the input of every stage (and the last stage's output)
         let mut inputs = vec![z];
         let stages = self.plan.len();
         for stage in 0..stages {
@@ -389,19 +408,20 @@ impl<'a> LatentPerceptualLoss<'a> {
         let mut masked = Vec::with_capacity(stages);
         let mut grad: Option<Tensor> = None;
         for stage in (0..stages).rev() {
-            let input = inputs[stage].detach().set_requires_grad(true);
-            let out = self
-                .ae
-                .decode_stage(&input, stage, post)?
-                .ok_or_else(|| LplError::Compute("decoder stages vanished".into()))?;
-            let (column, m) = self.layer_distance(&self.plan[stage], &out, &target_f[stage]);
-            let mut objective = (&column * weights).sum(Kind::Float);
-            if let Some(g) = &grad {
-                objective += (out.to_kind(Kind::Float) * g).sum(Kind::Float);
-            }
-            let g = Tensor::f_run_backward(&[&objective], &[&input], false, false)?;
-            grad = g.into_iter().next();
-            columns.push(column.detach());
+            let output = inputs.pop().ok_or_else(|| LplError::Compute("no stage output".into()))?;
+            let target = target_f.pop().ok_or_else(|| LplError::Compute("no target".into()))?;
+            let (column, m, g_term) =
+                self.layer_term_and_grad(&self.plan[stage], &output, &target, weights)?;
+            drop((output, target));
+            let g_out = match grad.take() {
+                Some(mut g) => {
+                    g += g_term;
+                    g
+                }
+                None => g_term,
+            };
+            grad = Some(self.backward_through_stage(&inputs[stage], stage, g_out)?);
+            columns.push(column);
             masked.push(m);
         }
         columns.reverse();
@@ -414,5 +434,79 @@ impl<'a> LatentPerceptualLoss<'a> {
         let g = Tensor::f_run_backward(&[&objective], &[&pred], false, false)?;
         let g = g.into_iter().next().ok_or_else(|| LplError::Compute("no gradient".into()))?;
         Ok(Some((Tensor::stack(&columns, 1), Tensor::stack(&masked, 0), g)))
+    }
+
+    /// One layer's term on the stage output `out` `(K, C, H, W)` (no graph needed) against
+    /// the target's features: its column `(K,)` (detached), its masked fraction (0-d), and
+    /// the gradient of `sum_k weights[k] * column[k]` with respect to `out`. Computed
+    /// [`TERM_CHANNEL_CHUNK`] channels (or as set) at a time where the term decomposes over channels
+    /// (masks, statistics and distances per channel, then the mean over channels: every
+    /// normalisation but the channel-L2 ones, which take all channels at once), so only a
+    /// few channels' intermediate maps exist at any time.
+    fn layer_term_and_grad(
+        &self,
+        plan: &LayerPlan,
+        out: &Tensor,
+        target: &Tensor,
+        weights: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = out.size()[1];
+        let step = match self.config.norm {
+            Normalization::TargetChannelL2 | Normalization::ChannelL2 => c,
+            _ => self.term_channel_chunk.min(c),
+        };
+        let mut column: Option<Tensor> = None;
+        let mut masked: Option<Tensor> = None;
+        // written chunk by chunk (a list of chunks then a concatenation would hold it twice)
+        let grad = Tensor::f_zeros(out.size(), (Kind::Float, out.device()))?;
+        for c0 in (0..c).step_by(step.max(1) as usize) {
+            let cc = step.min(c - c0);
+            let x = out.narrow(1, c0, cc).detach().to_kind(Kind::Float).set_requires_grad(true);
+            let (col, m) = self.layer_distance(plan, &x, &target.narrow(1, c0, cc));
+            // this chunk's share of the mean over channels
+            let share = cc as f64 / c as f64;
+            let col = col * share;
+            let objective = (&col * weights).sum(Kind::Float);
+            let g = Tensor::f_run_backward(&[&objective], &[&x], false, false)?;
+            let g = g.into_iter().next().ok_or_else(|| LplError::Compute("no grad".into()))?;
+            grad.narrow(1, c0, cc).copy_(&g);
+            let col = col.detach();
+            let m = m * share;
+            column = Some(column.map_or(col.shallow_clone(), |t| t + &col));
+            masked = Some(masked.map_or(m.shallow_clone(), |t| t + &m));
+        }
+        let none = || LplError::Compute("a feature map without channels".into());
+        Ok((column.ok_or_else(none)?, masked.ok_or_else(none)?, grad))
+    }
+
+    /// The gradient at the input `input` of decoder stage `stage` given the gradient `g_out`
+    /// at its output: the stage's pieces ([`Autoencoder::decode_stage_part`]) are run once
+    /// without a graph to keep their boundaries, then each, last first, again with a graph,
+    /// differentiated and freed.
+    fn backward_through_stage(
+        &self,
+        input: &Tensor,
+        stage: usize,
+        g_out: Tensor,
+    ) -> Result<Tensor> {
+        let post = self.config.post_quant_conv;
+        let parts = self.ae.decode_stage_parts(stage).max(1);
+        let vanished = || LplError::Compute("decoder stage pieces vanished".into());
+        let mut bounds = vec![input.shallow_clone()];
+        for part in 0..parts - 1 {
+            let out = tch::no_grad(|| self.ae.decode_stage_part(&bounds[part], stage, part, post))?
+                .ok_or_else(vanished)?;
+            bounds.push(out);
+        }
+        let mut g = g_out;
+        for part in (0..parts).rev() {
+            bounds.truncate(part + 1);
+            let x = bounds[part].detach().set_requires_grad(true);
+            let out = self.ae.decode_stage_part(&x, stage, part, post)?.ok_or_else(vanished)?;
+            let objective = (out.to_kind(Kind::Float) * &g).sum(Kind::Float);
+            let grads = Tensor::f_run_backward(&[&objective], &[&x], false, false)?;
+            g = grads.into_iter().next().ok_or_else(|| LplError::Compute("no gradient".into()))?;
+        }
+        Ok(g)
     }
 }

@@ -339,7 +339,8 @@ fn works_with_a_user_defined_autoencoder() {
 }
 
 /// `value_and_grad` in chunks of 1 and 2 kept samples, keeping each chunk's decoder graph or
-/// recomputing it stage by stage (`recompute`), gives the loss, the per-sample and per-layer
+/// recomputing it piece by piece (`recompute`; the layer terms a few channels at a time
+/// where they decompose over channels), gives the loss, the per-sample and per-layer
 /// terms and the gradient of the whole-batch `loss` + backward, for both presets, with the
 /// SNR gate, min-SNR weighting and either batch reduction. Recomputation runs the same
 /// kernels on the same shapes, the stage gradients summed in another order. Tolerances: the chunks
@@ -385,17 +386,24 @@ fn chunked_gradient_equals_the_whole_batch_gradient() {
         let unweighted =
             plain.loss(&g["input"], &g["target"], &t, &schedule, Parameterization::Eps);
         assert!(unweighted.unwrap().per_sample.equal(&whole.per_sample), "{name}: per_sample");
-        let recomputing = LatentPerceptualLoss::new(
-            &vae,
-            vae.codec().clone(),
-            LplConfig { chunk: Some(1), recompute: true, ..lpl.config().clone() },
-        )
-        .unwrap();
+        let recomputing = || {
+            LatentPerceptualLoss::new(
+                &vae,
+                vae.codec().clone(),
+                LplConfig { chunk: Some(1), recompute: true, ..lpl.config().clone() },
+            )
+            .unwrap()
+        };
+        // the layer terms 3 channels at a time (the fixture's maps have 8 or 16: uneven
+        // chunks), as the default 32 splits the SD decoder's 256 and 512
+        let by_channels = recomputing().with_term_channel_chunk(3);
+        let recomputing = recomputing();
         for (chunk, loss, how) in [
             (1, &lpl, "graph kept"),
             (2, &lpl, "graph kept"),
             (1, &recomputing, "recomputed"),
             (2, &recomputing, "recomputed"),
+            (2, &by_channels, "recomputed, 3 channels at a time"),
         ] {
             let (out, grad) = loss
                 .value_and_grad(

@@ -17,6 +17,7 @@
 pub mod adamw;
 pub mod ae_training;
 pub mod cache_building;
+pub mod calibration;
 pub mod diffusion_training;
 pub mod ema;
 mod error;

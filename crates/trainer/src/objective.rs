@@ -138,8 +138,9 @@ impl Objective for MseLpl<'_> {
 }
 
 /// MSE plus `weight` times the MSE between the decodes of the predicted and the true clean
-/// latents (`lpl_loss::pixel_loss`): the pixel-space baseline of the paper's ablations.
-/// Logs `mse` and `pixel` (the weighted term).
+/// latents (`lpl_loss::pixel_loss`): the pixel-space baseline of the paper's ablations,
+/// optionally on the samples inside a gate only (the mean over them). Logs `mse` and
+/// `pixel` (the weighted term).
 pub struct MsePixel<'a> {
     /// The MSE part.
     pub mse: Mse,
@@ -149,13 +150,40 @@ pub struct MsePixel<'a> {
     pub codec: LatentCodec,
     /// Weight of the pixel term.
     pub weight: f64,
+    /// The samples it applies to (`None`: all).
+    pub gate: Option<lpl_loss::LplGate>,
+}
+
+impl MsePixel<'_> {
+    /// Indices of the samples inside the gate (all without one).
+    fn kept(&self, b: &MicroBatch<'_>) -> Result<Vec<i64>> {
+        let n = b.t_cpu.size()[0];
+        let keep = match self.gate {
+            None | Some(lpl_loss::LplGate::All) => return Ok((0..n).collect()),
+            Some(lpl_loss::LplGate::Snr { tau }) => {
+                lpl_schedulers::snr_gate(b.schedule, b.t_cpu, tau)?
+            }
+            Some(lpl_loss::LplGate::Timestep { max }) => {
+                lpl_schedulers::timestep_gate(b.schedule, b.t_cpu, max)?
+            }
+        };
+        let keep = Vec::<bool>::try_from(keep)?;
+        Ok(keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as i64).collect())
+    }
 }
 
 impl Objective for MsePixel<'_> {
     fn loss(&self, b: &MicroBatch<'_>) -> Result<Loss> {
         let mse = self.mse.value(b)?;
         let x0_hat = x0_from_prediction(b.pred, b.z_t, b.t, b.parameterization, b.schedule)?;
-        let pixel = lpl_loss::pixel_loss(self.ae, &self.codec, &x0_hat, b.z0)? * self.weight;
+        let kept = self.kept(b)?;
+        let pixel = if kept.is_empty() {
+            Tensor::zeros([], (Kind::Float, b.device))
+        } else {
+            let idx = Tensor::from_slice(&kept).to_device(b.device);
+            let (x, z) = (x0_hat.index_select(0, &idx), b.z0.index_select(0, &idx));
+            lpl_loss::pixel_loss(self.ae, &self.codec, &x, &z)? * self.weight
+        };
         let terms = vec![("mse", mse.detach()), ("pixel", pixel.detach())];
         Ok(Loss::new(mse + pixel, terms))
     }
@@ -225,7 +253,9 @@ pub fn from_config<'a>(
             lpl: LatentPerceptualLoss::new(ae, codec.clone(), c.clone())?,
             decoder_autocast: precision.lpl_decoder_autocast,
         }),
-        (None, Some(p)) => Box::new(MsePixel { mse, ae, codec: codec.clone(), weight: p.weight }),
+        (None, Some(p)) => {
+            Box::new(MsePixel { mse, ae, codec: codec.clone(), weight: p.weight, gate: p.gate })
+        }
         (None, None) => Box::new(mse),
     })
 }

@@ -210,6 +210,10 @@ pub struct LossConfig {
 pub struct PixelLossConfig {
     /// Weight of the pixel term in the total.
     pub weight: f64,
+    /// Only the samples inside this gate (as LPL's; the term is then the mean over the kept
+    /// samples). Absent: every sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<lpl_loss::LplGate>,
 }
 
 /// Optimiser and learning-rate schedule. [`Default`] (for every left-out field too): lr

@@ -953,3 +953,31 @@ fn learned_sigma_post_training_from_a_pretrained_dit() {
     assert!(after.is_finite() && after < 0.9 * before, "vb {before} -> {after}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `share` calibration: the weight calibrated at a checkpoint to a share of 0.2 makes the
+/// LPL term 20% of the loss on the calibration batches (within 10%: here to rounding, since
+/// the term is linear in its weight), measured again through the objective at that weight;
+/// a gate that keeps nothing is an error saying so.
+#[test]
+fn calibrated_weight_gives_the_requested_share() {
+    use lpl_trainer::calibration::{CALIBRATION_BATCHES, calibrate, measure_terms};
+    let (_rng, dir) = isolated("calibrate");
+    let pre = train(&config(&dir, "pre", 3, false), Start::Fresh, Device::Cpu).unwrap();
+    drop(_rng);
+    let mut probe = config(&dir, "probe", 3, true);
+    probe.loss.lpl.as_mut().unwrap().weight = 1.0;
+    let c = calibrate(&probe, &pre.checkpoint, 0.2, Device::Cpu).unwrap();
+    assert!(c.weight > 0.0 && c.weight.is_finite(), "{c:?}");
+    let mut weighted = probe.clone();
+    weighted.loss.lpl.as_mut().unwrap().weight = c.weight;
+    let (mse, term) =
+        measure_terms(&weighted, &pre.checkpoint, CALIBRATION_BATCHES, Device::Cpu).unwrap();
+    let share = term / (mse + term);
+    assert!((share - 0.2).abs() <= 0.02, "share {share} with weight {}", c.weight);
+    assert!((mse - c.mse).abs() <= 1e-6 * c.mse, "the same batches: MSE {mse} vs {}", c.mse);
+    // nothing inside the gate: no weight can give a share
+    probe.loss.lpl.as_mut().unwrap().gate = lpl_loss::LplGate::Timestep { max: 0.0 };
+    let err = calibrate(&probe, &pre.checkpoint, 0.2, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("no sample inside its gate"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

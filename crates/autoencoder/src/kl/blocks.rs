@@ -117,6 +117,23 @@ impl MidBlock {
     }
 }
 
+impl MidBlock {
+    /// The pieces [`Self::part`] runs one at a time: the resnets and the attention.
+    pub(crate) fn parts(&self) -> usize {
+        2 + usize::from(self.attention.is_some())
+    }
+
+    /// Piece `i` of the forward pass (chaining `0..parts()` gives `forward`).
+    pub(crate) fn part(&self, i: usize, x: &Tensor) -> Option<Tensor> {
+        match (i, &self.attention) {
+            (0, _) => Some(self.resnet0.forward(x)),
+            (1, Some(a)) => Some(a.forward(x)),
+            (1, None) | (2, Some(_)) => Some(self.resnet1.forward(x)),
+            _ => None,
+        }
+    }
+}
+
 impl Module for MidBlock {
     fn forward(&self, x: &Tensor) -> Tensor {
         let mut h = self.resnet0.forward(x);
@@ -205,6 +222,20 @@ impl UpDecoderBlock2D {
     /// Whether this block doubles the resolution.
     pub(crate) fn upsamples(&self) -> bool {
         self.upsample.is_some()
+    }
+
+    /// The pieces [`Self::part`] runs one at a time: each resnet, then the upsampling.
+    pub(crate) fn parts(&self) -> usize {
+        self.resnets.len() + usize::from(self.upsample.is_some())
+    }
+
+    /// Piece `i` of the forward pass (chaining `0..parts()` gives `forward`).
+    pub(crate) fn part(&self, i: usize, x: &Tensor) -> Option<Tensor> {
+        match (self.resnets.get(i), &self.upsample) {
+            (Some(r), _) => Some(r.forward(x)),
+            (None, Some(c)) if i == self.resnets.len() => Some(c.forward(&upsample_nearest_2x(x))),
+            _ => None,
+        }
     }
 }
 

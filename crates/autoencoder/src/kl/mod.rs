@@ -304,6 +304,38 @@ impl Autoencoder for AutoencoderKl {
         Ok(Some(d.up_blocks[stage - 1].forward(h)))
     }
 
+    fn decode_stage_parts(&self, stage: usize) -> usize {
+        let d = &self.decoder;
+        match stage {
+            // conv_in (with post_quant_conv), then the mid block's pieces
+            0 => 1 + d.mid_block.parts(),
+            s => d.up_blocks.get(s - 1).map_or(0, |b| b.parts()),
+        }
+    }
+
+    fn decode_stage_part(
+        &self,
+        h: &Tensor,
+        stage: usize,
+        part: usize,
+        post_quant_conv: bool,
+    ) -> Result<Option<Tensor>> {
+        let d = &self.decoder;
+        if stage == 0 {
+            if part == 0 {
+                check_latents(h, self.config.latent_channels)?;
+                let mut z = h.f_to_kind(self.compute_kind())?;
+                if let (true, Some(p)) = (post_quant_conv, &self.post_quant_conv) {
+                    z = p.forward(&z);
+                }
+                return Ok(Some(d.conv_in.forward(&z)));
+            }
+            return Ok(d.mid_block.part(part - 1, h));
+        }
+        check_depth(stage, d.up_blocks.len())?;
+        Ok(d.up_blocks[stage - 1].part(part, h))
+    }
+
     fn has_post_quant_conv(&self) -> bool {
         self.post_quant_conv.is_some()
     }
