@@ -21,13 +21,18 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 /// One sentence on the paired difference `lpl - mse` of `metric` over seeds: its sign, the
 /// relative change, and whether a two-sided paired t-test at 95% finds it significant.
 pub fn verdict(mse: &[f64], lpl: &[f64], metric: &str) -> String {
+    verdict_of("LPL", mse, lpl, metric)
+}
+
+/// [`verdict`] for an arm called `name` in the sentence (`LPL`, `pixel`).
+pub fn verdict_of(name: &str, mse: &[f64], lpl: &[f64], metric: &str) -> String {
     let diffs: Vec<f64> = lpl.iter().zip(mse).map(|(l, m)| l - m).collect();
     let (d, sd) = mean_std(&diffs);
     let (m, _) = mean_std(mse);
     let direction = if d < 0.0 { "lower (better)" } else { "higher (worse)" };
     let change = format!("{metric} {:.2} -> {:.2} ({:+.1}%)", m, m + d, d / m * 100.0);
     if diffs.len() < 2 {
-        return format!("LPL {direction}: {change}, one seed: no spread estimate, inconclusive");
+        return format!("{name} {direction}: {change}, one seed: no spread estimate, inconclusive");
     }
     let t = d / (sd / (diffs.len() as f64).sqrt()).max(1e-12);
     let better = diffs.iter().filter(|x| **x < 0.0).count();
@@ -38,7 +43,7 @@ pub fn verdict(mse: &[f64], lpl: &[f64], metric: &str) -> String {
         format!("within the seed-to-seed spread: not significant at 95% (|t| < {critical:.2})")
     };
     format!(
-        "LPL {direction}: {change}; paired difference {d:+.2} +- {sd:.2} over {} seeds (t = {t:.1}), {strength}; LPL better in {better} of {} seeds",
+        "{name} {direction}: {change}; paired difference {d:+.2} +- {sd:.2} over {} seeds (t = {t:.1}), {strength}; {name} better in {better} of {} seeds",
         diffs.len(),
         diffs.len()
     )
