@@ -94,21 +94,18 @@ fn feature_network(args: &EvalArgs, device: Device) -> Result<Box<dyn FeatureExt
     })
 }
 
-/// Whether an `.npz` holds reference statistics (`mu` and `sigma`).
-fn npz_has_stats(path: &std::path::Path) -> Result<bool> {
-    let arrays = lpl_tensor_io::npz::read_npz(path)?;
-    Ok(arrays.contains_key("mu") && arrays.contains_key("sigma"))
-}
-
-/// Whether an `.npz` holds images (`arr_0`).
-fn npz_has_images(path: &std::path::Path) -> Result<bool> {
-    Ok(lpl_tensor_io::npz::read_npz(path)?.contains_key("arr_0"))
-}
-
 /// The first `count` images of an ADM-layout `.npz` (`arr_0`: uint8 `(N, H, W, C)`, as
 /// `lpl sample --npz`, ADM's and DiT's samplers write them) as `(N, C, H, W)` in `[0, 1]`.
 fn npz_images(path: &std::path::Path, count: usize) -> Result<Tensor> {
-    let arrays = lpl_tensor_io::npz::read_npz(path)?;
+    npz_images_of(&lpl_tensor_io::npz::read_npz(path)?, path, count)
+}
+
+/// [`npz_images`] of the arrays read from `path`.
+fn npz_images_of(
+    arrays: &std::collections::BTreeMap<String, Tensor>,
+    path: &std::path::Path,
+    count: usize,
+) -> Result<Tensor> {
     let Some(images) = arrays.get("arr_0") else {
         bail!(
             "{}: no `arr_0` (images, uint8 N x H x W x C) nor `mu`/`sigma` statistics; it holds {:?}",
@@ -221,10 +218,15 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let fake = fake.to_device(Device::Cpu);
     let net = feature_network(&args, device)?;
     let real_path = PathBuf::from(&args.real);
-    let npz = real_path.extension().is_some_and(|e| e == "npz");
+    // an .npz is read once (ADM's reference batches are large): images and/or statistics
+    let npz = real_path
+        .extension()
+        .is_some_and(|e| e == "npz")
+        .then(|| lpl_tensor_io::npz::read_npz(&real_path))
+        .transpose()?;
     // stored reference statistics (ADM's reference batches): the FD against them
-    let stored = if npz && npz_has_stats(&real_path)? {
-        let stats = GaussianStats::load(&real_path)?;
+    let stored = if let Some(arrays) = npz.as_ref().filter(|a| a.contains_key("mu")) {
+        let stats = GaussianStats::from_tensors(arrays, &real_path)?;
         let d = stats.mu.size()[0];
         if d != net.dim() {
             bail!(
@@ -240,9 +242,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     } else {
         None
     };
-    let with_images = !npz || npz_has_images(&real_path)?;
+    let with_images = npz.as_ref().is_none_or(|a| a.contains_key("arr_0"));
     let (m, spectrum) = if with_images {
-        let (real, fake) = same_layout(real_images(&args, fake.size()[1] as u32, device)?, fake)?;
+        let real = match &npz {
+            Some(arrays) => npz_images_of(arrays, &real_path, args.count)?,
+            None => real_images(&args, fake.size()[1] as u32, device)?,
+        };
+        let (real, fake) = same_layout(real, fake)?;
         let reference = RealReference::new(net.as_ref(), &real)?;
         if let Some(path) = &args.save_real_stats {
             reference.stats.save(path)?;

@@ -184,22 +184,31 @@ pub struct PretrainedArgs {
     /// Attention heads of an original-layout `.pt` (default: DiT's convention).
     #[arg(long)]
     pub(crate) heads: Option<i64>,
-    /// The published model's noise schedule (a preset: DiT's is `dit`).
-    #[arg(long, default_value = "dit")]
-    pub(crate) schedule: String,
-    /// What the published model predicts: eps (DiT), v, x0.
-    #[arg(long, default_value = "eps")]
-    pub(crate) parameterization: String,
+    /// The published model's noise schedule (a preset; default DiT's, `dit`).
+    #[arg(long)]
+    pub(crate) schedule: Option<String>,
+    /// What the published model predicts: eps (the default, DiT's), v, x0.
+    #[arg(long)]
+    pub(crate) parameterization: Option<String>,
 }
 
 impl PretrainedArgs {
     /// The run or published model at `path`.
     pub(crate) fn open(&self, path: &std::path::Path, device: tch::Device) -> Result<TrainedRun> {
         if !lpl_trainer::evaluation::is_pretrained(path) {
-            if let Some(ae) = &self.ae {
+            let given: Vec<&str> = [
+                (self.ae.is_some(), "--ae"),
+                (self.heads.is_some(), "--heads"),
+                (self.schedule.is_some(), "--schedule"),
+                (self.parameterization.is_some(), "--parameterization"),
+            ]
+            .into_iter()
+            .filter_map(|(given, name)| given.then_some(name))
+            .collect();
+            if !given.is_empty() {
                 bail!(
-                    "--ae {}: {} is a run, whose config names its autoencoder; --ae is for a published model",
-                    ae.display(),
+                    "{}: {} is a run, whose config says how to sample it; they are for a published model",
+                    given.join(", "),
                     path.display()
                 );
             }
@@ -211,17 +220,17 @@ impl PretrainedArgs {
                 path.display()
             )
         })?;
-        let parameterization =
-            serde_json::from_value(serde_json::Value::String(self.parameterization.clone()))
-                .with_context(|| {
-                    format!("--parameterization: unknown `{}` (eps, v, x0)", self.parameterization)
-                })?;
-        let options = lpl_trainer::evaluation::PretrainedOptions {
-            heads: self.heads,
-            schedule: self.schedule.clone(),
-            parameterization,
-            ..lpl_trainer::evaluation::PretrainedOptions::dit(ae)
-        };
+        let mut options = lpl_trainer::evaluation::PretrainedOptions::dit(ae);
+        options.heads = self.heads;
+        if let Some(name) = &self.parameterization {
+            options.parameterization = serde_json::from_value(serde_json::Value::String(
+                name.clone(),
+            ))
+            .with_context(|| format!("--parameterization: unknown `{name}` (eps, v, x0)"))?;
+        }
+        if let Some(schedule) = &self.schedule {
+            options.schedule = schedule.clone();
+        }
         Ok(TrainedRun::open_pretrained(path, &options, device)?)
     }
 }
@@ -272,15 +281,17 @@ pub(crate) fn sample_config(
     args: &SamplingArgs,
     count: usize,
 ) -> Result<SampleConfig> {
+    let guidance = lpl_schedulers::Guidance {
+        channels: args.guidance_channels,
+        ..lpl_schedulers::Guidance::new(args.guidance)
+    };
+    guidance.validate().context("--guidance / --guidance-channels")?;
     Ok(SampleConfig {
         sampler: SamplerConfig::new(
             parse_sampler(args.sampler.as_deref(), &run.schedule)?,
             args.steps,
         ),
-        guidance: lpl_schedulers::Guidance {
-            channels: args.guidance_channels,
-            ..lpl_schedulers::Guidance::new(args.guidance)
-        },
+        guidance,
         count,
         seed: args.seed,
         every: 0,

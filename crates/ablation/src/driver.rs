@@ -71,6 +71,9 @@ pub struct ArmResult {
 pub struct Ceiling {
     /// Images compared.
     pub count: usize,
+    /// The autoencoder's fingerprint (a kept `ceiling.json` of another one is redone).
+    #[serde(default)]
+    pub autoencoder: String,
     /// FD-EffNet, precision, recall, ... of the reconstructions against the real images.
     pub metrics: SampleMetrics,
     /// Radially averaged power spectrum of the reconstructions.
@@ -312,14 +315,16 @@ fn arm_weight(
         .parent()
         .unwrap_or(&config.output_dir)
         .join(format!("calibration-{arm}.json"));
+    let probe = continuation_config(config, base, pre, seed, arm, Some(1.0));
+    // reused only for the same loss (at weight 1) and fork
+    let key = serde_json::json!({"loss": probe.loss, "checkpoint": pre_ckpt});
     if let Some(c) = std::fs::read_to_string(&file)
         .ok()
-        .and_then(|t| serde_json::from_str::<Calibration>(&t).ok())
-        .filter(|c| c.share == share)
+        .and_then(|t| serde_json::from_str::<CalibrationRecord>(&t).ok())
+        .filter(|r| r.calibration.share == share && r.key == key)
     {
-        return Ok(Some(c));
+        return Ok(Some(c.calibration));
     }
-    let probe = continuation_config(config, base, pre, seed, arm, Some(1.0));
     let c = calibrate(&probe, pre_ckpt, share, device)?;
     tracing::info!(
         "{arm}: weight {:.4} gives a share of {share} (MSE {:.4}, term at weight 1 {:.5})",
@@ -327,10 +332,21 @@ fn arm_weight(
         c.mse,
         c.term
     );
-    let text = serde_json::to_string_pretty(&c)
+    let record = CalibrationRecord { calibration: c, key };
+    let text = serde_json::to_string_pretty(&record)
         .map_err(|e| AblationError::Io { path: file.clone(), source: e.into() })?;
     lpl_tensor_io::write_atomically(&file, text.as_bytes())?;
     Ok(Some(c))
+}
+
+/// A calibration as kept on disk, with what it was made from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CalibrationRecord {
+    /// The weight and the measured terms.
+    #[serde(flatten)]
+    calibration: Calibration,
+    /// The loss config (at weight 1) and the checkpoint it was measured with.
+    key: serde_json::Value,
 }
 
 /// Evaluates continuations (or reuses their `eval.json`): the feature network and the real
@@ -379,15 +395,16 @@ impl<'c> ArmEvaluator<'c> {
     /// The autoencoder's ceiling (kept in `ceiling.json` for this image count).
     fn ceiling(&mut self, ae_path: &Path, device: Device) -> Result<Ceiling> {
         let file = self.config.output_dir.join("ceiling.json");
+        let mut ae = lpl_autoencoder::open(ae_path, device, Kind::Float)?;
+        ae.set_requires_grad(false);
+        let fingerprint = ae.fingerprint()?;
         if let Some(c) = std::fs::read_to_string(&file)
             .ok()
             .and_then(|t| serde_json::from_str::<Ceiling>(&t).ok())
-            .filter(|c| c.count == self.config.eval_count)
+            .filter(|c| c.count == self.config.eval_count && c.autoencoder == fingerprint)
         {
             return Ok(c);
         }
-        let mut ae = lpl_autoencoder::open(ae_path, device, Kind::Float)?;
-        ae.set_requires_grad(false);
         let codec = ae.codec().clone();
         let recon = tch::no_grad(|| -> Result<tch::Tensor> {
             let mut parts = Vec::new();
@@ -401,6 +418,7 @@ impl<'c> ArmEvaluator<'c> {
         let (metrics, spectrum) = real_ref.compare(net, &recon)?;
         let c = Ceiling {
             count: self.config.eval_count,
+            autoencoder: fingerprint,
             metrics,
             spectrum: spectrum.fake,
             real_spectrum: spectrum.real,

@@ -113,6 +113,18 @@ impl GaussianStats {
         } else {
             lpl_tensor_io::read_tensors(path)?
         };
+        let mut stats = Self::from_tensors(&t, path)?;
+        if !is_npz(path) {
+            stats.count = lpl_tensor_io::read_metadata(path)?
+                .get("lpl.count")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+        }
+        Ok(stats)
+    }
+
+    /// The statistics in tensors read from `path` (`mu` (D,), `sigma` (D, D); count 0).
+    pub fn from_tensors(t: &BTreeMap<String, Tensor>, path: &Path) -> Result<Self, StatsError> {
         let get = |k: &str| {
             t.get(k)
                 .map(|x| x.to_kind(Kind::Double))
@@ -128,15 +140,7 @@ impl GaussianStats {
                 sigma.size()
             )));
         }
-        let count = if is_npz(path) {
-            0
-        } else {
-            lpl_tensor_io::read_metadata(path)?
-                .get("lpl.count")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(Self { mu, sigma, count })
+        Ok(Self { mu, sigma, count: 0 })
     }
 }
 

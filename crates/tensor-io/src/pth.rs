@@ -559,7 +559,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
             .ok_or_else(|| bad(path, format!("truncated zip entry {name}")))
     };
     let root = unpickle(entry(&pkl)?).map_err(|e| bad(path, e))?;
-    tensors_of(path, root, |key| entry(&format!("{prefix}data/{key}")))
+    tensors_of(path, bytes.len(), root, |key| entry(&format!("{prefix}data/{key}")))
 }
 
 /// The tensors of a legacy `torch.save` file (see [`read`]).
@@ -614,14 +614,16 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor>> {
         storages.insert(key, data);
         at += 8 + len;
     }
-    tensors_of(path, root, |key| {
+    tensors_of(path, bytes.len(), root, |key| {
         storages.get(key).copied().ok_or_else(|| bad(path, format!("missing storage `{key}`")))
     })
 }
 
-/// The tensors of an unpickled state dict `root`, their storages' bytes from `data_of`.
+/// The tensors of an unpickled state dict `root` read from a file of `file_len` bytes, their
+/// storages' bytes from `data_of`.
 fn tensors_of<'b>(
     path: &Path,
+    file_len: usize,
     root: Value,
     data_of: impl Fn(&str) -> Result<&'b [u8]>,
 ) -> Result<BTreeMap<String, Tensor>> {
@@ -630,6 +632,11 @@ fn tensors_of<'b>(
     };
     let mut out = BTreeMap::new();
     let mut budget = OVERLAP_BUDGET_ELEMENTS;
+    // each storage is read once, whatever number of tensors view it; a view that is not
+    // contiguous is copied, and those copies draw on `copies` (the overlap budget plus the
+    // file's size), so many views of one large storage cannot multiply its size
+    let mut storages: HashMap<(String, usize), Tensor> = HashMap::new();
+    let mut copies = OVERLAP_BUDGET_ELEMENTS.saturating_add(file_len as i64);
     for (key, value) in items {
         let (Value::Str(key), Value::Tensor(spec)) = (key, value) else { continue };
         let (kind, elem) = storage_kind(&spec.storage_type).ok_or_else(|| {
@@ -638,9 +645,27 @@ fn tensors_of<'b>(
         let data = data_of(&spec.key)?;
         let elements = (data.len() / elem) as i64;
         check_view(&spec, elements, &mut budget).map_err(|e| bad(path, format!("`{key}`: {e}")))?;
-        let storage = Tensor::f_from_data_size(data, &[elements], kind)?;
-        let tensor = storage.f_as_strided(&spec.size, &spec.stride, spec.offset)?.f_contiguous()?;
-        out.insert(key, tensor);
+        let storage = match storages.get(&(spec.key.clone(), elem)) {
+            Some(s) if s.kind() == kind => s.shallow_clone(),
+            _ => {
+                let s = Tensor::f_from_data_size(data, &[elements], kind)?;
+                storages.insert((spec.key.clone(), elem), s.shallow_clone());
+                s
+            }
+        };
+        let view = storage.f_as_strided(&spec.size, &spec.stride, spec.offset)?;
+        if !view.is_contiguous() {
+            copies -= view.numel() as i64;
+            if copies < 0 {
+                return Err(bad(
+                    path,
+                    format!(
+                        "`{key}`: copying its view would exceed what the file's views may copy in all ({OVERLAP_BUDGET_ELEMENTS} elements plus the file's size)"
+                    ),
+                ));
+            }
+        }
+        out.insert(key, view.f_contiguous()?);
     }
     Ok(out)
 }
