@@ -36,6 +36,24 @@ pub fn ensure_fashion_mnist() {
     }
 }
 
+/// Gloo's headers (Debian's `libgloo-dev`) for the Gloo backend of multi-process training
+/// (crates/torch-ext/build.rs compiles it in when they are there; the torch wheel has
+/// Gloo's code but not its headers). Without them the build still succeeds, without Gloo.
+pub fn ensure_gloo_headers() {
+    let found = std::env::var_os("GLOO_INCLUDE").is_some()
+        || ["/usr/include", "/usr/local/include"]
+            .iter()
+            .any(|d| Path::new(d).join("gloo/algorithm.h").is_file());
+    if !found {
+        apt_install(
+            "libgloo-dev",
+            "Gloo's headers (multi-process training on CPU)",
+            "or set GLOO_INCLUDE to a directory holding gloo/algorithm.h; without them `lpl` \
+             trains in one process only",
+        );
+    }
+}
+
 /// On CI, Debian's Chromium for the test that renders the HTML report
 /// (`tests/report_render.rs`); elsewhere the suite refuses to start without one, and nothing as
 /// large as a browser is installed behind a user's back.
@@ -51,7 +69,7 @@ pub fn ensure_chromium_on_ci() {
 
 /// `apt-get install -y PACKAGE` when we are root on a Debian-like system (retrying once after
 /// `apt-get update`); otherwise, or when it fails, a warning saying how to get `what`.
-fn apt_install(package: &str, what: &str, otherwise: &str) {
+pub(crate) fn apt_install(package: &str, what: &str, otherwise: &str) {
     let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
     let apt = Path::new("/usr/bin/apt-get").exists();
     if !(is_root && apt) {

@@ -61,6 +61,7 @@ pub fn run() -> Result<LibtorchDir> {
         None => managed(&lpl_home()?)?,
     };
     link(&root, dir.root())?;
+    crate::assets::ensure_gloo_headers();
     let how = match source {
         Source::User => "from LIBTORCH",
         Source::Managed => "managed, already installed",

@@ -79,7 +79,7 @@ unsafe extern "C" {
 }
 
 /// The `at::Tensor*` handles of tch tensors (valid while the tensors live).
-fn handles(tensors: &[Tensor]) -> Vec<*const c_void> {
+pub(crate) fn handles(tensors: &[Tensor]) -> Vec<*const c_void> {
     tensors.iter().map(|t| t.as_ptr() as *const c_void).collect()
 }
 
@@ -155,7 +155,7 @@ pub(crate) fn foreach_mul(tensors: &[Tensor], scale: &Tensor) -> Result<()> {
 const ERR_LEN: usize = 1024;
 
 /// Runs a shim call with an error buffer; a non-zero return becomes the buffer's message.
-fn checked(call: &'static str, f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<()> {
+pub(crate) fn checked(call: &'static str, f: impl FnOnce(*mut c_char, usize) -> i32) -> Result<()> {
     let mut buf = [0 as c_char; ERR_LEN];
     if f(buf.as_mut_ptr(), ERR_LEN) == 0 {
         return Ok(());

@@ -12,6 +12,8 @@
 //! - [`attention`]: scaled dot-product attention that falls back to the math kernel where
 //!   libtorch's fused CPU kernel refuses bf16 (a forced `ATEN_CPU_CAPABILITY`);
 //! - [`runtime`]: ATen's CPU capability and MKL's version (provenance of results);
+//! - [`distributed`]: libtorch's c10d (the engine of `torch.distributed`): the TCPStore
+//!   rendezvous and the Gloo process group's collectives;
 //! - [`global_rng`]: exclusive, reentrant use of libtorch's process-global generators
 //!   ([`GlobalRng`]), so seeded sections stay reproducible beside other threads.
 //!
@@ -20,6 +22,7 @@
 
 pub mod attention;
 pub mod autocast;
+pub mod distributed;
 pub mod global_rng;
 pub mod memory;
 pub mod multi_tensor;

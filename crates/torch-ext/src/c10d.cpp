@@ -1,0 +1,227 @@
+// The C side of lpl-torch-ext's `distributed` module: libtorch's own c10d (the engine of
+// torch.distributed): the TCPStore rendezvous and the Gloo process group (CPU tensors).
+// Every function returns 0 on success; on a C++ exception it copies the message into `err`
+// and returns -1. Gloo is compiled in only with -DUSE_C10D_GLOO (build.rs passes it when
+// Gloo's headers are found: the torch wheel ships Gloo's code inside libtorch_cpu but not
+// its headers); without it the group functions fail with a message naming the fix.
+//
+// Only c10d's own types cross this file: no gloo:: type is constructed or examined here
+// (Debian's Gloo headers are older than the Gloo inside libtorch; the process group's layout
+// does not depend on them, the inline GlooStore adapter would).
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#ifdef USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+int32_t fail_with(const char* what, char* err, size_t err_len) {
+  if (err != nullptr && err_len > 0) {
+    std::strncpy(err, what, err_len - 1);
+    err[err_len - 1] = '\0';
+  }
+  return -1;
+}
+
+// c10::Error's message without the C++ backtrace libtorch appends; others as they are.
+#define LPL_C10D_CATCH                                          \
+  catch (const c10::Error& e) {                                 \
+    return fail_with(e.what_without_backtrace(), err, err_len); \
+  }                                                             \
+  catch (const std::exception& e) {                             \
+    return fail_with(e.what(), err, err_len);                   \
+  }
+
+std::vector<at::Tensor> tensor_list(const void* const* handles, size_t n) {
+  std::vector<at::Tensor> list;
+  list.reserve(n);
+  for (size_t i = 0; i < n; ++i) list.push_back(*static_cast<const at::Tensor*>(handles[i]));
+  return list;
+}
+
+struct Store {
+  c10::intrusive_ptr<c10d::TCPStore> store;
+};
+
+#ifdef USE_C10D_GLOO
+struct Group {
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+};
+#else
+struct Group {};
+constexpr const char* kNoGloo =
+    "this build has no Gloo (the CPU backend of torch.distributed): install Gloo's headers "
+    "(Debian/Ubuntu: apt-get install libgloo-dev, or `cargo xtask setup` as root) and rebuild";
+#endif
+
+c10d::ReduceOp reduce_op(int32_t op) {
+  switch (op) {
+    case 0: return c10d::ReduceOp::SUM;
+    case 1: return c10d::ReduceOp::AVG;
+    case 2: return c10d::ReduceOp::MAX;
+    default: throw std::invalid_argument("unknown reduce op " + std::to_string(op));
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int32_t lpl_c10d_has_gloo() {
+#ifdef USE_C10D_GLOO
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// A TCPStore client of `host:port`; rank 0 (`is_server`) also serves it and waits for all
+// `world` processes. `timeout_ms` bounds the rendezvous and every store call.
+int32_t lpl_c10d_store_new(const char* host, int32_t port, int32_t world, int32_t is_server,
+                           int64_t timeout_ms, void** out, char* err, size_t err_len) {
+  try {
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = is_server != 0;
+    opts.numWorkers = static_cast<std::size_t>(world);
+    opts.waitWorkers = true;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    *out = new Store{std::move(store)};
+    return 0;
+  }
+  LPL_C10D_CATCH
+}
+
+void lpl_c10d_store_free(void* store) { delete static_cast<Store*>(store); }
+
+int32_t lpl_c10d_store_set(void* store, const char* key, const char* value, char* err,
+                           size_t err_len) {
+  try {
+    std::string v(value);
+    static_cast<Store*>(store)->store->set(key, std::vector<uint8_t>(v.begin(), v.end()));
+    return 0;
+  }
+  LPL_C10D_CATCH
+}
+
+// Waits up to `timeout_ms` for `key`: 0 when it is set, 1 when the wait timed out, -1 on
+// any other failure (the store's host is gone).
+int32_t lpl_c10d_store_wait(void* store, const char* key, int64_t timeout_ms, char* err,
+                            size_t err_len) {
+  try {
+    static_cast<Store*>(store)->store->wait({std::string(key)},
+                                            std::chrono::milliseconds(timeout_ms));
+    return 0;
+  } catch (const c10::DistStoreError& e) {
+    fail_with(e.what_without_backtrace(), err, err_len);
+    return 1;
+  }
+  LPL_C10D_CATCH
+}
+
+// A Gloo process group of `world` ranks over `store`, this process being `rank`;
+// `hostname` is the address the others reach this process at.
+int32_t lpl_c10d_gloo_new(void* store, int32_t rank, int32_t world, int64_t timeout_ms,
+                          const char* hostname, void** out, char* err, size_t err_len) {
+#ifdef USE_C10D_GLOO
+  try {
+    auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::intrusive_ptr<c10d::Store>(static_cast<Store*>(store)->store), rank, world, opts);
+    *out = new Group{std::move(pg)};
+    return 0;
+  }
+  LPL_C10D_CATCH
+#else
+  (void)store, (void)rank, (void)world, (void)timeout_ms, (void)hostname, (void)out;
+  return fail_with(kNoGloo, err, err_len);
+#endif
+}
+
+void lpl_c10d_group_free(void* group) { delete static_cast<Group*>(group); }
+
+// All-reduces `n` tensors in place (op: 0 sum, 1 average, 2 max), one collective each.
+int32_t lpl_c10d_all_reduce(void* group, const void* const* tensors, size_t n, int32_t op,
+                            char* err, size_t err_len) {
+#ifdef USE_C10D_GLOO
+  try {
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = reduce_op(op);
+    // a list given to one allreduce means one tensor per device of this rank (same shape and
+    // kind); ours are different tensors: one collective each
+    for (auto& t : tensor_list(tensors, n)) {
+      std::vector<at::Tensor> one{t};
+      static_cast<Group*>(group)->pg->allreduce(one, opts)->wait();
+    }
+    return 0;
+  }
+  LPL_C10D_CATCH
+#else
+  (void)group, (void)tensors, (void)n, (void)op;
+  return fail_with(kNoGloo, err, err_len);
+#endif
+}
+
+// Broadcasts `n` tensors in place from `root`.
+int32_t lpl_c10d_broadcast(void* group, const void* const* tensors, size_t n, int32_t root,
+                           char* err, size_t err_len) {
+#ifdef USE_C10D_GLOO
+  try {
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    for (auto& t : tensor_list(tensors, n)) {
+      std::vector<at::Tensor> one{t};
+      static_cast<Group*>(group)->pg->broadcast(one, opts)->wait();
+    }
+    return 0;
+  }
+  LPL_C10D_CATCH
+#else
+  (void)group, (void)tensors, (void)n, (void)root;
+  return fail_with(kNoGloo, err, err_len);
+#endif
+}
+
+// Gathers `input` of every rank into `outputs` (`world` tensors of its shape, in rank order).
+int32_t lpl_c10d_all_gather(void* group, const void* input, const void* const* outputs,
+                            size_t world, char* err, size_t err_len) {
+#ifdef USE_C10D_GLOO
+  try {
+    std::vector<at::Tensor> in{*static_cast<const at::Tensor*>(input)};
+    std::vector<std::vector<at::Tensor>> out{tensor_list(outputs, world)};
+    static_cast<Group*>(group)->pg->allgather(out, in)->wait();
+    return 0;
+  }
+  LPL_C10D_CATCH
+#else
+  (void)group, (void)input, (void)outputs, (void)world;
+  return fail_with(kNoGloo, err, err_len);
+#endif
+}
+
+int32_t lpl_c10d_barrier(void* group, char* err, size_t err_len) {
+#ifdef USE_C10D_GLOO
+  try {
+    static_cast<Group*>(group)->pg->barrier()->wait();
+    return 0;
+  }
+  LPL_C10D_CATCH
+#else
+  (void)group;
+  return fail_with(kNoGloo, err, err_len);
+#endif
+}
+
+}  // extern "C"
