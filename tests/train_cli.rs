@@ -4,52 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+#[path = "support/tiny_cache.rs"]
+mod tiny_cache;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lpl::autoencoder::{Autoencoder, AutoencoderKl, AutoencoderKlConfig, checkpoint};
-use lpl::trainer::cache_building::{CacheOptions, build_cache};
 use lpl::trainer::run_checkpoint;
-use tch::{Device, Kind, Tensor};
+use tch::Kind;
 
 const LPL: &str = env!("CARGO_BIN_EXE_lpl");
-
-fn setup(dir: &Path) -> (PathBuf, PathBuf) {
-    tch::manual_seed(0);
-    let config = AutoencoderKlConfig {
-        in_channels: 1,
-        out_channels: 1,
-        block_out_channels: vec![8, 8, 8],
-        norm_num_groups: 4,
-        scaling_factor: 1.0,
-        ..AutoencoderKlConfig::default()
-    };
-    let mut ae = AutoencoderKl::new(&config, Device::Cpu, Kind::Float).unwrap();
-    let ae_path = dir.join("ae.safetensors");
-    checkpoint::save_kl(&ae, &ae_path, &BTreeMap::new()).unwrap();
-    ae.set_requires_grad(false);
-    let images = (Tensor::rand([96, 1, 4, 4], (Kind::Float, Device::Cpu)).upsample_bilinear2d(
-        [16, 16],
-        false,
-        None,
-        None,
-    ) * 255.0)
-        .to_kind(Kind::Uint8);
-    let labels = Tensor::arange(96, (Kind::Int64, Device::Cpu)).remainder(3);
-    let options = CacheOptions {
-        pad_to: None,
-        shard_size: 64,
-        batch: 32,
-        flip: false,
-        num_classes: Some(3),
-        autoencoder_name: "test".into(),
-    };
-    let cache = dir.join("cache");
-    build_cache(&ae, &images, Some(&labels), &options, &cache, Device::Cpu).unwrap();
-    (ae_path, cache)
-}
 
 fn write_config(dir: &Path, name: &str, ae: &Path, cache: &Path) -> PathBuf {
     let text = format!(
@@ -82,7 +48,7 @@ fn sigkill_then_resume_is_exact() {
     let dir = std::env::temp_dir().join(format!("lpl-train-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (ae, cache) = setup(&dir);
+    let (ae, cache) = tiny_cache::setup(&dir, 96, false);
     let straight = write_config(&dir, "straight", &ae, &cache);
     let out = Command::new(LPL)
         .args(["train", "--device", "cpu", "--config"])

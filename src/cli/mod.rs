@@ -135,7 +135,12 @@ fn run(cli: Cli) -> Result<()> {
 /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
 pub fn parse_device(name: &str) -> Result<Device> {
     Ok(match name {
-        "auto" => Device::cuda_if_available(),
+        // one GPU per process of a torchrun/Slurm launch: cuda:LOCAL_RANK
+        "auto" if tch::Cuda::is_available() => {
+            let launch = lpl_trainer::distributed::Launch::from_env()?;
+            Device::Cuda(launch.map_or(0, |l| l.local_rank))
+        }
+        "auto" => Device::Cpu,
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
         other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {

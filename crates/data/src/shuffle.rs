@@ -114,6 +114,8 @@ pub struct CacheBatches {
     seed: u64,
     batch: usize,
     flip: bool,
+    /// `(rank, world)`: this stream yields rows `rank * batch / world ..` of each batch.
+    shard: (usize, usize),
 }
 
 impl CacheBatches {
@@ -132,13 +134,41 @@ impl CacheBatches {
             )));
         }
         let stream = BatchStream::resume(cache.len() as usize, seed, cursor);
-        Ok(Self { cache, stream, seed, batch, flip })
+        Ok(Self { cache, stream, seed, batch, flip, shard: (0, 1) })
+    }
+
+    /// Rank `rank`'s share of each batch of `world` ranks (torch's `DistributedSampler`
+    /// over one global order): the stream still walks batches of the global size given to
+    /// [`CacheBatches::new`], which `world` must divide, and yields its `batch / world`
+    /// consecutive rows of each. The cursor is the global stream's, the same on every rank.
+    pub fn sharded(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world || !self.batch.is_multiple_of(world) {
+            return Err(DataError::Invalid(format!(
+                "rank {rank} of {world}: a global batch of {} does not split into {world} equal shares",
+                self.batch
+            )));
+        }
+        if self.batch > self.cache.len() as usize {
+            return Err(DataError::Invalid(format!(
+                "{}: a global batch of {} is larger than the {} cached samples",
+                self.cache.dir.display(),
+                self.batch,
+                self.cache.len()
+            )));
+        }
+        self.shard = (rank, world);
+        Ok(self)
     }
 
     /// The next batch and the cursor after it (save that cursor to resume after the batch).
     pub fn next_batch(&mut self) -> Result<(LatentBatch, BatchCursor)> {
-        let indices = self.stream.next_batch(self.batch);
+        let mut indices = self.stream.next_batch(self.batch);
         let cursor = self.stream.cursor();
+        let (rank, world) = self.shard;
+        if world > 1 {
+            let share = indices.len() / world;
+            indices = indices[rank * share..(rank + 1) * share].to_vec();
+        }
         let flips: Vec<bool> = if self.flip {
             indices.iter().map(|&i| flip_coin(self.seed, cursor.epoch, i)).collect()
         } else {

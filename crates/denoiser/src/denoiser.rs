@@ -12,17 +12,28 @@ pub struct Conditioning {
     /// (the unconditional prediction of classifier-free guidance). `None` for
     /// unconditional models or to ask for the null class everywhere.
     pub labels: Option<Tensor>,
+    /// In training, uniform draws `(B,)` in `[0, 1)` that decide label dropout (a label is
+    /// dropped where its draw is below the dropout probability). `None`: the forward pass
+    /// draws them from libtorch's generator. The trainer passes its own so that a sample's
+    /// dropout does not depend on how a batch is split over processes.
+    pub dropout_draws: Option<Tensor>,
 }
 
 impl Conditioning {
     /// Conditioning on class labels `(B,)`.
     pub fn labels(labels: Tensor) -> Self {
-        Self { labels: Some(labels) }
+        Self { labels: Some(labels), dropout_draws: None }
+    }
+
+    /// The same conditioning with label dropout decided by `draws` `(B,)` (see
+    /// [`Conditioning::dropout_draws`]).
+    pub fn with_dropout_draws(self, draws: Tensor) -> Self {
+        Self { dropout_draws: Some(draws), ..self }
     }
 
     /// No conditioning (the null class for class-conditional models).
     pub fn none() -> Self {
-        Self { labels: None }
+        Self { labels: None, dropout_draws: None }
     }
 
     /// Class labels `(B,)` from outside (a user, a file), checked once where they enter:

@@ -64,7 +64,11 @@ impl LabelDropout {
         train: bool,
     ) -> crate::Result<Tensor> {
         let labels = cond.labels_or_null(b, self.num_classes, device)?;
-        Ok(if train { self.apply(&labels) } else { labels })
+        Ok(match (train, &cond.dropout_draws) {
+            (false, _) => labels,
+            (true, Some(draws)) => self.apply_draws(&labels, &draws.to_device(device)),
+            (true, None) => self.apply(&labels),
+        })
     }
 
     /// Labels `(B,)` with each independently replaced by the null class with probability
@@ -73,7 +77,17 @@ impl LabelDropout {
         if self.prob <= 0.0 {
             return labels.shallow_clone();
         }
-        let keep = Tensor::rand([labels.size()[0]], (Kind::Float, labels.device())).ge(self.prob);
+        let draws = Tensor::rand([labels.size()[0]], (Kind::Float, labels.device()));
+        self.apply_draws(labels, &draws)
+    }
+
+    /// Labels `(B,)` replaced by the null class where `draws` `(B,)` (uniform in `[0, 1)`)
+    /// are below `prob`.
+    pub fn apply_draws(&self, labels: &Tensor, draws: &Tensor) -> Tensor {
+        if self.prob <= 0.0 {
+            return labels.shallow_clone();
+        }
+        let keep = draws.ge(self.prob);
         labels
             .where_self(&keep, &Tensor::full([1], self.num_classes, (Kind::Int64, labels.device())))
     }

@@ -129,7 +129,8 @@ impl AdamW {
         Ok(())
     }
 
-    fn grads(&self) -> Vec<Tensor> {
+    /// The defined gradients, in parameter order (shallow handles: writes reach them).
+    pub fn grads(&self) -> Vec<Tensor> {
         self.params.iter().map(Tensor::grad).filter(Tensor::defined).collect()
     }
 

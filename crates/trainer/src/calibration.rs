@@ -106,6 +106,7 @@ pub fn measure_terms(
                 step: run.loss.lpl.as_ref().map_or(0, |l| l.start_step),
                 device,
                 autocast: false,
+                share: objective::Share::whole(&t_cpu),
             })
         })?;
         for (name, value) in &out.terms {

@@ -18,9 +18,10 @@ use lpl_torch_ext::GlobalRng;
 use tch::{Device, Kind, Tensor};
 
 use crate::adamw::AdamW;
+use crate::distributed::World;
 use crate::ema::Ema;
 use crate::error::{Result, TrainError, invalid};
-use crate::objective::{self, MicroBatch, Objective};
+use crate::objective::{self, MicroBatch, Objective, Share};
 use crate::run_checkpoint::{self, RunState};
 use crate::run_config::RunConfig;
 use crate::step_log::StepTerms;
@@ -177,6 +178,8 @@ where
     }
     // every step reseeds libtorch's global generator: hold it for the whole run
     let _rng = GlobalRng::lock();
+    // one of several processes when launched so (torchrun, Slurm): data-parallel
+    let world = World::from_env(&config.distributed, device)?;
     let inputs = RunInputs::open(config, model, device)?;
     let ae: &dyn Autoencoder = inputs.ae.as_ref();
     let mut objective = objective(ae, &inputs.codec)?;
@@ -186,15 +189,23 @@ where
     if device.is_cuda() {
         lpl_torch_ext::tf32::set(config.precision.tf32)?;
     }
+    // identical initial weights on every rank, as torch DDP makes them (a resumed or
+    // initialised run then loads the same file everywhere)
+    world.broadcast_from_main(&model.var_store().trainable_variables())?;
     let mut state = TrainState::start(config, model, &start)?;
-    std::fs::create_dir_all(&config.output_dir)
-        .map_err(|e| TrainError::Io { path: config.output_dir.clone(), source: e })?;
-    // what a killed run was writing when it died (never published: the renames did not happen)
-    for dir in [config.output_dir.clone(), run_checkpoint::checkpoint_dir(&config.output_dir)] {
-        for stale in lpl_tensor_io::remove_stale_temporaries(&dir) {
-            tracing::info!("removed {}, left by an interrupted write", stale.display());
+    if world.is_main() {
+        std::fs::create_dir_all(&config.output_dir)
+            .map_err(|e| TrainError::Io { path: config.output_dir.clone(), source: e })?;
+        // what a killed run was writing when it died (never published: the renames did not
+        // happen)
+        for dir in [config.output_dir.clone(), run_checkpoint::checkpoint_dir(&config.output_dir)] {
+            for stale in lpl_tensor_io::remove_stale_temporaries(&dir) {
+                tracing::info!("removed {}, left by an interrupted write", stale.display());
+            }
         }
     }
+    // the others start once rank 0 has cleaned up
+    world.barrier()?;
     let manifest = &inputs.cache.manifest;
     let ctx = SampleContext {
         ae,
@@ -205,29 +216,32 @@ where
         classes: manifest.num_classes,
         device,
     };
-    let mut log = StepLog::open(config, state.step, device)?;
+    let main = world.is_main();
+    let mut log = StepLog::open(config, state.step, device, &world)?;
     let mut checkpointer = Checkpointer::new(config, &inputs.codec)?;
+    // evaluation, grids, TensorBoard, profiles and user hooks: rank 0's
     let mut evaluator = config
         .eval
         .as_ref()
+        .filter(|_| main)
         .map(|e| PeriodicEvaluator::new(e, &config.output_dir, device))
         .transpose()?;
-    let mut grids = GridWriter::new(config);
-    let mut tensorboard = config
-        .log
-        .tensorboard
+    let mut grids = GridWriter::new(config).filter(|_| main);
+    let mut tensorboard = (config.log.tensorboard && main)
         .then(|| TensorBoardLogger::create(&config.output_dir.join("tensorboard")))
         .transpose()?;
     let t = &config.train;
+    // each rank reads its rows of the one global order of batches of world x batch_size
     let mut batches = CacheBatches::new(
         inputs.cache.clone(),
-        t.batch_size,
+        t.batch_size * world.size(),
         t.seed,
         config.data.flip,
         state.cursor,
     )?
+    .sharded(world.rank(), world.size())?
     .prefetch(PREFETCH_BATCHES);
-    let mut profiler = StepProfiler::new(config, state.step, device);
+    let mut profiler = StepProfiler::new(config, state.step, device).filter(|_| main);
     while state.step < t.steps {
         if let Some(p) = profiler.as_mut() {
             p.before_step(state.step)?;
@@ -238,7 +252,7 @@ where
             objective.as_ref(),
             &mut batches,
             &inputs.schedule,
-            device,
+            &world,
         )?;
         if let Some(p) = profiler.as_mut() {
             p.after_step(state.step, state.step == t.steps)?;
@@ -246,7 +260,15 @@ where
         let checkpointed = Checkpointer::due(config, state.step);
         let line = log.record(state.step, t.steps, checkpointed, &values)?;
         if checkpointed {
-            checkpointer.save(config, model, &state.ema, &state.opt, state.run_state())?;
+            if main {
+                checkpointer.save(config, model, &state.ema, &state.opt, state.run_state())?;
+            }
+            // no rank runs ahead of a checkpoint being written (a relaunch resumes from it)
+            world.barrier()?;
+            if !main {
+                checkpointer.last =
+                    Some(run_checkpoint::checkpoint_path(&config.output_dir, state.step));
+            }
         }
         let mut lines: Vec<serde_json::Value> = line.into_iter().collect();
         let end = StepEnd {
@@ -266,7 +288,7 @@ where
         }
         let grid = grids.as_mut().map(|g| g.after_step(&end, &ctx)).transpose()?.flatten();
         let end = StepEnd { grid: grid.as_deref(), ..end };
-        for hook in hooks.iter_mut() {
+        for hook in hooks.iter_mut().filter(|_| main) {
             hook.after_step(&end, &lines)?;
         }
         if let Some(tb) = tensorboard.as_mut() {
@@ -395,9 +417,14 @@ impl TrainState {
         objective: &dyn Objective,
         batches: &mut impl Iterator<Item = lpl_data::Result<(lpl_data::LatentBatch, BatchCursor)>>,
         schedule: &NoiseSchedule,
-        device: Device,
+        world: &World,
     ) -> Result<StepValues> {
+        // where the weights are (checked against the run's device at the start)
+        let device = model.var_store().device();
         tch::manual_seed(step_seed(config.train.seed, self.step));
+        // every rank draws the whole global micro-batch's noise, time steps and label
+        // dropout and keeps its rows: a sample trains the same way whatever the split
+        let (rank, ranks) = (world.rank() as i64, world.size() as i64);
         self.opt.zero_grad();
         let accum = config.train.grad_accum.max(1);
         let autocast = config.precision.compute.autocast();
@@ -413,9 +440,22 @@ impl TrainState {
                 Some(l) => Conditioning::labels(l.to_device(device)),
                 None => Conditioning::none(),
             };
-            let t_cpu = self.time_sampler.sample(schedule, batch.indices.len(), Device::Cpu)?;
+            let b = batch.indices.len() as i64;
+            let rows =
+                |global: Tensor| if ranks == 1 { global } else { global.narrow(0, rank * b, b) };
+            let t_global = self.time_sampler.sample(schedule, (b * ranks) as usize, Device::Cpu)?;
+            let t_cpu = rows(t_global.shallow_clone());
             let t_dev = t_cpu.to_device(device);
-            let eps = z0.randn_like();
+            let mut shape = z0.size();
+            shape[0] = b * ranks;
+            let eps = rows(Tensor::randn(&shape, (z0.kind(), device)));
+            let cond = match cond.labels.is_some() {
+                // drawn here, right after the noise, where the model's forward would draw them
+                true => {
+                    cond.with_dropout_draws(rows(Tensor::rand([b * ranks], (Kind::Float, device))))
+                }
+                false => cond,
+            };
             let z_t = schedule.add_noise(&z0, &eps, &t_dev)?;
             // the forward pass and the objective under autocast (bf16 matmuls); the
             // objective takes the prediction cast back to f32; backward outside the region
@@ -435,6 +475,7 @@ impl TrainState {
                 step: self.step,
                 device,
                 autocast: region.is_some(),
+                share: Share { t_cpu_global: &t_global, world: world.size() },
             };
             let out = objective.loss(&micro)?;
             drop(region);
@@ -443,6 +484,14 @@ impl TrainState {
             // batch_size * grad_accum samples
             loss_sum += out.total.detach().to_kind(Kind::Float) / accum as f64;
             (out.backward.unwrap_or(out.total) / accum as f64).backward();
+        }
+        // torch DDP's gradient average (bucketed), and the loss and logged terms averaged so
+        // that every rank takes the same non-finite decision and rank 0 logs the global ones
+        world.average_gradients(&self.opt.grads())?;
+        if world.size() > 1 {
+            let mut values = vec![loss_sum.shallow_clone()];
+            values.extend(terms.0.values().map(Tensor::shallow_clone));
+            world.average(&values)?;
         }
         let norm = self.opt.grad_norm()?;
         let found_inf =

@@ -72,6 +72,12 @@ pub enum TrainError {
     /// A libtorch error, as libtorch reported it.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A rank of a multi-process run failed or lost its peers; the message names the ranks.
+    #[error("distributed training: {message}")]
+    Distributed {
+        /// What happened, with the ranks involved.
+        message: String,
+    },
     /// An error of the libtorch extension shim (autocast, fused AdamW).
     #[error(transparent)]
     TorchExt(#[from] lpl_torch_ext::TorchExtError),

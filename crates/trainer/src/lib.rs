@@ -19,6 +19,7 @@ pub mod ae_training;
 pub mod cache_building;
 pub mod calibration;
 pub mod diffusion_training;
+pub mod distributed;
 pub mod ema;
 mod error;
 pub mod evaluation;

@@ -39,6 +39,42 @@ pub struct MicroBatch<'a> {
     pub device: Device,
     /// Whether the forward pass ran under bf16 autocast (the call is still inside it).
     pub autocast: bool,
+    /// This micro-batch's place in the global batch when the batch is split over ranks.
+    pub share: Share<'a>,
+}
+
+/// A micro-batch's share of a global batch split over `world` ranks (data-parallel
+/// training): the gradients of the ranks are averaged, so a mean over this rank's samples is
+/// right as it is, but a mean over the samples a gate keeps must become this rank's part of
+/// the mean over the *global* batch's kept samples, whatever the split.
+#[derive(Clone, Copy)]
+pub struct Share<'a> {
+    /// The noise levels of the whole global micro-batch `(world * B,)` on the CPU (every
+    /// rank draws them all and keeps its rows).
+    pub t_cpu_global: &'a Tensor,
+    /// Number of ranks.
+    pub world: usize,
+}
+
+impl<'a> Share<'a> {
+    /// One process: the micro-batch is the global batch.
+    pub fn whole(t_cpu: &'a Tensor) -> Self {
+        Self { t_cpu_global: t_cpu, world: 1 }
+    }
+
+    /// The factor that turns a mean over the `local` samples kept here into this rank's
+    /// part of the mean over the `global` samples kept in the global batch:
+    /// `local * world / global` (the ranks' average of the scaled means is then the global
+    /// mean), 1 in one process, 0 when nothing is kept.
+    pub fn kept_mean_scale(&self, local: usize, global: usize) -> f64 {
+        if self.world == 1 {
+            1.0
+        } else if global == 0 {
+            0.0
+        } else {
+            (local * self.world) as f64 / global as f64
+        }
+    }
 }
 
 /// A loss and the named terms to log: each term is 0-d or `(L,)` f32, detached; a term
@@ -118,16 +154,28 @@ impl Objective for MseLpl<'_> {
             .then(|| lpl_torch_ext::Autocast::disable(b.device))
             .transpose()?;
         let (schedule, param) = (b.schedule, b.parameterization);
-        let (out, backward) = match self.lpl.config().chunk {
+        // over the global batch's kept samples when it is split over ranks
+        let scale = match self.lpl.config().batch_reduce {
+            lpl_loss::BatchReduce::Kept if b.share.world > 1 => b.share.kept_mean_scale(
+                self.lpl.kept_indices(b.t_cpu, schedule)?.len(),
+                self.lpl.kept_indices(b.share.t_cpu_global, schedule)?.len(),
+            ),
+            _ => 1.0,
+        };
+        let (mut out, backward) = match self.lpl.config().chunk {
             // the decoder's graph chunk by chunk, its gradient sent on through x0_hat
             Some(chunk) => {
                 let (out, grad) =
                     self.lpl.value_and_grad(&x0_hat, b.z0, b.t_cpu, schedule, param, chunk)?;
                 let surrogate = (&x0_hat * grad).sum(Kind::Float);
+                let surrogate = if scale == 1.0 { surrogate } else { surrogate * scale };
                 (out, Some(&mse + surrogate))
             }
             None => (self.lpl.loss(&x0_hat, b.z0, b.t_cpu, schedule, param)?, None),
         };
+        if scale != 1.0 {
+            out.total *= scale;
+        }
         terms.extend([
             ("lpl", out.total.detach()),
             ("lpl_kept_fraction", out.kept_fraction.detach()),
@@ -155,16 +203,14 @@ pub struct MsePixel<'a> {
 }
 
 impl MsePixel<'_> {
-    /// Indices of the samples inside the gate (all without one).
-    fn kept(&self, b: &MicroBatch<'_>) -> Result<Vec<i64>> {
-        let n = b.t_cpu.size()[0];
+    /// Indices of the samples of noise levels `t_cpu` inside the gate (all without one).
+    fn kept(&self, t_cpu: &Tensor, schedule: &NoiseSchedule) -> Result<Vec<i64>> {
+        let n = t_cpu.size()[0];
         let keep = match self.gate {
             None | Some(lpl_loss::LplGate::All) => return Ok((0..n).collect()),
-            Some(lpl_loss::LplGate::Snr { tau }) => {
-                lpl_schedulers::snr_gate(b.schedule, b.t_cpu, tau)?
-            }
+            Some(lpl_loss::LplGate::Snr { tau }) => lpl_schedulers::snr_gate(schedule, t_cpu, tau)?,
             Some(lpl_loss::LplGate::Timestep { max }) => {
-                lpl_schedulers::timestep_gate(b.schedule, b.t_cpu, max)?
+                lpl_schedulers::timestep_gate(schedule, t_cpu, max)?
             }
         };
         let keep = Vec::<bool>::try_from(keep)?;
@@ -176,13 +222,20 @@ impl Objective for MsePixel<'_> {
     fn loss(&self, b: &MicroBatch<'_>) -> Result<Loss> {
         let mse = self.mse.value(b)?;
         let x0_hat = x0_from_prediction(b.pred, b.z_t, b.t, b.parameterization, b.schedule)?;
-        let kept = self.kept(b)?;
+        let kept = self.kept(b.t_cpu, b.schedule)?;
         let pixel = if kept.is_empty() {
             Tensor::zeros([], (Kind::Float, b.device))
         } else {
             let idx = Tensor::from_slice(&kept).to_device(b.device);
             let (x, z) = (x0_hat.index_select(0, &idx), b.z0.index_select(0, &idx));
-            lpl_loss::pixel_loss(self.ae, &self.codec, &x, &z)? * self.weight
+            // over the global batch's kept samples when it is split over ranks
+            let scale = if b.share.world > 1 {
+                let global = self.kept(b.share.t_cpu_global, b.schedule)?.len();
+                b.share.kept_mean_scale(kept.len(), global)
+            } else {
+                1.0
+            };
+            lpl_loss::pixel_loss(self.ae, &self.codec, &x, &z)? * (self.weight * scale)
         };
         let terms = vec![("mse", mse.detach()), ("pixel", pixel.detach())];
         Ok(Loss::new(mse + pixel, terms))

@@ -417,6 +417,9 @@ pub struct RunConfig {
     /// Loggers besides `metrics.jsonl`.
     #[serde(default)]
     pub log: LogConfig,
+    /// Multi-process training (used when launched by torchrun or Slurm).
+    #[serde(default)]
+    pub distributed: crate::distributed::DistributedConfig,
 }
 
 /// `[log]`: where metrics go besides `metrics.jsonl` (always written).
@@ -518,6 +521,7 @@ impl RunConfig {
             return Err(invalid("optim.lr", format!("must be positive, got {}", self.optim.lr)));
         }
         self.optim.adamw().validate()?;
+        self.distributed.validate()?;
         if !(0.0..1.0).contains(&self.ema.decay) {
             return Err(invalid("ema.decay", format!("must be in [0, 1), got {}", self.ema.decay)));
         }

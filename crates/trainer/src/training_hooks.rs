@@ -63,7 +63,8 @@ pub(crate) struct StepValues {
 /// non-finite steps.
 pub(crate) struct StepLog {
     counters: StepCounters,
-    metrics: MetricsFile,
+    /// `None` on ranks other than 0: only rank 0 writes.
+    metrics: Option<MetricsFile>,
     bar: indicatif::ProgressBar,
     started: Instant,
     first_step: usize,
@@ -75,17 +76,30 @@ pub(crate) struct StepLog {
 }
 
 impl StepLog {
-    pub fn open(config: &RunConfig, step: usize, device: Device) -> Result<Self> {
+    /// The log of a run on `world` (the progress bar and `metrics.jsonl` on rank 0 only;
+    /// every rank counts, so all take the same decision to stop).
+    pub fn open(
+        config: &RunConfig,
+        step: usize,
+        device: Device,
+        world: &crate::distributed::World,
+    ) -> Result<Self> {
         let t = &config.train;
-        let bar = crate::progress::bar(t.steps as u64, "train");
-        bar.set_position(step.min(t.steps) as u64);
+        let (bar, metrics) = if world.is_main() {
+            let bar = crate::progress::bar(t.steps as u64, "train");
+            bar.set_position(step.min(t.steps) as u64);
+            (bar, Some(MetricsFile::open(&config.output_dir.join("metrics.jsonl"), step)?))
+        } else {
+            (indicatif::ProgressBar::hidden(), None)
+        };
         Ok(Self {
             counters: StepCounters::new(device),
-            metrics: MetricsFile::open(&config.output_dir.join("metrics.jsonl"), step)?,
+            metrics,
             bar,
             started: Instant::now(),
             first_step: step,
-            samples_per_step: t.batch_size * t.grad_accum.max(1),
+            // the global batch: throughput of the whole run
+            samples_per_step: t.batch_size * t.grad_accum.max(1) * world.size(),
             log_every: t.log_every,
             max_nonfinite: t.max_nonfinite,
             skipped: 0,
@@ -132,14 +146,19 @@ impl StepLog {
         let sps = self.samples_per_sec(step);
         let (loss, line) = self.counters.take_window(step, lr, sps)?;
         self.last_loss = loss;
-        self.metrics.append(&line)?;
+        if let Some(m) = self.metrics.as_mut() {
+            m.append(&line)?;
+        }
         self.bar.set_message(format!("loss {loss:.4} lr {lr:.1e} {sps:.0} samples/s"));
         Ok(Some(line))
     }
 
     /// Appends an evaluation line.
     pub fn append(&mut self, line: &serde_json::Value) -> Result<()> {
-        self.metrics.append(line)
+        match self.metrics.as_mut() {
+            Some(m) => m.append(line),
+            None => Ok(()),
+        }
     }
 
     pub fn finish(&self) {

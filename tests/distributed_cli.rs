@@ -1,0 +1,165 @@
+//! `lpl train` launched as 2 processes with the environment torchrun sets (`RANK`,
+//! `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`), each with half the batch, trains
+//! as one process with the whole batch: same weights, EMA and optimiser state after the run,
+//! same logged losses, for eps and flow, MSE and MSE + LPL (the LPL mean over the global
+//! batch's kept samples), with class labels (label dropout) and flips.
+//!
+//! Tolerance: the two runs differ only in the order of float additions (a gradient is the
+//! average of two half-batch means instead of one mean; reductions inside kernels see
+//! different shapes), a relative error of a few f32 ulps (~1e-7) per step, which AdamW's
+//! normalised update turns into at most lr (1e-3) per step for a coordinate whose gradient is
+//! at rounding level. So: each tensor within 1e-4 relative to its own scale (max |x|), which
+//! a real difference in semantics (a different sample, noise draw or normalisation: changes
+//! of order lr x steps = 6e-3 on most coordinates) exceeds by far, and the losses within 1e-4
+//! relative.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+#[path = "support/tiny_cache.rs"]
+mod tiny_cache;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lpl::trainer::run_checkpoint;
+use tch::Kind;
+
+const LPL: &str = env!("CARGO_BIN_EXE_lpl");
+const STEPS: usize = 6;
+
+fn write_config(dir: &Path, name: &str, batch: usize, param: &str, lpl: bool) -> PathBuf {
+    let (ae, cache) = (dir.join("ae.safetensors"), dir.join("cache"));
+    let schedule = if param == "flow" { "flow" } else { "sd15" };
+    let lpl = if lpl {
+        // a gate keeping some samples of each half-batch and not others: the global mean
+        // over kept samples is what must come out
+        "[loss.lpl]\nnorm = \"pred_stats\"\nmask = true\nmask_source = \"target\"\nlayer_weights = \"inverse_upscale\"\n\
+         spatial_reduce = \"masked_mean\"\ndistance = \"l2\"\ngate = { kind = \"snr\", tau = 1.0 }\nbatch_reduce = \"kept\"\npost_quant_conv = true\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "output_dir = \"{}\"\nautoencoder = \"{}\"\n[data]\ncache = \"{}\"\nflip = true\n[model]\npreset = \"dit-tiny\"\n\
+         [diffusion]\nschedule = \"{schedule}\"\nparameterization = \"{param}\"\n[optim]\nlr = 1e-3\nwarmup_steps = 2\ngrad_clip = 1.0\n\
+         [ema]\ndecay = 0.9\n\
+         [train]\nsteps = {STEPS}\nbatch_size = {batch}\nlog_every = 1\ncheckpoint_every = {STEPS}\nseed = 11\n{lpl}",
+        dir.join(name).display(),
+        ae.display(),
+        cache.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `lpl train --config config` as `world` ranks launched the way torchrun launches them.
+fn train(config: &Path, world: usize) {
+    if world == 1 {
+        let out = Command::new(LPL)
+            .args(["train", "--device", "cpu", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        return check(&out, "the single-process run");
+    }
+    let port = free_port().to_string();
+    let ranks: Vec<_> = (0..world)
+        .map(|rank| {
+            Command::new(LPL)
+                .args(["train", "--device", "cpu", "--config"])
+                .arg(config)
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in ranks.into_iter().enumerate() {
+        check(&child.wait_with_output().unwrap(), &format!("rank {rank}"));
+    }
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect()
+}
+
+fn compare(dir: &Path, param: &str, lpl: bool) {
+    let tag = format!("{param}-{}", if lpl { "lpl" } else { "mse" });
+    let (one, two) = (format!("{tag}-1x8"), format!("{tag}-2x4"));
+    train(&write_config(dir, &one, 8, param, lpl), 1);
+    train(&write_config(dir, &two, 4, param, lpl), 2);
+    let (la, lb) = (losses(&dir.join(&one)), losses(&dir.join(&two)));
+    assert_eq!(la.len(), STEPS, "{tag}: rank 0 alone logs, once per step");
+    assert_eq!(lb.len(), STEPS, "{tag}: rank 0 alone logs, once per step");
+    for (step, (a, b)) in la.iter().zip(&lb).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "{tag}: loss at step {} {a} vs {b}", step + 1);
+    }
+    let load = |run: &str| {
+        let (state, tensors) =
+            run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join(run), STEPS)).unwrap();
+        (state, tensors)
+    };
+    let ((sa, wa), (sb, wb)) = (load(&one), load(&two));
+    assert_eq!((sa.cursor, sa.adamw_step), (sb.cursor, sb.adamw_step), "{tag}: data position");
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    let groups = ["model.", "ema.", "adamw."];
+    for g in groups {
+        assert!(wa.keys().any(|k| k.starts_with(g)), "{tag}: no {g} tensors in the checkpoint");
+    }
+    let mut worst = (0.0f64, String::new());
+    for (k, a) in &wa {
+        let b = &wb[k];
+        // the attention key bias gets a zero gradient in exact arithmetic (softmax does not
+        // change when a constant is added to every logit of a query): both runs hold AdamW's
+        // normalisation of rounding noise there, which no tolerance can compare
+        if k.contains("to_k.bias") {
+            continue;
+        }
+        if a.kind() != Kind::Float {
+            assert!(a.equal(b), "{tag}: {k} differs");
+            continue;
+        }
+        let scale = a.abs().max().double_value(&[]).max(1e-12);
+        let diff = (a - b).abs().max().double_value(&[]) / scale;
+        if diff > worst.0 {
+            worst = (diff, k.clone());
+        }
+    }
+    println!("{tag}: largest relative difference {:.2e} ({})", worst.0, worst.1);
+    assert!(worst.0 <= 1e-4, "{tag}: {} differs by {:.2e} of its scale", worst.1, worst.0);
+}
+
+#[test]
+fn two_ranks_train_as_one_process_with_the_whole_batch() {
+    let dir = std::env::temp_dir().join(format!("lpl-ddp-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    tiny_cache::setup(&dir, 48, true);
+    for (param, lpl) in [("eps", false), ("eps", true), ("flow", false), ("flow", true)] {
+        compare(&dir, param, lpl);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
