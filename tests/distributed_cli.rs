@@ -19,7 +19,8 @@
 mod tiny_cache;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 use lpl::trainer::run_checkpoint;
 use tch::Kind;
@@ -28,6 +29,18 @@ const LPL: &str = env!("CARGO_BIN_EXE_lpl");
 const STEPS: usize = 6;
 
 fn write_config(dir: &Path, name: &str, batch: usize, param: &str, lpl: bool) -> PathBuf {
+    write_config_steps(dir, name, batch, param, lpl, STEPS, STEPS)
+}
+
+fn write_config_steps(
+    dir: &Path,
+    name: &str,
+    batch: usize,
+    param: &str,
+    lpl: bool,
+    steps: usize,
+    checkpoint_every: usize,
+) -> PathBuf {
     let (ae, cache) = (dir.join("ae.safetensors"), dir.join("cache"));
     let schedule = if param == "flow" { "flow" } else { "sd15" };
     let lpl = if lpl {
@@ -42,7 +55,7 @@ fn write_config(dir: &Path, name: &str, batch: usize, param: &str, lpl: bool) ->
         "output_dir = \"{}\"\nautoencoder = \"{}\"\n[data]\ncache = \"{}\"\nflip = true\n[model]\npreset = \"dit-tiny\"\n\
          [diffusion]\nschedule = \"{schedule}\"\nparameterization = \"{param}\"\n[optim]\nlr = 1e-3\nwarmup_steps = 2\ngrad_clip = 1.0\n\
          [ema]\ndecay = 0.9\n\
-         [train]\nsteps = {STEPS}\nbatch_size = {batch}\nlog_every = 1\ncheckpoint_every = {STEPS}\nseed = 11\n{lpl}",
+         [train]\nsteps = {steps}\nbatch_size = {batch}\nlog_every = 1\ncheckpoint_every = {checkpoint_every}\nkeep_checkpoints = 100\nseed = 11\n{lpl}",
         dir.join(name).display(),
         ae.display(),
         cache.display()
@@ -65,33 +78,38 @@ fn check(out: &Output, what: &str) {
     );
 }
 
-/// `lpl train --config config` as `world` ranks launched the way torchrun launches them.
-fn train(config: &Path, world: usize) {
+/// `lpl train --config config [extra]` as rank `rank` of `world`, launched the way torchrun
+/// launches it, its output piped.
+fn spawn_rank(config: &Path, extra: &[&str], rank: usize, world: usize, port: &str) -> Child {
+    Command::new(LPL)
+        .args(["train", "--device", "cpu", "--config"])
+        .arg(config)
+        .args(extra)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `lpl train --config config [extra]` as `world` ranks (one plain process for 1).
+fn train(config: &Path, world: usize, extra: &[&str]) {
     if world == 1 {
         let out = Command::new(LPL)
             .args(["train", "--device", "cpu", "--config"])
             .arg(config)
+            .args(extra)
             .output()
             .unwrap();
         return check(&out, "the single-process run");
     }
     let port = free_port().to_string();
-    let ranks: Vec<_> = (0..world)
-        .map(|rank| {
-            Command::new(LPL)
-                .args(["train", "--device", "cpu", "--config"])
-                .arg(config)
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", world.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let ranks: Vec<_> =
+        (0..world).map(|rank| spawn_rank(config, extra, rank, world, &port)).collect();
     for (rank, child) in ranks.into_iter().enumerate() {
         check(&child.wait_with_output().unwrap(), &format!("rank {rank}"));
     }
@@ -109,8 +127,8 @@ fn losses(run: &Path) -> Vec<f64> {
 fn compare(dir: &Path, param: &str, lpl: bool) {
     let tag = format!("{param}-{}", if lpl { "lpl" } else { "mse" });
     let (one, two) = (format!("{tag}-1x8"), format!("{tag}-2x4"));
-    train(&write_config(dir, &one, 8, param, lpl), 1);
-    train(&write_config(dir, &two, 4, param, lpl), 2);
+    train(&write_config(dir, &one, 8, param, lpl), 1, &[]);
+    train(&write_config(dir, &two, 4, param, lpl), 2, &[]);
     let (la, lb) = (losses(&dir.join(&one)), losses(&dir.join(&two)));
     assert_eq!(la.len(), STEPS, "{tag}: rank 0 alone logs, once per step");
     assert_eq!(lb.len(), STEPS, "{tag}: rank 0 alone logs, once per step");
@@ -160,6 +178,63 @@ fn two_ranks_train_as_one_process_with_the_whole_batch() {
     tiny_cache::setup(&dir, 48, true);
     for (param, lpl) in [("eps", false), ("eps", true), ("flow", false), ("flow", true)] {
         compare(&dir, param, lpl);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_killed_rank_stops_the_other_naming_it_and_a_relaunch_resumes_exactly() {
+    const LONG: usize = 200;
+    let dir = std::env::temp_dir().join(format!("lpl-ddp-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    tiny_cache::setup(&dir, 48, true);
+    let straight = write_config_steps(&dir, "straight", 4, "eps", true, LONG, 10);
+    train(&straight, 2, &[]);
+
+    let killed = write_config_steps(&dir, "killed", 4, "eps", true, LONG, 10);
+    let port = free_port().to_string();
+    let mut rank0 = spawn_rank(&killed, &[], 0, 2, &port);
+    let mut rank1 = spawn_rank(&killed, &[], 1, 2, &port);
+    let first = run_checkpoint::checkpoint_path(&dir.join("killed"), 10);
+    let start = Instant::now();
+    while !first.exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(first.exists(), "no checkpoint at step 10");
+    rank1.kill().unwrap(); // SIGKILL
+    rank1.wait().unwrap();
+    let killed_at = Instant::now();
+    // rank 0 stops (it does not hang), non-zero, naming the rank that died
+    let waited = loop {
+        if let Some(status) = rank0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(60), "rank 0 hangs after rank 1 died");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = rank0.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!waited.success(), "rank 0 exited 0 after its peer died:\n{stderr}");
+    assert!(stderr.contains("rank 1 is gone"), "{stderr}");
+    println!("rank 0 stopped {:?} after the kill: {}", killed_at.elapsed(), stderr.trim_end());
+    assert!(
+        !run_checkpoint::list_checkpoints(&dir.join("killed"))
+            .contains(&run_checkpoint::checkpoint_path(&dir.join("killed"), LONG)),
+        "the run finished before the kill: nothing was tested"
+    );
+    // no torn file: every checkpoint left verifies, and a relaunch resumes exactly
+    for c in run_checkpoint::list_checkpoints(&dir.join("killed")) {
+        run_checkpoint::load(&c).unwrap();
+    }
+    train(&killed, 2, &["--resume"]);
+    let (_, wa) =
+        run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("straight"), LONG))
+            .unwrap();
+    let (_, wb) =
+        run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("killed"), LONG)).unwrap();
+    for (k, v) in &wa {
+        assert!(v.equal(&wb[k]), "{k} differs after the relaunch");
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
