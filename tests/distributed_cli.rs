@@ -23,7 +23,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use lpl::trainer::run_checkpoint;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 const LPL: &str = env!("CARGO_BIN_EXE_lpl");
 const STEPS: usize = 6;
@@ -235,6 +235,101 @@ fn a_killed_rank_stops_the_other_naming_it_and_a_relaunch_resumes_exactly() {
         run_checkpoint::load(&run_checkpoint::checkpoint_path(&dir.join("killed"), LONG)).unwrap();
     for (k, v) in &wa {
         assert!(v.equal(&wb[k]), "{k} differs after the relaunch");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `lpl ARGS` as `world` processes with torchrun's variables (one plain process for 1); the
+/// outputs in rank order.
+fn run_ranks(args: &[&str], world: usize) -> Vec<Output> {
+    let port = free_port().to_string();
+    let children: Vec<Child> = (0..world)
+        .map(|rank| {
+            let mut cmd = Command::new(LPL);
+            cmd.args(args);
+            if world > 1 {
+                cmd.env("RANK", rank.to_string())
+                    .env("LOCAL_RANK", rank.to_string())
+                    .env("WORLD_SIZE", world.to_string())
+                    .env("MASTER_ADDR", "127.0.0.1")
+                    .env("MASTER_PORT", &port);
+            }
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for (rank, out) in outs.iter().enumerate() {
+        check(out, &format!("rank {rank} of `lpl {}`", args.join(" ")));
+    }
+    outs
+}
+
+#[test]
+fn sampling_and_evaluation_split_over_ranks_equal_one_process() {
+    lpl_test_assets::Asset::EffNetWeights.require();
+    let dir = std::env::temp_dir().join(format!("lpl-ddp-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    tiny_cache::setup(&dir, 48, true);
+    train(&write_config_steps(&dir, "run", 8, "eps", false, 4, 4), 1, &[]);
+    let run = dir.join("run");
+    let run = run.to_str().unwrap();
+    // a stochastic sampler (DDPM: step noise) with guidance, 10 samples in batches of 3
+    // (4 batches: 2 per rank, the last one short)
+    let sampling = [
+        "--device",
+        "cpu",
+        "--count",
+        "10",
+        "--batch",
+        "3",
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "5",
+        "--guidance",
+        "2",
+    ];
+    for world in [1, 2] {
+        let npz = dir.join(format!("samples-{world}.npz"));
+        let mut args = vec!["sample", "--run", run, "--npz", npz.to_str().unwrap()];
+        args.extend(sampling);
+        let outs = run_ranks(&args, world);
+        assert!(String::from_utf8_lossy(&outs[0].stdout).contains("10 samples"));
+    }
+    let read =
+        |w: usize| lpl::tensor_io::npz::read_npz(&dir.join(format!("samples-{w}.npz"))).unwrap();
+    let (one, two) = (read(1), read(2));
+    assert_eq!(one["arr_0"].size(), [10, 16, 16, 3]);
+    assert!(one["arr_0"].equal(&two["arr_0"]), "the 2-rank samples differ from one process's");
+    assert!(one["arr_1"].equal(&two["arr_1"]));
+    assert!(
+        !dir.read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".lpl-gather"))
+    );
+
+    // evaluation: FD, precision/recall and spectra of the same samples
+    let real = dir.join("real");
+    let images = Tensor::rand([24, 1, 16, 16], (Kind::Float, tch::Device::Cpu));
+    lpl::data::folder::write_pngs(&images, &real, 0).unwrap();
+    let metrics = |world: usize| -> serde_json::Value {
+        let mut args = vec!["eval", "--run", run, "--real", real.to_str().unwrap()];
+        args.extend(sampling);
+        let outs = run_ranks(&args, world);
+        let stdout = String::from_utf8_lossy(&outs[0].stdout).to_string();
+        let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap().to_string();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["metrics"].clone()
+    };
+    let (m1, m2) = (metrics(1), metrics(2));
+    for key in ["fd", "precision", "recall", "spectrum_low", "spectrum_high"] {
+        let (a, b) = (m1[key].as_f64().unwrap(), m2[key].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-12), "{key}: {a} vs {b}");
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

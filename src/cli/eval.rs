@@ -13,6 +13,7 @@ use lpl_metrics::comparison::{FEATURE_BATCH, ImageMetrics, RealReference};
 use lpl_metrics::features::extract_features;
 use lpl_metrics::frechet::{GaussianStats, StatsAccumulator, frechet_distance};
 use lpl_metrics::{EfficientNetLite0, FeatureExtractor, FidInceptionV3};
+use lpl_trainer::distributed::{DistributedConfig, World};
 use tch::{Device, Kind, Tensor};
 
 use super::train::{PretrainedArgs, SamplingArgs, sample_config};
@@ -202,7 +203,19 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 batch: args.sampling.batch,
                 ..run.request(&sample, device)
             };
-            let images = request.images(run.ae.as_ref(), &run.codec)?;
+            // several processes (torchrun, Slurm): each samples and decodes its share of the
+            // batches, rank 0 gathers them (through files beside the run) and evaluates
+            let world = World::from_env(&DistributedConfig::default(), device)?;
+            let latents = request.latents_of_batches(world.share(request.batch_count()))?;
+            let own = lpl_trainer::sampling::decode(run.ae.as_ref(), &run.codec, &latents)?;
+            let dir = if run_path.is_dir() {
+                run_path.clone()
+            } else {
+                run_path.parent().map_or_else(|| PathBuf::from("."), |p| p.to_path_buf())
+            };
+            let Some(images) = world.gather_rows_to_main(&own, &dir, "eval")? else {
+                return Ok(());
+            };
             (images, format!("{} (step {})", run_path.display(), run.step))
         }
         (None, Some(file)) if file.extension().is_some_and(|e| e == "npz") => {

@@ -8,6 +8,7 @@ use lpl_data::{DatasetConfig, Split};
 use lpl_schedulers::{NoiseSchedule, SamplerConfig, SamplerKind};
 use lpl_trainer::cache_building::CacheConfig;
 use lpl_trainer::diffusion_training::{self, Start};
+use lpl_trainer::distributed::{DistributedConfig, World};
 use lpl_trainer::evaluation::TrainedRun;
 use lpl_trainer::run_config::{RunConfig, SampleConfig};
 use lpl_trainer::sampling::{self, SampleRequest};
@@ -304,18 +305,34 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let run = args.pretrained.open(&args.run, device)?;
     let sample = sample_config(&run, &args.sampling, args.count)?;
     let request = SampleRequest { batch: args.sampling.batch, ..run.request(&sample, device) };
-    let latents = request.latents()?;
+    // launched as several processes (torchrun, Slurm): each samples its share of the
+    // batches, the same values a single process computes for them; rank 0 writes
+    let world = World::from_env(&DistributedConfig::default(), device)?;
+    let latents = request.latents_of_batches(world.share(request.batch_count()))?;
+    let gather_dir = |path: &std::path::Path| {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    };
     let mut written = Vec::new();
     if let Some(out) = &args.out {
-        // a grid shows at most 256 samples
-        let shown = latents.narrow(0, 0, latents.size()[0].min(256));
-        request.write_grid_of(&sampling::decode(run.ae.as_ref(), &run.codec, &shown)?, out)?;
+        if let Some(all) = world.gather_rows_to_main(&latents, &gather_dir(out), "latents")? {
+            // a grid shows at most 256 samples
+            let shown = all.narrow(0, 0, all.size()[0].min(256));
+            request.write_grid_of(&sampling::decode(run.ae.as_ref(), &run.codec, &shown)?, out)?;
+        }
         written.push(out.display().to_string());
     }
     if let Some(npz) = &args.npz {
         let pixels = sampling::decode_to_uint8(run.ae.as_ref(), &run.codec, &latents)?;
-        sampling::write_npz_pixels(&pixels, request.sample_labels().as_ref(), npz)?;
+        if let Some(all) = world.gather_rows_to_main(&pixels, &gather_dir(npz), "pixels")? {
+            sampling::write_npz_pixels(&all, request.sample_labels().as_ref(), npz)?;
+        }
         written.push(npz.display().to_string());
+    }
+    if !world.is_main() {
+        return Ok(());
     }
     println!(
         "{} samples from {} (step {}) -> {}",

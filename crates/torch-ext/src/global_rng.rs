@@ -67,6 +67,11 @@ impl GlobalRng {
         tch::manual_seed(seed);
         guard
     }
+
+    /// `tch::manual_seed(seed)` while held.
+    pub fn reseed(&mut self, seed: i64) {
+        tch::manual_seed(seed);
+    }
 }
 
 impl Drop for GlobalRng {

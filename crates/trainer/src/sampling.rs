@@ -29,13 +29,21 @@ pub enum SampleLabels {
     Given(Tensor),
 }
 
+/// The step-noise seed of the batch starting at row `start` of a request seeded `seed`.
+fn batch_seed(seed: u64, start: i64) -> i64 {
+    (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        as i64
+        & i64::MAX
+}
+
 /// What to sample: the model and its schedule, the sampler and its steps, guidance and its
 /// interval, the labels, the seed of the initial noise, how many and how many per call.
 ///
 /// The initial noise `(count, C, h, w)` is drawn at once from `seed`, so the first `k`
 /// samples do not depend on `count` or `batch` for deterministic samplers (DDIM with
-/// eta = 0, DPM-Solver++, Euler, Heun, flow); stochastic ones draw their step noise batch
-/// after batch.
+/// eta = 0, DPM-Solver++, Euler, Heun, flow); stochastic ones draw their step noise from a
+/// generator seeded per batch (by `seed` and the batch's first row), so a batch comes out
+/// the same whichever process samples it ([`SampleRequest::latents_of_batches`]).
 pub struct SampleRequest<'a> {
     /// The denoiser (its current weights: see [`with_ema_weights`]).
     pub model: &'a dyn Denoiser,
@@ -115,18 +123,41 @@ impl<'a> SampleRequest<'a> {
         Ok(checked.labels)
     }
 
+    /// Samples per sampler run.
+    fn batch_rows(&self) -> i64 {
+        if self.batch == 0 { (self.count as i64).max(1) } else { self.batch as i64 }
+    }
+
+    /// The number of sampler runs (batches) the request takes.
+    pub fn batch_count(&self) -> usize {
+        self.count.div_ceil(self.batch_rows() as usize)
+    }
+
     /// Model-space latents `(count, C, h, w)`, f32 on the request's device.
     pub fn latents(&self) -> Result<Tensor> {
-        let _rng = GlobalRng::seeded(self.seed as i64);
+        self.latents_of_batches(0..self.batch_count())
+    }
+
+    /// The latents of batches `range` only (rows `range.start * batch ..`): what one of
+    /// several processes sampling one request computes; the concatenation over a partition
+    /// of `0..batch_count()` is [`Self::latents`], value for value.
+    pub fn latents_of_batches(&self, range: std::ops::Range<usize>) -> Result<Tensor> {
+        let mut rng = GlobalRng::seeded(self.seed as i64);
         let labels = self.label_tensor()?;
         let [c, h, w] = self.latent_shape;
         let n = self.count as i64;
         let noise = Tensor::f_randn([n, c, h, w], (Kind::Float, self.device))?;
         let sampler = Sampler::new(self.schedule, self.parameterization, &self.sampler)?;
-        let batch = if self.batch == 0 { n.max(1) } else { self.batch as i64 };
+        let batch = self.batch_rows();
         let null = self.model.num_classes().unwrap_or(0);
         let mut parts = Vec::new();
-        for start in (0..n).step_by(batch as usize) {
+        for k in range {
+            let start = k as i64 * batch;
+            if start >= n {
+                break;
+            }
+            // a stochastic sampler's step noise: from (seed, first row), whoever samples it
+            rng.reseed(batch_seed(self.seed, start));
             let rows = batch.min(n - start);
             let noise = noise.narrow(0, start, rows);
             let labels = labels.as_ref().map(|l| l.narrow(0, start, rows).to_device(self.device));
@@ -149,6 +180,9 @@ impl<'a> SampleRequest<'a> {
                 }
             })?;
             parts.push(out);
+        }
+        if parts.is_empty() {
+            return Ok(Tensor::f_zeros([0, c, h, w], (Kind::Float, self.device))?);
         }
         Ok(Tensor::f_cat(&parts, 0)?)
     }

@@ -276,6 +276,49 @@ impl World {
         Ok(Tensor::cat(&parts, 0))
     }
 
+    /// This rank's contiguous share of `n` items (`0..n` split as evenly as it goes, in rank
+    /// order): the batches of a sampling request, for instance.
+    pub fn share(&self, n: usize) -> std::ops::Range<usize> {
+        (self.rank * n / self.size)..((self.rank + 1) * n / self.size)
+    }
+
+    /// Every rank's `rows` (`(n_r, ...)`, any kind) concatenated in rank order, on rank 0
+    /// only (`None` elsewhere), passed through files in `dir` as DiT's `sample_ddp.py`
+    /// passes its samples: the directory must be shared by the ranks (one machine, or a
+    /// shared filesystem, as for checkpoints). The files are removed once read.
+    pub fn gather_rows_to_main(
+        &self,
+        rows: &Tensor,
+        dir: &std::path::Path,
+        tag: &str,
+    ) -> Result<Option<Tensor>> {
+        if self.link.is_none() {
+            return Ok(Some(rows.shallow_clone()));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| TrainError::Io { path: dir.to_path_buf(), source: e })?;
+        let file = |r: usize| dir.join(format!(".lpl-gather-{tag}-rank{r}.safetensors"));
+        let own = rows.to_device(Device::Cpu).contiguous();
+        lpl_tensor_io::save(&[("rows".to_string(), own)], &Default::default(), &file(self.rank))?;
+        self.barrier()?;
+        let gathered = if self.is_main() {
+            let mut parts = Vec::with_capacity(self.size);
+            for r in 0..self.size {
+                let mut tensors = lpl_tensor_io::read_tensors(&file(r))?;
+                parts.push(tensors.remove("rows").ok_or_else(|| {
+                    distributed(format!("{}: no `rows` tensor", file(r).display()))
+                })?);
+                let _ = std::fs::remove_file(file(r));
+            }
+            Some(Tensor::f_cat(&parts, 0)?)
+        } else {
+            None
+        };
+        // nobody starts another gather into the same files before rank 0 has read these
+        self.barrier()?;
+        Ok(gathered)
+    }
+
     /// A 0-d f32 `flag` set on any rank, set on all (the non-finite step decision).
     pub fn any(&self, flag: &Tensor) -> Result<Tensor> {
         let Some(link) = &self.link else { return Ok(flag.shallow_clone()) };
