@@ -118,11 +118,16 @@ fn quick_ablation_resumes_after_sigkill_reports_and_is_deterministic() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Provenance") && !md.contains("Provenance differs"));
 
-    // determinism: an uninterrupted run gives the same numbers to the last printed digit
+    // determinism: an uninterrupted run, its arms run 2 at a time in separate processes
+    // (--jobs 2), gives the same numbers to the last printed digit
     let fresh = out.with_extension("fresh");
     let _ = std::fs::remove_dir_all(&fresh);
-    let uninterrupted = ablate(&fresh).output().unwrap();
+    let uninterrupted = ablate(&fresh).args(["--jobs", "2"]).output().unwrap();
     assert!(uninterrupted.status.success(), "{}", String::from_utf8_lossy(&uninterrupted.stderr));
+    for arm in ["mse", "lpl", "pixel"] {
+        let log = fresh.join(format!("logs/eps-0-{arm}.log"));
+        assert!(log.is_file(), "arm {arm} did not run in its own process ({})", log.display());
+    }
     assert_eq!(results_without_paths(&out), results_without_paths(&fresh));
     std::fs::remove_dir_all(&fresh).unwrap();
 

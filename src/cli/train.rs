@@ -362,6 +362,76 @@ pub struct AblateArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Run this many arms at once, each in its own process on `--device` (after the shared
+    /// stages: autoencoder, cache, pre-training, calibration). The report is the sequential
+    /// run's; on the CPU the processes share the cores (set OMP_NUM_THREADS to split them:
+    /// results then equal a sequential run with the same thread count).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Run arms at once, one process per device (`cuda:0,cuda:1,...`); overrides --jobs.
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    /// Run this one arm (`eps:0:lpl`) and stop: what each parallel process runs.
+    #[arg(long)]
+    arm: Option<String>,
+}
+
+/// Runs `keys` as `lpl ablate ... --arm KEY --device D` processes, one per entry of
+/// `slots` at a time, each logging to `<output_dir>/logs/<arm>.log`.
+fn run_arms_in_parallel(
+    args: &AblateArgs,
+    out: &std::path::Path,
+    keys: &[lpl_ablation::ArmKey],
+    slots: &[String],
+) -> Result<()> {
+    let exe = std::env::current_exe().context("the path of this executable")?;
+    let logs = out.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| logs.display().to_string())?;
+    let mut queue: std::collections::VecDeque<&lpl_ablation::ArmKey> = keys.iter().collect();
+    let mut running: Vec<Option<(std::process::Child, String, PathBuf)>> =
+        slots.iter().map(|_| None).collect();
+    let bar = lpl_trainer::progress::bar(keys.len() as u64, "arms");
+    loop {
+        for (slot, device) in running.iter_mut().zip(slots) {
+            if let Some((child, key, log)) = slot {
+                match child.try_wait().context("waiting for an arm")? {
+                    None => continue,
+                    Some(status) if status.success() => bar.inc(1),
+                    Some(status) => {
+                        bail!("arm {key} failed ({status}); its log: {}", log.display())
+                    }
+                }
+                *slot = None;
+            }
+            let Some(key) = queue.pop_front() else { continue };
+            let log = logs.join(format!("{}.log", key.to_string().replace(':', "-")));
+            let file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["ablate", "--config"]).arg(&args.config);
+            if args.quick {
+                cmd.arg("--quick");
+            }
+            if let Some(o) = &args.out {
+                cmd.arg("--out").arg(o);
+            }
+            if !args.only.is_empty() {
+                cmd.arg("--only").arg(args.only.join(","));
+            }
+            cmd.args(["--arm", &key.to_string(), "--device", device])
+                .stdin(std::process::Stdio::null())
+                .stdout(file.try_clone().with_context(|| log.display().to_string())?)
+                .stderr(file);
+            bar.set_message(format!("{key} on {device}"));
+            let child = cmd.spawn().with_context(|| format!("starting arm {key}"))?;
+            *slot = Some((child, key.to_string(), log));
+        }
+        if queue.is_empty() && running.iter().all(Option::is_none) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// Runs (or resumes) an ablation and prints its table.
@@ -391,7 +461,25 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
         if args.quick { " --quick" } else { "" },
         args.out.as_ref().map(|o| format!(" --out {}", o.display())).unwrap_or_default()
     );
-    lpl_ablation::run_ablation(&config, &command, super::parse_device(&args.device)?)?;
+    let device = super::parse_device(&args.device)?;
+    if let Some(arm) = &args.arm {
+        let key: lpl_ablation::ArmKey = arm.parse()?;
+        return Ok(lpl_ablation::run_arm(&config, &key, device)?);
+    }
+    let slots = if !args.devices.is_empty() {
+        for d in &args.devices {
+            super::parse_device(d).with_context(|| format!("--devices: `{d}`"))?;
+        }
+        args.devices.clone()
+    } else {
+        vec![args.device.clone(); args.jobs.max(1)]
+    };
+    if slots.len() > 1 {
+        let keys = lpl_ablation::prepare_arms(&config, device)?;
+        run_arms_in_parallel(&args, &config.output_dir, &keys, &slots)?;
+    }
+    // sequential, or collecting what the parallel arms left (each arm's run and eval.json)
+    lpl_ablation::run_ablation(&config, &command, device)?;
     println!("report: {}", config.output_dir.join(format!("{}.md", config.report_name)).display());
     Ok(())
 }

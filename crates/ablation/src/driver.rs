@@ -522,6 +522,101 @@ fn write_record(path: &Path, record: &EvalRecord) -> Result<()> {
     Ok(lpl_tensor_io::write_atomically(path, text.as_bytes())?)
 }
 
+/// One arm of an ablation: the continuation `arm` (`mse`, a variant, `pixel`) of seed `seed`
+/// from `parameterization`'s pre-trained model. Written `eps:0:lpl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArmKey {
+    /// The parameterisation.
+    pub parameterization: Parameterization,
+    /// The continuation's seed.
+    pub seed: u64,
+    /// The arm's name.
+    pub arm: String,
+}
+
+impl std::fmt::Display for ArmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.parameterization, self.seed, self.arm)
+    }
+}
+
+impl std::str::FromStr for ArmKey {
+    type Err = AblationError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad =
+            || invalid("arm", format!("`{s}`: expected PARAMETERIZATION:SEED:ARM, e.g. eps:0:lpl"));
+        let mut parts = s.splitn(3, ':');
+        let (Some(p), Some(seed), Some(arm)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        Ok(Self {
+            parameterization: serde_json::from_value(serde_json::Value::String(p.to_string()))
+                .map_err(|_| bad())?,
+            seed: seed.parse().map_err(|_| bad())?,
+            arm: arm.to_string(),
+        })
+    }
+}
+
+/// Everything an ablation does before its arms fork, done or resumed: the autoencoder, the
+/// latent cache, the autoencoder's ceiling, each parameterisation's pre-training and the
+/// calibrated weights. Returns every arm, in the order [`run_ablation`] runs them; each can
+/// then run on its own ([`run_arm`]), in parallel processes or on several devices.
+pub fn prepare_arms(config: &AblationConfig, device: Device) -> Result<Vec<ArmKey>> {
+    let out = &config.output_dir;
+    std::fs::create_dir_all(out).map_err(|e| AblationError::Io { path: out.clone(), source: e })?;
+    let inputs = prepare_inputs(config, device)?;
+    let digests = input_digests(config, &inputs.data, &inputs.ae_path, &inputs.cache_dir)?;
+    let mut evaluator = ArmEvaluator::new(config, &inputs, Provenance::current(device, digests))?;
+    evaluator.ceiling(&inputs.ae_path, device)?;
+    let base = RunConfig::from_file(&config.run_config)?;
+    let mut keys = Vec::new();
+    for &param in &config.parameterizations {
+        let pre = pretrain_config(config, &base, &inputs, param);
+        run_or_resume(&pre, None, device)?;
+        let pre_ckpt = run_checkpoint::checkpoint_path(&pre.output_dir, config.pretrain_steps);
+        for arm in &config.arms() {
+            arm_weight(config, &base, &pre, arm, &pre_ckpt, device)?;
+        }
+        for &seed in &config.seeds {
+            for arm in config.arms() {
+                keys.push(ArmKey { parameterization: param, seed, arm });
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// One arm's continuation and evaluation (its `eval.json`), done or resumed, exactly as
+/// [`run_ablation`] would run it; [`prepare_arms`] must have run.
+pub fn run_arm(config: &AblationConfig, key: &ArmKey, device: Device) -> Result<()> {
+    if !config.parameterizations.contains(&key.parameterization)
+        || !config.seeds.contains(&key.seed)
+        || !config.arms().contains(&key.arm)
+    {
+        return Err(invalid("arm", format!("{key} is not an arm of this ablation")));
+    }
+    let inputs = prepare_inputs(config, device)?;
+    let digests = input_digests(config, &inputs.data, &inputs.ae_path, &inputs.cache_dir)?;
+    let mut evaluator = ArmEvaluator::new(config, &inputs, Provenance::current(device, digests))?;
+    let base = RunConfig::from_file(&config.run_config)?;
+    let pre = pretrain_config(config, &base, &inputs, key.parameterization);
+    let pre_ckpt = run_checkpoint::checkpoint_path(&pre.output_dir, config.pretrain_steps);
+    if !done(&pre.output_dir, config.pretrain_steps) {
+        return Err(invalid(
+            "arm",
+            format!("{key}: its pre-training is not done (prepare the arms first)"),
+        ));
+    }
+    let weight = arm_weight(config, &base, &pre, &key.arm, &pre_ckpt, device)?.map(|c| c.weight);
+    let run = continuation_config(config, &base, &pre, key.seed, &key.arm, weight);
+    run_or_resume(&run, Some(&pre_ckpt), device)?;
+    let record = evaluator.evaluate(&run, device)?;
+    tracing::info!("{key}: {} {:.3}", record.metrics.metric, record.metrics.fd);
+    Ok(())
+}
+
 /// Runs (or resumes) the whole ablation and writes its report; returns every arm's result.
 pub fn run_ablation(
     config: &AblationConfig,

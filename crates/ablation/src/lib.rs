@@ -20,5 +20,5 @@ pub mod report;
 pub mod stats;
 
 pub use config::{AblationConfig, LplVariant};
-pub use driver::{ArmResult, run_ablation};
+pub use driver::{ArmKey, ArmResult, prepare_arms, run_ablation, run_arm};
 pub use error::{AblationError, Result};
