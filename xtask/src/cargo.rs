@@ -246,6 +246,7 @@ pub fn bench(extra: &[String]) -> Result<()> {
     for (bench, what) in [
         ("train_step", "cargo bench (training step vs PyTorch eager)"),
         ("sampling", "cargo bench (sampling throughput)"),
+        ("distributed", "cargo bench (data-parallel step and all-reduce over Gloo)"),
     ] {
         let mut cmd = cargo();
         cmd.args(["bench", "--package", "lpl-trainer", "--bench", bench]).args(&device);
