@@ -394,13 +394,22 @@ fn run_arms_in_parallel(
     loop {
         for (slot, device) in running.iter_mut().zip(slots) {
             if let Some((child, key, log)) = slot {
-                match child.try_wait().context("waiting for an arm")? {
-                    None => continue,
-                    Some(status) if status.success() => bar.inc(1),
-                    Some(status) => {
-                        bail!("arm {key} failed ({status}); its log: {}", log.display())
+                let failure = match child.try_wait() {
+                    Ok(None) => continue,
+                    Ok(Some(status)) if status.success() => None,
+                    Ok(Some(status)) => Some(status.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = failure {
+                    let message = format!("arm {key} failed ({why}); its log: {}", log.display());
+                    // no arm left running behind our back (a relaunch would race with it)
+                    for (other, _, _) in running.iter_mut().flatten() {
+                        let _ = other.kill();
+                        let _ = other.wait();
                     }
+                    bail!(message);
                 }
+                bar.inc(1);
                 *slot = None;
             }
             let Some(key) = queue.pop_front() else { continue };

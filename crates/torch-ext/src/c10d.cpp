@@ -9,6 +9,7 @@
 // (Debian's Gloo headers are older than the Gloo inside libtorch; the process group's layout
 // does not depend on them, the inline GlooStore adapter would).
 #include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #ifdef USE_C10D_GLOO
@@ -50,7 +51,8 @@ std::vector<at::Tensor> tensor_list(const void* const* handles, size_t n) {
 }
 
 struct Store {
-  c10::intrusive_ptr<c10d::TCPStore> store;
+  // every key under a prefix (one per launch attempt and join, as torch.distributed does)
+  c10::intrusive_ptr<c10d::Store> store;
 };
 
 #ifdef USE_C10D_GLOO
@@ -85,10 +87,12 @@ int32_t lpl_c10d_has_gloo() {
 #endif
 }
 
-// A TCPStore client of `host:port`; rank 0 (`is_server`) also serves it and waits for all
-// `world` processes. `timeout_ms` bounds the rendezvous and every store call.
+// A TCPStore client of `host:port`, its keys under `prefix`; `is_server` also serves it
+// (rank 0, unless torchrun's agent already does) and waits for all `world` processes.
+// `timeout_ms` bounds the rendezvous and every store call.
 int32_t lpl_c10d_store_new(const char* host, int32_t port, int32_t world, int32_t is_server,
-                           int64_t timeout_ms, void** out, char* err, size_t err_len) {
+                           int64_t timeout_ms, const char* prefix, void** out, char* err,
+                           size_t err_len) {
   try {
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
@@ -96,7 +100,8 @@ int32_t lpl_c10d_store_new(const char* host, int32_t port, int32_t world, int32_
     opts.numWorkers = static_cast<std::size_t>(world);
     opts.waitWorkers = true;
     opts.timeout = std::chrono::milliseconds(timeout_ms);
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
     *out = new Store{std::move(store)};
     return 0;
   }
@@ -139,7 +144,7 @@ int32_t lpl_c10d_gloo_new(void* store, int32_t rank, int32_t world, int64_t time
     auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
     opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::intrusive_ptr<c10d::Store>(static_cast<Store*>(store)->store), rank, world, opts);
+        static_cast<Store*>(store)->store, rank, world, opts);
     *out = new Group{std::move(pg)};
     return 0;
   }

@@ -23,6 +23,7 @@ unsafe extern "C" {
         world: i32,
         is_server: i32,
         timeout_ms: i64,
+        prefix: *const c_char,
         out: *mut *mut c_void,
         err: *mut c_char,
         len: usize,
@@ -107,29 +108,32 @@ unsafe impl Send for Store {}
 unsafe impl Sync for Store {}
 
 impl Store {
-    /// Joins (rank 0: serves and joins) the store of `world` processes at `host:port`,
-    /// waiting up to `timeout` for all of them.
+    /// Joins the store of `world` processes at `host:port`, serving it when `serve` (rank
+    /// 0, unless torchrun's agent serves it), waiting up to `timeout` for all of them; every
+    /// key goes under `prefix` (`c10d::PrefixStore`).
     pub fn connect(
         host: &str,
         port: u16,
         world: usize,
-        rank: usize,
+        serve: bool,
+        prefix: &str,
         timeout: Duration,
     ) -> Result<Self> {
-        let h = c_string("store_new", host)?;
+        let (h, p) = (c_string("store_new", host)?, c_string("store_new", prefix)?);
         let world = i32::try_from(world).map_err(|_| TorchExtError {
             call: "store_new",
             message: format!("world size {world}"),
         })?;
         let mut ptr = std::ptr::null_mut();
-        // SAFETY: `h` outlives the call; `ptr` receives a new handle on success only.
+        // SAFETY: `h` and `p` outlive the call; `ptr` receives a new handle on success only.
         checked("store_new", |e, l| unsafe {
             lpl_c10d_store_new(
                 h.as_ptr(),
                 i32::from(port),
                 world,
-                i32::from(rank == 0),
+                i32::from(serve),
                 millis(timeout),
+                p.as_ptr(),
                 &mut ptr,
                 e,
                 l,
@@ -189,10 +193,10 @@ pub struct ProcessGroup {
     world: usize,
 }
 
-// SAFETY: c10d process groups are thread-safe (PyTorch calls them from its reducer's
-// threads); the handle is owned by one `ProcessGroup` and freed once.
+// SAFETY: the handle is owned by one `ProcessGroup` and freed once; moving it to another
+// thread is fine. Not `Sync`: two threads issuing collectives could issue them in different
+// orders on different ranks.
 unsafe impl Send for ProcessGroup {}
-unsafe impl Sync for ProcessGroup {}
 
 impl ProcessGroup {
     /// A Gloo group of `world` ranks over `store`, this process being `rank`, reachable by

@@ -52,7 +52,8 @@ fn role() -> Option<(usize, u16, String)> {
 }
 
 fn join(rank: usize, port: u16, timeout: Duration) -> (Store, ProcessGroup) {
-    let store = Store::connect("127.0.0.1", port, 2, rank, Duration::from_secs(60)).unwrap();
+    let store =
+        Store::connect("127.0.0.1", port, 2, rank == 0, "test", Duration::from_secs(60)).unwrap();
     let group = ProcessGroup::gloo(&store, rank, 2, "127.0.0.1", timeout).unwrap();
     (store, group)
 }

@@ -191,7 +191,9 @@ where
     }
     // identical initial weights on every rank, as torch DDP makes them (a resumed or
     // initialised run then loads the same file everywhere)
-    world.broadcast_from_main(&model.var_store().trainable_variables())?;
+    let mut variables: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    world.broadcast_from_main(&variables.iter().map(|(_, v)| v.detach()).collect::<Vec<_>>())?;
     let mut state = TrainState::start(config, model, &start)?;
     if world.is_main() {
         std::fs::create_dir_all(&config.output_dir)

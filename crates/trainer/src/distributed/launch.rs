@@ -1,7 +1,8 @@
 //! Where this process sits in a distributed launch, read from the environment the way
 //! `torch.distributed`'s `env://` rendezvous reads it: torchrun's (and a hand launch's)
 //! `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, or Slurm's
-//! `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` with `MASTER_ADDR`/`MASTER_PORT`.
+//! `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` with `MASTER_ADDR`/`MASTER_PORT` inside an
+//! `srun` step (`SLURM_STEP_NUM_TASKS` set: the batch script's own shell is not a launch).
 
 use crate::error::{Result, TrainError};
 
@@ -62,7 +63,10 @@ impl Launch {
                 // a one-machine hand launch may leave LOCAL_RANK out: then it is the rank
                 let local = number(&get, "LOCAL_RANK")?.unwrap_or(rank);
                 (rank, world, local, Launcher::Torchrun)
-            } else if let Some(world) = number(&get, "SLURM_NTASKS")? {
+            } else if let Some(world) = number(&get, "SLURM_NTASKS")?
+            // inside an srun step only: an sbatch script's own shell has SLURM_NTASKS too
+            && get("SLURM_STEP_NUM_TASKS").is_some()
+            {
                 let rank = number(&get, "SLURM_PROCID")?.ok_or_else(|| {
                     env_error("SLURM_PROCID", "SLURM_NTASKS is set but SLURM_PROCID is not")
                 })?;
@@ -123,7 +127,12 @@ mod tests {
         let s = launch(
             &[
                 &master[..],
-                &[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "16"), ("SLURM_LOCALID", "1")],
+                &[
+                    ("SLURM_PROCID", "5"),
+                    ("SLURM_NTASKS", "16"),
+                    ("SLURM_LOCALID", "1"),
+                    ("SLURM_STEP_NUM_TASKS", "16"),
+                ],
             ]
             .concat(),
         )
@@ -147,15 +156,25 @@ mod tests {
     fn single_processes_and_errors() {
         assert_eq!(launch(&[]).unwrap(), None);
         assert_eq!(launch(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(), None);
-        assert_eq!(launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]).unwrap(), None);
+        let step = ("SLURM_STEP_NUM_TASKS", "2");
+        assert_eq!(launch(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1"), step]).unwrap(), None);
+        // an sbatch script's shell (no srun step) is one process, whatever SLURM_NTASKS says
+        let shell = [
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "4"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "1"),
+        ];
+        assert_eq!(launch(&shell).unwrap(), None);
         let msg = |vars: &[(&str, &str)]| launch(vars).unwrap_err().to_string();
         assert!(msg(&[("WORLD_SIZE", "2")]).contains("RANK"));
         assert!(msg(&[("RANK", "2"), ("WORLD_SIZE", "2")]).contains("not below the world size 2"));
         assert!(msg(&[("RANK", "x"), ("WORLD_SIZE", "2")]).contains("\"x\""));
         assert!(msg(&[("RANK", "0"), ("WORLD_SIZE", "2")]).contains("MASTER_ADDR"));
-        let slurm = msg(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2"), ("MASTER_ADDR", "h")]);
+        let slurm =
+            msg(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2"), step, ("MASTER_ADDR", "h")]);
         assert!(slurm.contains("MASTER_PORT"), "{slurm}");
-        let slurm = msg(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")]);
+        let slurm = msg(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2"), step]);
         assert!(slurm.contains("scontrol"), "{slurm}");
         assert!(
             msg(&[

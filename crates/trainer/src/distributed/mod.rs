@@ -74,6 +74,9 @@ impl DistributedConfig {
     }
 }
 
+/// Joins made by this process so far: each gets its own key prefix in the store.
+static JOINS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The ranks a run trains on: one process ([`World::single`]) or a joined process group.
 #[derive(Debug)]
 pub struct World {
@@ -86,6 +89,8 @@ pub struct World {
 struct Link {
     // the group holds its own reference to the store; ours is for diagnosing failures
     store: Store,
+    /// Names this launch's files (its rendezvous address and port).
+    session: String,
     group: ProcessGroup,
     bucket_bytes: usize,
 }
@@ -122,27 +127,38 @@ impl World {
     /// Joins the process group of `launch` for training on `device`.
     pub fn join(launch: &Launch, config: &DistributedConfig, device: Device) -> Result<Self> {
         config.validate()?;
-        let backend = match (config.backend, device.is_cuda()) {
-            (Backend::Nccl, _) | (Backend::Auto, true) => {
+        match (config.backend, device.is_cuda()) {
+            (Backend::Nccl, _) => {
                 return Err(invalid(
                     "distributed.backend",
                     "this build has no NCCL (it needs the CUDA runtime headers at build time): \
-                     set `[distributed] backend = \"gloo\"` to all-reduce CUDA tensors through \
-                     Gloo, or train on the CPU",
+                     use `backend = \"gloo\"` (CUDA tensors through host copies) or \"auto\"",
                 ));
             }
-            (Backend::Gloo | Backend::Auto, _) => Backend::Gloo,
-        };
-        debug_assert_eq!(backend, Backend::Gloo);
+            (Backend::Auto, true) => tracing::warn!(
+                "this build has no NCCL: the CUDA gradients are all-reduced through Gloo \
+                 (host copies: correct, slower than NCCL)"
+            ),
+            _ => {}
+        }
         let timeout = Duration::from_secs_f64(config.timeout_s);
         let (rank, size) = (launch.rank, launch.world_size);
-        let store = Store::connect(&launch.master_addr, launch.master_port, size, rank, timeout)
-            .map_err(|e| {
-                distributed(format!(
-                    "rank {rank} of {size}: rendezvous at {}:{} failed: {e}",
-                    launch.master_addr, launch.master_port
-                ))
-            })?;
+        // torchrun >= 2.x may serve the store itself (its agent's); then every rank is a
+        // client. Keys go under the launch attempt and this process's join, as
+        // torch.distributed puts them under /worker/attempt_N.
+        let agent_store = std::env::var("TORCHELASTIC_USE_AGENT_STORE").is_ok_and(|v| v == "True");
+        let attempt = std::env::var("TORCHELASTIC_RESTART_COUNT").unwrap_or_else(|_| "0".into());
+        let join = JOINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("/lpl/attempt_{attempt}/join_{join}");
+        let serve = rank == 0 && !agent_store;
+        let store =
+            Store::connect(&launch.master_addr, launch.master_port, size, serve, &prefix, timeout)
+                .map_err(|e| {
+                    distributed(format!(
+                        "rank {rank} of {size}: rendezvous at {}:{} failed: {e}",
+                        launch.master_addr, launch.master_port
+                    ))
+                })?;
         let host = own_hostname(&launch.master_addr);
         let group = ProcessGroup::gloo(&store, rank, size, &host, timeout)
             .map_err(|e| distributed(format!("rank {rank} of {size}: {e}")))?;
@@ -157,7 +173,12 @@ impl World {
         Ok(Self {
             rank,
             size,
-            link: Some(Link { store, group, bucket_bytes: bucket_bytes.max(1) }),
+            link: Some(Link {
+                store,
+                group,
+                bucket_bytes: bucket_bytes.max(1),
+                session: format!("{}-{join}", launch.master_port),
+            }),
         })
     }
 
@@ -221,7 +242,7 @@ impl World {
                 let mut offset = 0;
                 for g in bucket.iter() {
                     let n = g.numel() as i64;
-                    g.view([-1]).copy_(&flat.narrow(0, offset, n));
+                    g.shallow_clone().copy_(&flat.narrow(0, offset, n).view_as(g));
                     offset += n;
                 }
                 Ok(())
@@ -292,12 +313,15 @@ impl World {
         dir: &std::path::Path,
         tag: &str,
     ) -> Result<Option<Tensor>> {
-        if self.link.is_none() {
+        let Some(link) = &self.link else {
             return Ok(Some(rows.shallow_clone()));
-        }
+        };
         std::fs::create_dir_all(dir)
             .map_err(|e| TrainError::Io { path: dir.to_path_buf(), source: e })?;
-        let file = |r: usize| dir.join(format!(".lpl-gather-{tag}-rank{r}.safetensors"));
+        // named by the launch (its rendezvous port): two launches writing into one directory
+        // do not meet
+        let file =
+            |r: usize| dir.join(format!(".lpl-gather-{tag}-{}-rank{r}.safetensors", link.session));
         let own = rows.to_device(Device::Cpu).contiguous();
         lpl_tensor_io::save(&[("rows".to_string(), own)], &Default::default(), &file(self.rank))?;
         self.barrier()?;
