@@ -134,6 +134,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
         (false, None) => Start::Fresh,
     };
     let outcome = diffusion_training::train(&config, start, super::parse_device(&args.device)?)?;
+    if outcome.rank != 0 {
+        return Ok(()); // rank 0 reports for the run
+    }
     println!("| step | last loss | samples/s | skipped | checkpoint | grid |");
     println!("|---|---|---|---|---|---|");
     println!(

@@ -134,6 +134,7 @@ fn managed(home: &Path) -> Result<(LibtorchDir, Source)> {
     })?;
     std::fs::write(partial.join(MARKER), rel.to_string_lossy().as_bytes())
         .with_context(|| format!("cannot write {}", partial.join(MARKER).display()))?;
+    point_scripts_at(&partial.join("venv/bin"), &partial, &install)?;
     match std::fs::rename(&partial, &install) {
         Ok(()) => {}
         // Another setup finished first: use its install and drop ours.
@@ -149,6 +150,28 @@ fn managed(home: &Path) -> Result<(LibtorchDir, Source)> {
     let dir = complete_install(&install)
         .with_context(|| format!("the new install at {} did not validate", install.display()))?;
     Ok((dir, Source::Installed))
+}
+
+/// pip writes the venv's own path into its scripts (`torchrun`'s `#!` line, `activate`):
+/// rewrite the building directory `from` to the final `to` before the move, so that
+/// `<venv>/bin/torchrun` runs.
+fn point_scripts_at(bin: &Path, from: &Path, to: &Path) -> Result<()> {
+    let (from, to) = (from.to_string_lossy().to_string(), to.to_string_lossy().to_string());
+    let entries =
+        std::fs::read_dir(bin).with_context(|| format!("cannot list {}", bin.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        // binaries and unreadable files are left alone
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        if text.contains(&from) {
+            std::fs::write(&path, text.replace(&from, &to))
+                .with_context(|| format!("cannot rewrite {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes `torch-*.partial-<pid>` directories whose process is gone (interrupted installs).

@@ -60,6 +60,8 @@ pub struct TrainOutcome {
     pub samples_per_sec: f64,
     /// The final sample grid, when sampling is configured.
     pub grid: Option<PathBuf>,
+    /// This process's rank (0 in a single process; only rank 0 reports).
+    pub rank: usize,
     /// Non-finite steps skipped.
     pub skipped_steps: usize,
 }
@@ -305,6 +307,7 @@ where
         samples_per_sec: log.samples_per_sec(state.step),
         grid: grids.and_then(|g| g.last),
         skipped_steps: log.skipped,
+        rank: world.rank(),
     })
 }
 
