@@ -115,6 +115,14 @@ fn train(config: &Path, world: usize, extra: &[&str]) {
     }
 }
 
+fn lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
 fn losses(run: &Path) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -134,6 +142,26 @@ fn compare(dir: &Path, param: &str, lpl: bool) {
     assert_eq!(lb.len(), STEPS, "{tag}: rank 0 alone logs, once per step");
     for (step, (a, b)) in la.iter().zip(&lb).enumerate() {
         assert!((a - b).abs() <= 1e-4 * a.abs(), "{tag}: loss at step {} {a} vs {b}", step + 1);
+    }
+    // every logged term (mse, lpl, the kept and masked fractions, grad_norm) is the global
+    // batch's, not rank 0's
+    for (a, b) in lines(&dir.join(&one)).iter().zip(&lines(&dir.join(&two))) {
+        for (key, va) in a.as_object().unwrap() {
+            if key == "samples_per_sec" {
+                continue;
+            }
+            let flat = |v: &serde_json::Value| -> Vec<f64> {
+                match v {
+                    serde_json::Value::Array(xs) => xs.iter().filter_map(|x| x.as_f64()).collect(),
+                    other => other.as_f64().into_iter().collect(),
+                }
+            };
+            let (xa, xb) = (flat(va), flat(&b[key]));
+            assert_eq!(xa.len(), xb.len(), "{tag}: {key}");
+            for (x, y) in xa.iter().zip(&xb) {
+                assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "{tag}: {key} {x} vs {y}");
+            }
+        }
     }
     let load = |run: &str| {
         let (state, tensors) =

@@ -155,12 +155,18 @@ impl Objective for MseLpl<'_> {
             .transpose()?;
         let (schedule, param) = (b.schedule, b.parameterization);
         // over the global batch's kept samples when it is split over ranks
-        let scale = match self.lpl.config().batch_reduce {
-            lpl_loss::BatchReduce::Kept if b.share.world > 1 => b.share.kept_mean_scale(
+        // this rank's weight in means over the global batch's kept samples (1 in one process)
+        let kept_scale = if b.share.world > 1 {
+            b.share.kept_mean_scale(
                 self.lpl.kept_indices(b.t_cpu, schedule)?.len(),
                 self.lpl.kept_indices(b.share.t_cpu_global, schedule)?.len(),
-            ),
-            _ => 1.0,
+            )
+        } else {
+            1.0
+        };
+        let scale = match self.lpl.config().batch_reduce {
+            lpl_loss::BatchReduce::Kept => kept_scale,
+            lpl_loss::BatchReduce::Batch => 1.0,
         };
         let (mut out, backward) = match self.lpl.config().chunk {
             // the decoder's graph chunk by chunk, its gradient sent on through x0_hat
@@ -179,7 +185,15 @@ impl Objective for MseLpl<'_> {
         terms.extend([
             ("lpl", out.total.detach()),
             ("lpl_kept_fraction", out.kept_fraction.detach()),
-            ("lpl_masked_fraction", out.masked_fraction.detach()),
+            // a fraction over kept samples: the ranks' average is the global one once weighted
+            (
+                "lpl_masked_fraction",
+                if kept_scale == 1.0 {
+                    out.masked_fraction.detach()
+                } else {
+                    out.masked_fraction.detach() * kept_scale
+                },
+            ),
         ]);
         Ok(Loss { total: &mse + &out.total, terms, backward })
     }
