@@ -9,7 +9,8 @@
 # Checks: `lpl doctor`; the shim's tests on CUDA (bf16 autocast, TF32, allocator peak);
 # `lpl train` on CUDA in f32 (TF32) and bf16, MSE and MSE + LPL, for DiT-mini and DiT-B/2 on
 # 8x8x4 latents, with sample grids; sampling throughput; the training-step bench (ours vs
-# PyTorch eager, f32 and bf16, DiT-mini / S/2 / B/2, peak memory).
+# PyTorch eager, f32 and bf16, DiT-mini / S/2 / B/2, peak memory); NCCL: the c10d tests on
+# the GPU and the step in a process group of one against none (the engine's overhead).
 set -u
 cd "$(dirname "$0")/.."
 G=target/gpu
@@ -18,9 +19,13 @@ if [ "${1:-}" = "--prepare" ]; then
     set -e
     cargo build --release --bin lpl
     cargo bench --no-run -p lpl-trainer --bench train_step 2>&1 | tail -1
+    cargo bench --no-run -p lpl-trainer --bench distributed 2>&1 | tail -1
     mkdir -p "$G"
     cp target/release/lpl "$G/lpl"
     cp "$(ls -t target/release/deps/train_step-* | grep -v '\.d$' | head -1)" "$G/train_step"
+    cp "$(ls -t target/release/deps/distributed-* | grep -v '\.d$' | head -1)" "$G/distributed"
+    cargo test --no-run -p lpl-torch-ext --test c10d 2>&1 | tail -1
+    cp "$(ls -t target/debug/deps/c10d-* | grep -v '\.d$' | head -1)" "$G/torch_ext_c10d"
     cargo test --no-run -p lpl-torch-ext --test autocast 2>&1 | tail -1
     cp "$(ls -t target/debug/deps/autocast-* | grep -v '\.d$' | head -1)" "$G/torch_ext_autocast"
     ae=${AE:-runs/ablate-default/ae/autoencoder.safetensors}
@@ -46,7 +51,7 @@ export LPL_BENCH_OUT="$OUT"
 export RUST_LOG=warn
 DEVICE=${DEVICE:-cuda}   # DEVICE=cpu QUICK=1: a dry run of this script on a CPU machine
 QUICK=${QUICK:-0}
-STAGES=${STAGES:-"doctor tests train sample bench"} # e.g. STAGES=bench for the bench alone
+STAGES=${STAGES:-"doctor tests train sample bench nccl"} # e.g. STAGES=bench for the bench alone
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 stage() { echo; echo "=== $1 ($(date +%T))"; }
 now() { date +%s.%N; }
@@ -153,6 +158,14 @@ fi
 python3 -c 'import diffusers; print("diffusers", diffusers.__version__)' 2>&1 | tail -1
 [ "$QUICK" = 1 ] && BENCH_TIMEOUT=1
 timeout "${BENCH_TIMEOUT:-300}" $G/train_step --device cuda --steps 10 --precision all 2>&1 | tee "$OUT/bench.txt"
+fi
+if want nccl; then
+stage "NCCL: c10d tests on the GPU, a process group of one against none"
+timeout 120 $G/torch_ext_c10d --test-threads 1 2>&1 | tail -8
+[ "$QUICK" = 1 ] && DIST="--steps 2 --rounds 1" || DIST="--steps 10 --rounds 3"
+for m in "dit-mini --batch 128" "dit-b-2 --batch 64"; do
+    timeout 240 $G/distributed --device "$DEVICE" --model $m $DIST 2>&1 | tee -a "$OUT/distributed.txt"
+done
 fi
 [ -d "$OUT/runs" ] && tar -cf "$OUT/runs.tar" -C "$OUT" runs $(cd "$OUT" && ls *.log *.toml *.png 2>/dev/null) && rm -rf "$OUT/runs" "$OUT"/*.log "$OUT"/*.toml "$OUT"/*.png
 stage "done"

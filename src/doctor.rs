@@ -31,7 +31,7 @@ pub struct Report {
     /// Whether CUDA f32 matmuls use TF32 (libtorch's default: off; `lpl train` turns it on
     /// unless `precision.tf32 = false`).
     pub tf32_matmul: Option<bool>,
-    /// The torch.distributed backends this build has (`gloo`; NCCL is not wired yet).
+    /// The torch.distributed backends this build has (`gloo`, `nccl`).
     pub distributed_backends: Vec<&'static str>,
     /// Everything that is off, one line each; empty when healthy.
     pub problems: Vec<String>,
@@ -118,11 +118,13 @@ impl Report {
             cpu_threads: tch::get_num_threads(),
             bf16_autocast,
             tf32_matmul,
-            distributed_backends: if lpl_torch_ext::distributed::has_gloo() {
-                vec!["gloo"]
-            } else {
-                Vec::new()
-            },
+            distributed_backends: [
+                ("gloo", lpl_torch_ext::distributed::has_gloo()),
+                ("nccl", lpl_torch_ext::distributed::has_nccl()),
+            ]
+            .into_iter()
+            .filter_map(|(name, has)| has.then_some(name))
+            .collect(),
             problems,
         }
     }
@@ -164,7 +166,9 @@ impl fmt::Display for Report {
         let tf32 = self.tf32_matmul.map_or("unknown".to_string(), |t| t.to_string());
         writeln!(f, "TF32 matmul      {tf32} (lpl train sets precision.tf32, default true)")?;
         let backends = if self.distributed_backends.is_empty() {
-            "none (one process only: install libgloo-dev and rebuild for Gloo)".to_string()
+            "none (one process only: install libgloo-dev and rebuild for Gloo; `cargo xtask \
+             setup` for NCCL's headers)"
+                .to_string()
         } else {
             self.distributed_backends.join(", ")
         };

@@ -8,6 +8,7 @@
 //! used: its leftovers are removed and the install is redone on the next run.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -62,6 +63,9 @@ pub fn run() -> Result<LibtorchDir> {
     };
     link(&root, dir.root())?;
     crate::assets::ensure_gloo_headers();
+    if source != Source::User {
+        ensure_nccl_headers(&dir);
+    }
     let how = match source {
         Source::User => "from LIBTORCH",
         Source::Managed => "managed, already installed",
@@ -150,6 +154,50 @@ fn managed(home: &Path) -> Result<(LibtorchDir, Source)> {
     let dir = complete_install(&install)
         .with_context(|| format!("the new install at {} did not validate", install.display()))?;
     Ok((dir, Source::Installed))
+}
+
+/// The CUDA C runtime headers (`crt/host_config.h`) and libcu++ (`nv/target`) that NCCL's
+/// process group needs at build time and the torch wheel does not ship (it has `nccl.h` and
+/// the rest of the CUDA runtime headers): `nvidia-cuda-crt` and `nvidia-cuda-cccl` for the
+/// wheel's CUDA version, pip-installed into the managed environment (3 MB, headers only).
+/// Without them the build still succeeds, without NCCL (crates/torch-ext/build.rs).
+fn ensure_nccl_headers(dir: &LibtorchDir) {
+    let root = dir.root();
+    if !dir.lib_dir().join("libtorch_cuda.so").exists() {
+        return;
+    }
+    let include = root.join("../nvidia/cu13/include");
+    if include.join("crt/host_config.h").exists() && include.join("nv/target").exists() {
+        return;
+    }
+    let cuda = std::fs::read_to_string(root.join("version.py")).ok().and_then(|v| {
+        v.lines().find_map(|l| {
+            l.strip_prefix("cuda: Optional[str] = '")?.strip_suffix('\'').map(String::from)
+        })
+    });
+    let python = root.join("../../../../bin/python");
+    let warn = |why: String| {
+        eprintln!(
+            "warning: {why}: this build will not have NCCL (several GPUs fall back to Gloo); \
+             set NCCL_INCLUDE and CUDA_INCLUDE to a CUDA toolkit's headers to build it"
+        )
+    };
+    let Some(cuda) = cuda.filter(|c| c.starts_with("13.")) else {
+        return warn(format!("{} is not a CUDA 13 wheel", root.display()));
+    };
+    if !python.exists() {
+        return warn(format!("no managed Python at {}", python.display()));
+    }
+    let wheels = [format!("nvidia-cuda-crt=={cuda}.*"), format!("nvidia-cuda-cccl=={cuda}.*")];
+    eprintln!("installing the CUDA {cuda} headers NCCL's build needs ({})", wheels.join(", "));
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-deps"])
+        .args(&wheels)
+        .stdin(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        warn(format!("pip install {} failed", wheels.join(" ")));
+    }
 }
 
 /// pip writes the venv's own path into its scripts (`torchrun`'s `#!` line, `activate`):

@@ -1,9 +1,12 @@
 // The C side of lpl-torch-ext's `distributed` module: libtorch's own c10d (the engine of
-// torch.distributed): the TCPStore rendezvous and the Gloo process group (CPU tensors).
+// torch.distributed): the TCPStore rendezvous, the Gloo process group (CPU tensors) and the
+// NCCL process group (CUDA tensors).
 // Every function returns 0 on success; on a C++ exception it copies the message into `err`
 // and returns -1. Gloo is compiled in only with -DUSE_C10D_GLOO (build.rs passes it when
 // Gloo's headers are found: the torch wheel ships Gloo's code inside libtorch_cpu but not
-// its headers); without it the group functions fail with a message naming the fix.
+// its headers); without it the group functions fail with a message naming the fix. NCCL is
+// compiled in only with -DUSE_C10D_NCCL -DUSE_CUDA (build.rs passes them when libtorch_cuda,
+// nccl.h and the CUDA runtime headers are found); its code is inside libtorch_cuda.
 //
 // Only c10d's own types cross this file: no gloo:: type is constructed or examined here
 // (Debian's Gloo headers are older than the Gloo inside libtorch; the process group's layout
@@ -12,14 +15,19 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
 #ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -55,15 +63,22 @@ struct Store {
   c10::intrusive_ptr<c10d::Store> store;
 };
 
-#ifdef USE_C10D_GLOO
+// A Gloo or NCCL group: both are c10d backends with the same collectives. `device` is the
+// CUDA device an NCCL group is bound to (its barrier runs there); unset for Gloo.
 struct Group {
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::Backend> pg;
+  std::optional<at::Device> device;
 };
-#else
-struct Group {};
+#ifndef USE_C10D_GLOO
 constexpr const char* kNoGloo =
     "this build has no Gloo (the CPU backend of torch.distributed): install Gloo's headers "
     "(Debian/Ubuntu: apt-get install libgloo-dev, or `cargo xtask setup` as root) and rebuild";
+#endif
+#ifndef USE_C10D_NCCL
+constexpr const char* kNoNccl =
+    "this build has no NCCL (the CUDA backend of torch.distributed): it needs a CUDA build of "
+    "libtorch, nccl.h and the CUDA runtime headers at build time (`cargo xtask setup` installs "
+    "them into the managed torch; or set NCCL_INCLUDE and CUDA_INCLUDE), then rebuild";
 #endif
 
 c10d::ReduceOp reduce_op(int32_t op) {
@@ -81,6 +96,14 @@ extern "C" {
 
 int32_t lpl_c10d_has_gloo() {
 #ifdef USE_C10D_GLOO
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+int32_t lpl_c10d_has_nccl() {
+#ifdef USE_C10D_NCCL
   return 1;
 #else
   return 0;
@@ -145,7 +168,7 @@ int32_t lpl_c10d_gloo_new(void* store, int32_t rank, int32_t world, int64_t time
     opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
         static_cast<Store*>(store)->store, rank, world, opts);
-    *out = new Group{std::move(pg)};
+    *out = new Group{std::move(pg), std::nullopt};
     return 0;
   }
   LPL_C10D_CATCH
@@ -155,12 +178,35 @@ int32_t lpl_c10d_gloo_new(void* store, int32_t rank, int32_t world, int64_t time
 #endif
 }
 
+// An NCCL process group of `world` ranks over `store`, this process being `rank`, bound to
+// CUDA device `device_index` (torch.distributed's `device_id`): its communicator is made now,
+// so a missing GPU or an unreachable peer fails here rather than at the first collective.
+int32_t lpl_c10d_nccl_new(void* store, int32_t rank, int32_t world, int64_t timeout_ms,
+                          int32_t device_index, void** out, char* err, size_t err_len) {
+#ifdef USE_C10D_NCCL
+  try {
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = std::chrono::milliseconds(timeout_ms);
+    auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(static_cast<Store*>(store)->store,
+                                                          rank, world, opts);
+    at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+    pg->setBoundDeviceId(device);
+    pg->eagerConnectSingleDevice(device);
+    *out = new Group{std::move(pg), device};
+    return 0;
+  }
+  LPL_C10D_CATCH
+#else
+  (void)store, (void)rank, (void)world, (void)timeout_ms, (void)device_index, (void)out;
+  return fail_with(kNoNccl, err, err_len);
+#endif
+}
+
 void lpl_c10d_group_free(void* group) { delete static_cast<Group*>(group); }
 
 // All-reduces `n` tensors in place (op: 0 sum, 1 average, 2 max), one collective each.
 int32_t lpl_c10d_all_reduce(void* group, const void* const* tensors, size_t n, int32_t op,
                             char* err, size_t err_len) {
-#ifdef USE_C10D_GLOO
   try {
     c10d::AllreduceOptions opts;
     opts.reduceOp = reduce_op(op);
@@ -173,16 +219,11 @@ int32_t lpl_c10d_all_reduce(void* group, const void* const* tensors, size_t n, i
     return 0;
   }
   LPL_C10D_CATCH
-#else
-  (void)group, (void)tensors, (void)n, (void)op;
-  return fail_with(kNoGloo, err, err_len);
-#endif
 }
 
 // Broadcasts `n` tensors in place from `root`.
 int32_t lpl_c10d_broadcast(void* group, const void* const* tensors, size_t n, int32_t root,
                            char* err, size_t err_len) {
-#ifdef USE_C10D_GLOO
   try {
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
@@ -193,16 +234,11 @@ int32_t lpl_c10d_broadcast(void* group, const void* const* tensors, size_t n, in
     return 0;
   }
   LPL_C10D_CATCH
-#else
-  (void)group, (void)tensors, (void)n, (void)root;
-  return fail_with(kNoGloo, err, err_len);
-#endif
 }
 
 // Gathers `input` of every rank into `outputs` (`world` tensors of its shape, in rank order).
 int32_t lpl_c10d_all_gather(void* group, const void* input, const void* const* outputs,
                             size_t world, char* err, size_t err_len) {
-#ifdef USE_C10D_GLOO
   try {
     std::vector<at::Tensor> in{*static_cast<const at::Tensor*>(input)};
     std::vector<std::vector<at::Tensor>> out{tensor_list(outputs, world)};
@@ -210,23 +246,20 @@ int32_t lpl_c10d_all_gather(void* group, const void* input, const void* const* o
     return 0;
   }
   LPL_C10D_CATCH
-#else
-  (void)group, (void)input, (void)outputs, (void)world;
-  return fail_with(kNoGloo, err, err_len);
-#endif
 }
 
 int32_t lpl_c10d_barrier(void* group, char* err, size_t err_len) {
-#ifdef USE_C10D_GLOO
   try {
-    static_cast<Group*>(group)->pg->barrier()->wait();
+    auto* g = static_cast<Group*>(group);
+    c10d::BarrierOptions opts;
+    if (g->device) {
+      opts.device = g->device;
+      opts.device_ids = {g->device->index()};
+    }
+    g->pg->barrier(opts)->wait();
     return 0;
   }
   LPL_C10D_CATCH
-#else
-  (void)group;
-  return fail_with(kNoGloo, err, err_len);
-#endif
 }
 
 }  // extern "C"

@@ -1,9 +1,12 @@
 //! libtorch's c10d, the engine of `torch.distributed`: the [`Store`] rendezvous
 //! (`c10d::TCPStore`) and the [`ProcessGroup`] collectives over it (`c10d::ProcessGroupGloo`
-//! for CPU tensors). No collective is our own: these are the calls PyTorch's DDP makes.
+//! for CPU tensors, `c10d::ProcessGroupNCCL` for CUDA tensors). No collective is our own:
+//! these are the calls PyTorch's DDP makes.
 //!
-//! Gloo is in a build when Gloo's headers were found at build time ([`has_gloo`]); a build
-//! without it fails [`ProcessGroup::gloo`] with a message naming the fix. A collective that
+//! Gloo is in a build when Gloo's headers were found at build time ([`has_gloo`]), NCCL when
+//! libtorch is a CUDA build and NCCL's and CUDA's headers were found ([`has_nccl`]); a build
+//! without one fails [`ProcessGroup::gloo`] / [`ProcessGroup::nccl`] with a message naming
+//! the fix. A collective that
 //! fails (a peer died, a timeout) leaves the group unusable, as in PyTorch: every later call
 //! fails too.
 
@@ -17,6 +20,7 @@ use crate::{Result, TorchExtError};
 
 unsafe extern "C" {
     fn lpl_c10d_has_gloo() -> i32;
+    fn lpl_c10d_has_nccl() -> i32;
     fn lpl_c10d_store_new(
         host: *const c_char,
         port: i32,
@@ -53,6 +57,16 @@ unsafe extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> i32;
+    fn lpl_c10d_nccl_new(
+        store: *mut c_void,
+        rank: i32,
+        world: i32,
+        timeout_ms: i64,
+        device_index: i32,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
     fn lpl_c10d_group_free(group: *mut c_void);
     fn lpl_c10d_all_reduce(
         group: *mut c_void,
@@ -85,6 +99,19 @@ unsafe extern "C" {
 pub fn has_gloo() -> bool {
     // SAFETY: no arguments, no state.
     unsafe { lpl_c10d_has_gloo() == 1 }
+}
+
+/// Whether this build has NCCL, torch.distributed's CUDA backend.
+pub fn has_nccl() -> bool {
+    // SAFETY: no arguments, no state.
+    unsafe { lpl_c10d_has_nccl() == 1 }
+}
+
+fn rank_and_world(call: &'static str, rank: usize, world: usize) -> Result<(i32, i32)> {
+    match (i32::try_from(rank), i32::try_from(world)) {
+        (Ok(r), Ok(w)) if rank < world => Ok((r, w)),
+        _ => Err(TorchExtError { call, message: format!("rank {rank} of {world}") }),
+    }
 }
 
 fn c_string(call: &'static str, s: &str) -> Result<CString> {
@@ -184,8 +211,10 @@ pub enum ReduceOp {
     Max,
 }
 
-/// A group of processes running collectives (`c10d::ProcessGroupGloo`). Collectives are
-/// synchronous here: each call returns when its work is done on this rank.
+/// A group of processes running collectives (`c10d::ProcessGroupGloo` or
+/// `c10d::ProcessGroupNCCL`). Collectives are synchronous here: each call returns when its
+/// work is done on this rank (NCCL: when it is ordered before later work on the current
+/// CUDA stream, as `Work::wait` does in PyTorch).
 #[derive(Debug)]
 pub struct ProcessGroup {
     ptr: *mut c_void,
@@ -209,18 +238,38 @@ impl ProcessGroup {
         timeout: Duration,
     ) -> Result<Self> {
         let h = c_string("gloo_new", hostname)?;
-        let (r, w) = (i32::try_from(rank), i32::try_from(world));
-        let (Ok(r), Ok(w)) = (r, w) else {
-            return Err(TorchExtError {
-                call: "gloo_new",
-                message: format!("rank {rank} of {world}"),
-            });
-        };
+        let (r, w) = rank_and_world("gloo_new", rank, world)?;
         let mut ptr = std::ptr::null_mut();
         // SAFETY: a live store handle (the group keeps its own reference to the store);
         // `h` outlives the call; `ptr` receives a new handle on success only.
         checked("gloo_new", |e, l| unsafe {
             lpl_c10d_gloo_new(store.ptr, r, w, millis(timeout), h.as_ptr(), &mut ptr, e, l)
+        })?;
+        Ok(Self { ptr, rank, world })
+    }
+
+    /// An NCCL group of `world` ranks over `store`, this process being `rank`, bound to
+    /// CUDA device `device_index` (every tensor given to its collectives must live there); a
+    /// collective not done within `timeout` fails (NCCL's watchdog then ends the process, as
+    /// in PyTorch). The communicator is made now: no GPU, or a peer that never comes, fails
+    /// here.
+    pub fn nccl(
+        store: &Store,
+        rank: usize,
+        world: usize,
+        device_index: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let (r, w) = rank_and_world("nccl_new", rank, world)?;
+        let d = i32::try_from(device_index).map_err(|_| TorchExtError {
+            call: "nccl_new",
+            message: format!("CUDA device {device_index}"),
+        })?;
+        let mut ptr = std::ptr::null_mut();
+        // SAFETY: a live store handle (the group keeps its own reference to the store);
+        // `ptr` receives a new handle on success only.
+        checked("nccl_new", |e, l| unsafe {
+            lpl_c10d_nccl_new(store.ptr, r, w, millis(timeout), d, &mut ptr, e, l)
         })?;
         Ok(Self { ptr, rank, world })
     }
@@ -288,7 +337,7 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        // SAFETY: the handle came from lpl_c10d_gloo_new and is freed once.
+        // SAFETY: the handle came from lpl_c10d_gloo_new or _nccl_new and is freed once.
         unsafe { lpl_c10d_group_free(self.ptr) }
     }
 }

@@ -1,12 +1,13 @@
 //! libtorch's c10d through the shim: two processes (this test binary run again as each rank)
 //! rendezvous on a TCPStore and run Gloo collectives; a rank killed mid-run makes the other's
+//! collective fail within the timeout instead of hanging. NCCL: in the build whenever
+//! libtorch is a CUDA build, and usable or failing cleanly depending on the GPUs.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
-//! collective fail within the timeout instead of hanging.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lpl_torch_ext::distributed::{ProcessGroup, ReduceOp, Store, has_gloo};
+use lpl_torch_ext::distributed::{ProcessGroup, ReduceOp, Store, has_gloo, has_nccl};
 use tch::{Kind, Tensor};
 
 const ROLE: &str = "LPL_C10D_TEST_ROLE";
@@ -67,6 +68,50 @@ fn this_build_has_gloo() {
     // CI installs Gloo's headers (cargo xtask setup); a build without them cannot pass the
     // distributed tests, so say so here first
     assert!(has_gloo(), "built without Gloo: install libgloo-dev and rebuild");
+}
+
+#[test]
+fn this_build_has_nccl_when_libtorch_has_cuda() {
+    // `cargo xtask setup` installs the CUDA header wheels the torch wheel lacks, so a CUDA
+    // build of libtorch gives a build with NCCL, GPU or not; a CPU-only libtorch never has it
+    let lib = std::path::Path::new(env!("LPL_TORCH_EXT_LIBTORCH_LIB"));
+    let cuda_build = lib.join("libtorch_cuda.so").exists();
+    assert_eq!(
+        has_nccl(),
+        cuda_build,
+        "NCCL in the build: {}, {} a CUDA build (run `cargo xtask setup`, or set NCCL_INCLUDE \
+         and CUDA_INCLUDE, and rebuild)",
+        has_nccl(),
+        lib.display()
+    );
+}
+
+#[test]
+fn nccl_group_works_on_a_gpu_and_fails_cleanly_without() {
+    let store =
+        Store::connect("127.0.0.1", free_port(), 1, true, "nccl", Duration::from_secs(30)).unwrap();
+    let made = ProcessGroup::nccl(&store, 0, 1, 0, Duration::from_secs(30));
+    match (has_nccl(), tch::Cuda::device_count() > 0) {
+        (true, true) => {
+            // one rank: every reduction is the identity, on the bound device
+            let group = made.unwrap();
+            let t = Tensor::arange(4, (Kind::Float, tch::Device::Cuda(0)));
+            group.all_reduce(&[t.shallow_clone()], ReduceOp::Sum).unwrap();
+            group.barrier().unwrap();
+            assert_eq!(
+                Vec::<f32>::try_from(t.to_device(tch::Device::Cpu)).unwrap(),
+                [0., 1., 2., 3.]
+            );
+        }
+        (true, false) => {
+            let err = made.unwrap_err();
+            assert!(err.message.contains("GPU"), "expected a no-GPU error, got {err}");
+        }
+        (false, _) => {
+            let err = made.unwrap_err();
+            assert!(err.message.contains("this build has no NCCL"), "got {err}");
+        }
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub mod launch;
 
 use std::time::Duration;
 
-use lpl_torch_ext::distributed::{ProcessGroup, ReduceOp, Store};
+use lpl_torch_ext::distributed::{ProcessGroup, ReduceOp, Store, has_nccl};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -92,7 +92,61 @@ struct Link {
     /// Names this launch's files (its rendezvous address and port).
     session: String,
     group: ProcessGroup,
+    /// Where the group's collectives take their tensors: the bound CUDA device for NCCL,
+    /// the CPU for Gloo (CUDA tensors are staged through host copies).
+    device: Device,
     bucket_bytes: usize,
+}
+
+impl Link {
+    /// Runs `op` on `tensors` as they are when they live on the group's device, else on
+    /// copies there, copied back after (Gloo with CUDA tensors: the host copies).
+    fn staged(
+        &self,
+        tensors: &[Tensor],
+        op: impl FnOnce(&[Tensor]) -> lpl_torch_ext::Result<()>,
+    ) -> lpl_torch_ext::Result<()> {
+        if tensors.iter().all(|t| t.device() == self.device) {
+            return op(tensors);
+        }
+        tch::no_grad(|| {
+            let staged: Vec<Tensor> =
+                tensors.iter().map(|t| t.to_device(self.device).contiguous()).collect();
+            op(&staged)?;
+            for (t, s) in tensors.iter().zip(&staged) {
+                if t.device() != self.device {
+                    t.shallow_clone().copy_(s);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The engine for `backend` on `device`: NCCL only on CUDA and only when the build has it.
+fn choose_backend(backend: Backend, device: Device) -> Result<Backend> {
+    match (backend, device) {
+        (Backend::Nccl, Device::Cuda(_)) if has_nccl() => Ok(Backend::Nccl),
+        (Backend::Nccl, Device::Cuda(_)) => Err(invalid(
+            "distributed.backend",
+            "this build has no NCCL (it needs nccl.h and the CUDA runtime headers at build \
+             time: run `cargo xtask setup` and rebuild): use `backend = \"gloo\"` (CUDA \
+             tensors through host copies) or \"auto\"",
+        )),
+        (Backend::Nccl, _) => Err(invalid(
+            "distributed.backend",
+            format!("\"nccl\" runs on CUDA devices; this run's device is {device:?}"),
+        )),
+        (Backend::Auto, Device::Cuda(_)) if has_nccl() => Ok(Backend::Nccl),
+        (Backend::Auto, Device::Cuda(_)) => {
+            tracing::warn!(
+                "this build has no NCCL: the CUDA gradients are all-reduced through Gloo \
+                 (host copies: correct, slower than NCCL)"
+            );
+            Ok(Backend::Gloo)
+        }
+        _ => Ok(Backend::Gloo),
+    }
 }
 
 /// This machine's address as the other ranks reach it: loopback when the rendezvous is local.
@@ -127,20 +181,7 @@ impl World {
     /// Joins the process group of `launch` for training on `device`.
     pub fn join(launch: &Launch, config: &DistributedConfig, device: Device) -> Result<Self> {
         config.validate()?;
-        match (config.backend, device.is_cuda()) {
-            (Backend::Nccl, _) => {
-                return Err(invalid(
-                    "distributed.backend",
-                    "this build has no NCCL (it needs the CUDA runtime headers at build time): \
-                     use `backend = \"gloo\"` (CUDA tensors through host copies) or \"auto\"",
-                ));
-            }
-            (Backend::Auto, true) => tracing::warn!(
-                "this build has no NCCL: the CUDA gradients are all-reduced through Gloo \
-                 (host copies: correct, slower than NCCL)"
-            ),
-            _ => {}
-        }
+        let backend = choose_backend(config.backend, device)?;
         let timeout = Duration::from_secs_f64(config.timeout_s);
         let (rank, size) = (launch.rank, launch.world_size);
         // torchrun >= 2.x may serve the store itself (its agent's); then every rank is a
@@ -159,12 +200,19 @@ impl World {
                         launch.master_addr, launch.master_port
                     ))
                 })?;
-        let host = own_hostname(&launch.master_addr);
-        let group = ProcessGroup::gloo(&store, rank, size, &host, timeout)
-            .map_err(|e| distributed(format!("rank {rank} of {size}: {e}")))?;
+        let (group, comm_device) = match (backend, device) {
+            (Backend::Nccl, Device::Cuda(index)) => {
+                (ProcessGroup::nccl(&store, rank, size, index, timeout), device)
+            }
+            _ => {
+                let host = own_hostname(&launch.master_addr);
+                (ProcessGroup::gloo(&store, rank, size, &host, timeout), Device::Cpu)
+            }
+        };
+        let group = group.map_err(|e| distributed(format!("rank {rank} of {size}: {e}")))?;
         let bucket_bytes = (config.bucket_mb * 1024.0 * 1024.0) as usize;
         tracing::info!(
-            "rank {rank} of {size} ({:?} launch, local rank {}) joined over Gloo at {}:{}",
+            "rank {rank} of {size} ({:?} launch, local rank {}) joined over {backend:?} at {}:{}",
             launch.launcher,
             launch.local_rank,
             launch.master_addr,
@@ -176,6 +224,7 @@ impl World {
             link: Some(Link {
                 store,
                 group,
+                device: comm_device,
                 bucket_bytes: bucket_bytes.max(1),
                 session: format!("{}-{join}", launch.master_port),
             }),
@@ -236,8 +285,7 @@ impl World {
             tch::no_grad(|| -> Result<()> {
                 let flat =
                     Tensor::cat(&bucket.iter().map(|g| g.flatten(0, -1)).collect::<Vec<_>>(), 0);
-                link.group
-                    .all_reduce(&[flat.shallow_clone()], ReduceOp::Avg)
+                link.staged(&[flat.shallow_clone()], |t| link.group.all_reduce(t, ReduceOp::Avg))
                     .map_err(|e| self.failure("the gradient all-reduce", e))?;
                 let mut offset = 0;
                 for g in bucket.iter() {
@@ -267,20 +315,22 @@ impl World {
     /// Averages each of `values` (small tensors: losses, logged terms) over the ranks.
     pub fn average(&self, values: &[Tensor]) -> Result<()> {
         let Some(link) = &self.link else { return Ok(()) };
-        link.group.all_reduce(values, ReduceOp::Avg).map_err(|e| self.failure("an all-reduce", e))
+        link.staged(values, |t| link.group.all_reduce(t, ReduceOp::Avg))
+            .map_err(|e| self.failure("an all-reduce", e))
     }
 
     /// Sums each of `values` over the ranks.
     pub fn sum(&self, values: &[Tensor]) -> Result<()> {
         let Some(link) = &self.link else { return Ok(()) };
-        link.group.all_reduce(values, ReduceOp::Sum).map_err(|e| self.failure("an all-reduce", e))
+        link.staged(values, |t| link.group.all_reduce(t, ReduceOp::Sum))
+            .map_err(|e| self.failure("an all-reduce", e))
     }
 
     /// Copies rank 0's `tensors` into every rank's (initial weights: identical on every
     /// rank whatever each built).
     pub fn broadcast_from_main(&self, tensors: &[Tensor]) -> Result<()> {
         let Some(link) = &self.link else { return Ok(()) };
-        tch::no_grad(|| link.group.broadcast(tensors, 0))
+        tch::no_grad(|| link.staged(tensors, |t| link.group.broadcast(t, 0)))
             .map_err(|e| self.failure("the broadcast", e))
     }
 
@@ -293,8 +343,11 @@ impl World {
     /// Every rank's `t` concatenated along dimension 0, in rank order.
     pub fn gather_cat(&self, t: &Tensor) -> Result<Tensor> {
         let Some(link) = &self.link else { return Ok(t.shallow_clone()) };
-        let parts = link.group.all_gather(t).map_err(|e| self.failure("an all-gather", e))?;
-        Ok(Tensor::cat(&parts, 0))
+        let parts = link
+            .group
+            .all_gather(&t.to_device(link.device))
+            .map_err(|e| self.failure("an all-gather", e))?;
+        Ok(Tensor::cat(&parts, 0).to_device(t.device()))
     }
 
     /// This rank's contiguous share of `n` items (`0..n` split as evenly as it goes, in rank
@@ -346,7 +399,7 @@ impl World {
     /// A 0-d f32 `flag` set on any rank, set on all (the non-finite step decision).
     pub fn any(&self, flag: &Tensor) -> Result<Tensor> {
         let Some(link) = &self.link else { return Ok(flag.shallow_clone()) };
-        let f = flag.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+        let f = flag.to_kind(Kind::Float).to_device(link.device).contiguous();
         link.group
             .all_reduce(&[f.shallow_clone()], ReduceOp::Max)
             .map_err(|e| self.failure("an all-reduce", e))?;
@@ -356,4 +409,24 @@ impl World {
 
 fn distributed(message: String) -> TrainError {
     TrainError::Distributed { message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_the_device_and_the_build() {
+        assert_eq!(choose_backend(Backend::Auto, Device::Cpu).unwrap(), Backend::Gloo);
+        assert_eq!(choose_backend(Backend::Gloo, Device::Cuda(1)).unwrap(), Backend::Gloo);
+        // PyTorch's default: NCCL for CUDA when the build has it, else Gloo's host copies
+        let auto_cuda = if has_nccl() { Backend::Nccl } else { Backend::Gloo };
+        assert_eq!(choose_backend(Backend::Auto, Device::Cuda(0)).unwrap(), auto_cuda);
+        let cpu = choose_backend(Backend::Nccl, Device::Cpu).unwrap_err().to_string();
+        assert!(cpu.contains("distributed.backend") && cpu.contains("CUDA"), "{cpu}");
+        match choose_backend(Backend::Nccl, Device::Cuda(0)) {
+            Ok(b) => assert!(has_nccl() && b == Backend::Nccl),
+            Err(e) => assert!(!has_nccl() && e.to_string().contains("no NCCL"), "{e}"),
+        }
+    }
 }
