@@ -206,14 +206,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             // several processes (torchrun, Slurm): each samples and decodes its share of the
             // batches, rank 0 gathers them (through files beside the run) and evaluates
             let world = World::from_env(&DistributedConfig::default(), device)?;
-            let latents = request.latents_of_batches(world.share(request.batch_count()))?;
-            let own = lpl_trainer::sampling::decode(run.ae.as_ref(), &run.codec, &latents)?;
             let dir = if run_path.is_dir() {
                 run_path.clone()
             } else {
                 run_path.parent().map_or_else(|| PathBuf::from("."), |p| p.to_path_buf())
             };
-            let Some(images) = world.gather_rows_to_main(&own, &dir, "eval")? else {
+            let Some(images) =
+                request.images_across(&world, run.ae.as_ref(), &run.codec, &dir, "eval")?
+            else {
                 return Ok(());
             };
             (images, format!("{} (step {})", run_path.display(), run.step))

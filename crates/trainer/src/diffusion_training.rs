@@ -223,12 +223,12 @@ where
     let main = world.is_main();
     let mut log = StepLog::open(config, state.step, device, &world)?;
     let mut checkpointer = Checkpointer::new(config, &inputs.codec)?;
-    // evaluation, grids, TensorBoard, profiles and user hooks: rank 0's
+    // evaluation: sampled by every rank, judged by rank 0; grids, TensorBoard, profiles and
+    // user hooks: rank 0's
     let mut evaluator = config
         .eval
         .as_ref()
-        .filter(|_| main)
-        .map(|e| PeriodicEvaluator::new(e, &config.output_dir, device))
+        .map(|e| PeriodicEvaluator::new(e, &config.output_dir, device, main))
         .transpose()?;
     let mut grids = GridWriter::new(config).filter(|_| main);
     let mut tensorboard = (config.log.tensorboard && main)
@@ -285,7 +285,7 @@ where
             grid: None,
         };
         if let Some(eval) =
-            evaluator.as_mut().map(|e| e.after_step(&end, &ctx)).transpose()?.flatten()
+            evaluator.as_mut().map(|e| e.after_step(&end, &ctx, &world)).transpose()?.flatten()
         {
             log.append(&eval)?;
             lines.push(eval);

@@ -455,6 +455,11 @@ pub struct PeriodicEval {
     /// Seed of the sampling noise (the same at every evaluation).
     #[serde(default)]
     pub seed: u64,
+    /// Samples per sampler run. 0: all `count` at once in one process; with several ranks,
+    /// `count / world` each. Ranks split the batches, so with a fixed `batch` the samples
+    /// (and the metrics) are the same whatever the world size.
+    #[serde(default)]
+    pub batch: usize,
     /// The real images (their test split), at the size the autoencoder decodes to.
     pub data: lpl_data::DatasetConfig,
     /// EfficientNet-Lite0 weights (default: `$LPL_HOME/assets/efficientnet-lite0.pth`).

@@ -193,6 +193,22 @@ impl<'a> SampleRequest<'a> {
         decode(ae, codec, &self.latents()?)
     }
 
+    /// [`Self::images`] sampled by the ranks of `world`, each its share of the batches (the
+    /// values one process computes for them), decoded and gathered on rank 0 through files
+    /// in `dir` ([`crate::distributed::World::gather_rows_to_main`]); `None` on the other
+    /// ranks.
+    pub fn images_across(
+        &self,
+        world: &crate::distributed::World,
+        ae: &dyn Autoencoder,
+        codec: &LatentCodec,
+        dir: &Path,
+        tag: &str,
+    ) -> Result<Option<Tensor>> {
+        let latents = self.latents_of_batches(world.share(self.batch_count()))?;
+        world.gather_rows_to_main(&decode(ae, codec, &latents)?, dir, tag)
+    }
+
     /// The class label of each sample `(count,)` i64, when there are labels.
     pub fn sample_labels(&self) -> Option<Tensor> {
         match &self.labels {

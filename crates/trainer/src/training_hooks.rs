@@ -280,17 +280,32 @@ impl GridWriter {
     }
 }
 
-/// The state of `[eval]`: the feature network, the real images' statistics and the best FD.
+/// The state of `[eval]`: the feature network, the real images' statistics and the best FD
+/// (rank 0's; every rank samples its share of the images).
 pub(crate) struct PeriodicEvaluator {
     config: PeriodicEval,
-    net: lpl_metrics::EfficientNetLite0,
-    reference: lpl_metrics::RealReference,
+    /// The feature network and the real images' statistics, on rank 0 only.
+    judge: Option<(lpl_metrics::EfficientNetLite0, lpl_metrics::RealReference)>,
     best_fd: f64,
     dir: PathBuf,
 }
 
 impl PeriodicEvaluator {
-    pub fn new(config: &PeriodicEval, dir: &Path, device: Device) -> Result<Self> {
+    pub fn new(config: &PeriodicEval, dir: &Path, device: Device, main: bool) -> Result<Self> {
+        let judge = main.then(|| Self::judge(config, device)).transpose()?;
+        // a resumed run remembers its best so far
+        let best_fd = std::fs::read_to_string(dir.join("best.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["fd"].as_f64())
+            .unwrap_or(f64::INFINITY);
+        Ok(Self { config: config.clone(), judge, best_fd, dir: dir.to_path_buf() })
+    }
+
+    fn judge(
+        config: &PeriodicEval,
+        device: Device,
+    ) -> Result<(lpl_metrics::EfficientNetLite0, lpl_metrics::RealReference)> {
         let weights = config
             .effnet
             .clone()
@@ -308,22 +323,17 @@ impl PeriodicEvaluator {
             &test.read(0, (config.count as i64).min(test.len()))?.images,
         )?;
         let reference = lpl_metrics::RealReference::new(&net, &real)?;
-        // a resumed run remembers its best so far
-        let best_fd = std::fs::read_to_string(dir.join("best.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["fd"].as_f64())
-            .unwrap_or(f64::INFINITY);
-        Ok(Self { config: config.clone(), net, reference, best_fd, dir: dir.to_path_buf() })
+        Ok((net, reference))
     }
 
-    /// At evaluation steps (which are checkpoint steps): samples from the EMA weights,
-    /// computes the metrics, keeps a new best checkpoint as `best.safetensors` and returns
-    /// the `metrics.jsonl` line.
+    /// At evaluation steps (which are checkpoint steps): every rank samples its share of
+    /// the batches from the EMA weights; rank 0 gathers them, computes the metrics, keeps a
+    /// new best checkpoint as `best.safetensors` and returns the `metrics.jsonl` line.
     pub fn after_step(
         &mut self,
         end: &StepEnd<'_>,
         ctx: &SampleContext<'_>,
+        world: &crate::distributed::World,
     ) -> Result<Option<serde_json::Value>> {
         let due = end.step.is_multiple_of(self.config.every) || end.step == end.total;
         if !(due && end.checkpointed) {
@@ -336,9 +346,15 @@ impl PeriodicEvaluator {
             seed: self.config.seed,
             every: 0,
         };
-        let request = ctx.request(end.model, &sample);
-        let images =
-            sampling::with_ema_weights(end.model, end.ema, || request.images(ctx.ae, ctx.codec))?;
+        let batch = match self.config.batch {
+            0 if world.size() > 1 => self.config.count.div_ceil(world.size()),
+            b => b,
+        };
+        let request = SampleRequest { batch, ..ctx.request(end.model, &sample) };
+        let images = sampling::with_ema_weights(end.model, end.ema, || {
+            request.images_across(world, ctx.ae, ctx.codec, &self.dir, "periodic-eval")
+        })?;
+        let Some(images) = images else { return Ok(None) };
         let m = self.evaluate(&images, end.step, end.checkpoint)?;
         tracing::info!("step {}: {} {:.3} (best {:.3})", end.step, m.metric, m.fd, self.best_fd);
         Ok(Some(serde_json::json!({"step": end.step, "eval": m})))
@@ -352,7 +368,10 @@ impl PeriodicEvaluator {
         step: usize,
         checkpoint: Option<&Path>,
     ) -> Result<lpl_metrics::ImageMetrics> {
-        let (m, _) = self.reference.compare(&self.net, &images.to_device(Device::Cpu))?;
+        let Some((net, reference)) = &self.judge else {
+            return Err(invalid("eval", "only rank 0 evaluates"));
+        };
+        let (m, _) = reference.compare(net, &images.to_device(Device::Cpu))?;
         if m.fd < self.best_fd
             && let Some(ckpt) = checkpoint
         {

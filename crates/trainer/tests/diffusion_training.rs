@@ -235,6 +235,7 @@ fn periodic_evaluation_keeps_the_best_checkpoint() {
         sampler: lpl_schedulers::SamplerConfig::new(lpl_schedulers::SamplerKind::Ddim, 3),
         guidance: lpl_schedulers::Guidance::new(1.0),
         seed: 0,
+        batch: 0,
         data: lpl_data::DatasetConfig {
             dataset: "folder".into(),
             dir: Some(dir.join("real")),
