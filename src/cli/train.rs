@@ -374,9 +374,15 @@ pub struct AblateArgs {
     /// Run arms at once, one process per device (`cuda:0,cuda:1,...`); overrides --jobs.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
-    /// Run this one arm (`eps:0:lpl`) and stop: what each parallel process runs.
+    /// Run this one arm (`eps:0:lpl`) and stop: what each parallel process runs. Launched
+    /// as several processes (torchrun, Slurm) the arm trains data-parallel, its batch split
+    /// over the ranks (the same training as one process, up to float summation order).
     #[arg(long)]
     arm: Option<String>,
+    /// Run the stages the arms share (autoencoder, cache, ceiling, pre-training,
+    /// calibration), list the arms and stop: then run arms one by one with --arm.
+    #[arg(long, conflicts_with = "arm")]
+    prepare: bool,
 }
 
 /// Runs `keys` as `lpl ablate ... --arm KEY --device D` processes, one per entry of
@@ -475,8 +481,28 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
     );
     let device = super::parse_device(&args.device)?;
     if let Some(arm) = &args.arm {
+        // launched as several processes (torchrun, Slurm), the arm trains data-parallel
         let key: lpl_ablation::ArmKey = arm.parse()?;
         return Ok(lpl_ablation::run_arm(&config, &key, device)?);
+    }
+    if let Some(launch) = lpl_trainer::distributed::Launch::from_env()? {
+        bail!(
+            "`lpl ablate` was launched as {} processes: launch one arm data-parallel \
+             (`torchrun ... lpl ablate --arm eps:0:lpl` after `lpl ablate --prepare`), or run \
+             arms side by side with --jobs / --devices",
+            launch.world_size
+        );
+    }
+    if args.prepare {
+        let keys = lpl_ablation::prepare_arms(&config, device)?;
+        println!(
+            "{} arms ready (run each with --arm, then `lpl ablate` for the report):",
+            keys.len()
+        );
+        for key in keys {
+            println!("{key}");
+        }
+        return Ok(());
     }
     let slots = if !args.devices.is_empty() {
         for d in &args.devices {

@@ -21,6 +21,7 @@ use lpl_schedulers::{Parameterization, SamplerConfig, SamplerKind};
 use lpl_trainer::ae_training::{AeTrainConfig, load_split, train_autoencoder};
 use lpl_trainer::cache_building::{CacheOptions, build_cache_from};
 use lpl_trainer::diffusion_training::{Start, train};
+use lpl_trainer::distributed::Launch;
 use lpl_trainer::evaluation::{SampleMetrics, TrainedRun, default_effnet_weights};
 use lpl_trainer::run_config::{RunConfig, SampleConfig, ScheduleSpec};
 use lpl_trainer::{progress, run_checkpoint};
@@ -141,7 +142,8 @@ fn done(run: &Path, steps: usize) -> bool {
 /// naming the changed fields: redoing it silently would lose it, reusing it would report a
 /// run that was not made.
 fn run_or_resume(config: &RunConfig, init: Option<&Path>, device: Device) -> Result<()> {
-    run_checkpoint::check_same_run(&config.output_dir, config)?;
+    let world = Launch::from_env()?.map_or(1, |l| l.world_size);
+    run_checkpoint::check_same_run(&config.output_dir, config, world)?;
     if done(&config.output_dir, config.train.steps) {
         return Ok(());
     }
@@ -610,8 +612,28 @@ pub fn run_arm(config: &AblationConfig, key: &ArmKey, device: Device) -> Result<
         ));
     }
     let weight = arm_weight(config, &base, &pre, &key.arm, &pre_ckpt, device)?.map(|c| c.weight);
-    let run = continuation_config(config, &base, &pre, key.seed, &key.arm, weight);
+    let mut run = continuation_config(config, &base, &pre, key.seed, &key.arm, weight);
+    // launched as several processes (torchrun, Slurm): the arm trains data-parallel with the
+    // configured batch as its global batch (batch_size / world on each rank), which trains
+    // as the sequential arm does up to float summation order; rank 0 evaluates
+    let (rank, world) = Launch::from_env()?.map_or((0, 1), |l| (l.rank, l.world_size));
+    if world > 1 {
+        if !run.train.batch_size.is_multiple_of(world) {
+            return Err(invalid(
+                "arm",
+                format!(
+                    "{key}: train.batch_size {} (the arm's global batch) is not a multiple of \
+                     the {world} ranks it was launched on",
+                    run.train.batch_size
+                ),
+            ));
+        }
+        run.train.batch_size /= world;
+    }
     run_or_resume(&run, Some(&pre_ckpt), device)?;
+    if rank != 0 {
+        return Ok(());
+    }
     let record = evaluator.evaluate(&run, device)?;
     tracing::info!("{key}: {} {:.3}", record.metrics.metric, record.metrics.fd);
     Ok(())

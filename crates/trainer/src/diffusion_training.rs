@@ -222,7 +222,7 @@ where
     };
     let main = world.is_main();
     let mut log = StepLog::open(config, state.step, device, &world)?;
-    let mut checkpointer = Checkpointer::new(config, &inputs.codec)?;
+    let mut checkpointer = Checkpointer::new(config, &inputs.codec, world.size())?;
     // evaluation: sampled by every rank, judged by rank 0; grids, TensorBoard, profiles and
     // user hooks: rank 0's
     let mut evaluator = config
@@ -399,7 +399,8 @@ impl TrainState {
         self.ema.load(tensors, "ema.")
     }
 
-    /// What a checkpoint stores of this state (config and codec filled in by the caller).
+    /// What a checkpoint stores of this state (config, codec and world size filled in by
+    /// the checkpointer).
     fn run_state(&self) -> RunState {
         RunState {
             step: self.step,
@@ -408,6 +409,7 @@ impl TrainState {
             adamw_step: self.opt.step_count(),
             config_toml: String::new(),
             codec_json: String::new(),
+            world_size: 1,
         }
     }
 

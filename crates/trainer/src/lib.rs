@@ -24,6 +24,7 @@ pub mod ema;
 mod error;
 pub mod evaluation;
 pub mod objective;
+pub mod profile_summary;
 pub mod progress;
 pub mod registry;
 pub mod run_checkpoint;

@@ -29,6 +29,9 @@ pub struct RunState {
     pub config_toml: String,
     /// The codec of the latents (JSON).
     pub codec_json: String,
+    /// The ranks the run trained on (its global batch is `train.batch_size` times this); 1
+    /// in checkpoints from before data-parallel training.
+    pub world_size: usize,
 }
 
 /// The checkpoint directory of a run.
@@ -72,6 +75,7 @@ pub fn save(
         ("lpl.adamw_step".to_string(), state.adamw_step.to_string()),
         ("lpl.config".to_string(), state.config_toml.clone()),
         ("lpl.codec".to_string(), state.codec_json.clone()),
+        ("lpl.world_size".to_string(), state.world_size.to_string()),
     ]);
     let path = checkpoint_path(output_dir, state.step);
     lpl_tensor_io::save(&tensors, &meta, &path)?;
@@ -153,10 +157,12 @@ const RESUMABLE_CHANGES: &[&str] = &[
 ];
 
 /// Checks that the run in `output_dir`, if it has checkpoints, was trained with `config`
-/// up to the fields a resumption may change (`train.steps`, `train.log_every`,
-/// `train.checkpoint_every`, `train.keep_checkpoints`, `log.*`); otherwise the error
-/// names the run, each changed field and both values.
-pub fn check_same_run(output_dir: &Path, config: &RunConfig) -> Result<()> {
+/// on `world_size` ranks up to the fields a resumption may change (`train.steps`,
+/// `train.log_every`, `train.checkpoint_every`, `train.keep_checkpoints`, `log.*`, and
+/// `train.batch_size` when the global batch, per-rank batch x ranks, is the same: the run
+/// then trains on as it would have); otherwise the error names the run, each changed field
+/// and both values.
+pub fn check_same_run(output_dir: &Path, config: &RunConfig, world_size: usize) -> Result<()> {
     let Some(last) = list_checkpoints(output_dir).last().cloned() else { return Ok(()) };
     let state = read_state(&last)?;
     let parse = |text: &str, what: &Path| {
@@ -175,6 +181,25 @@ pub fn check_same_run(output_dir: &Path, config: &RunConfig) -> Result<()> {
     let mut changed = Vec::new();
     diff_tables("", &before, &now, &mut changed);
     changed.retain(|(field, _, _)| !RESUMABLE_CHANGES.contains(&field.as_str()));
+    let stored_batch = before
+        .get("train")
+        .and_then(|t| t.get("batch_size"))
+        .and_then(toml::Value::as_integer)
+        .and_then(|b| usize::try_from(b).ok());
+    // the batch that matters is the global one (per-rank batch x ranks)
+    if let Some(stored) = stored_batch
+        && state.world_size != world_size
+    {
+        changed.retain(|(field, _, _)| field != "train.batch_size");
+        let now = config.train.batch_size;
+        if stored * state.world_size != now * world_size {
+            changed.push((
+                "global batch = train.batch_size x ranks".to_string(),
+                format!("{stored} x {}", state.world_size),
+                format!("{now} x {world_size}"),
+            ));
+        }
+    }
     if changed.is_empty() {
         return Ok(());
     }
@@ -237,6 +262,11 @@ pub fn read_state(path: &Path) -> Result<RunState> {
         adamw_step: number(&meta, "lpl.adamw_step", path)?,
         config_toml: field(&meta, "lpl.config", path)?.to_string(),
         codec_json: field(&meta, "lpl.codec", path)?.to_string(),
+        world_size: if meta.contains_key("lpl.world_size") {
+            number(&meta, "lpl.world_size", path)?
+        } else {
+            1
+        },
     };
     Ok(state)
 }

@@ -172,14 +172,16 @@ pub(crate) struct Checkpointer {
     pub last: Option<PathBuf>,
     config_toml: String,
     codec_json: String,
+    world_size: usize,
 }
 
 impl Checkpointer {
-    pub fn new(config: &RunConfig, codec: &LatentCodec) -> Result<Self> {
+    pub fn new(config: &RunConfig, codec: &LatentCodec, world_size: usize) -> Result<Self> {
         Ok(Self {
             last: run_checkpoint::list_checkpoints(&config.output_dir).last().cloned(),
             config_toml: config.to_toml()?,
             codec_json: codec.to_json(),
+            world_size,
         })
     }
 
@@ -203,6 +205,7 @@ impl Checkpointer {
         let state = RunState {
             config_toml: self.config_toml.clone(),
             codec_json: self.codec_json.clone(),
+            world_size: self.world_size,
             ..state
         };
         self.last = Some(run_checkpoint::save(
@@ -439,7 +442,23 @@ impl StepProfiler {
             std::fs::create_dir_all(dir)
                 .map_err(|e| TrainError::Io { path: dir.to_path_buf(), source: e })?;
             profile.save(&self.path)?;
-            tracing::info!("profile of steps {:?} written to {}", self.window, self.path.display());
+            // where the time went, as torch.profiler's key_averages table
+            let summary = crate::profile_summary::ProfileSummary::from_file(&self.path)?;
+            let table = dir.join("ops.md");
+            let text = format!(
+                "# Operators of steps {:?} ({})\n\n{}",
+                self.window,
+                self.path.display(),
+                summary.table(30)
+            );
+            lpl_tensor_io::write_atomically(&table, text.as_bytes())?;
+            tracing::info!(
+                "profile of steps {:?} written to {} (operators by self time: {})\n{}",
+                self.window,
+                self.path.display(),
+                table.display(),
+                summary.table(10)
+            );
         }
         Ok(())
     }

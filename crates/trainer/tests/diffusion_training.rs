@@ -497,24 +497,41 @@ fn a_run_directory_refuses_another_config() {
     let config = config(&dir, "run", 2, true);
     lpl_trainer::diffusion_training::train(&config, Start::Fresh, Device::Cpu).unwrap();
     let out = &config.output_dir;
-    run_checkpoint::check_same_run(out, &config).unwrap();
+    run_checkpoint::check_same_run(out, &config, 1).unwrap();
     let mut longer = config.clone();
     longer.train.steps = 4;
     longer.train.log_every = 2;
-    run_checkpoint::check_same_run(out, &longer).unwrap();
+    run_checkpoint::check_same_run(out, &longer, 1).unwrap();
+    // the same global batch on other ranks trains on as this run would; another does not
+    assert_eq!(
+        run_checkpoint::read_state(&run_checkpoint::list_checkpoints(out)[0]).unwrap().world_size,
+        1
+    );
+    let batch = config.train.batch_size;
+    assert!(batch.is_multiple_of(2), "the test config's batch splits over 2 ranks");
+    let mut halves = config.clone();
+    halves.train.batch_size = batch / 2;
+    run_checkpoint::check_same_run(out, &halves, 2).unwrap();
+    let err = run_checkpoint::check_same_run(out, &halves, 1).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("`train.batch_size` was {batch}, is now {}", batch / 2)),
+        "{err}"
+    );
+    let err = run_checkpoint::check_same_run(out, &config, 2).unwrap_err().to_string();
+    assert!(err.contains(&format!("was {batch} x 1, is now {batch} x 2")), "{err}");
     let mut edited = config.clone();
     edited.train.seed += 1;
     if let Some(lpl) = edited.loss.lpl.as_mut() {
         lpl.weight = 2.0;
     }
-    let err = run_checkpoint::check_same_run(out, &edited).unwrap_err().to_string();
+    let err = run_checkpoint::check_same_run(out, &edited, 1).unwrap_err().to_string();
     assert!(err.contains(&out.display().to_string()), "{err}");
     let seed = config.train.seed;
     assert!(err.contains(&format!("`train.seed` was {seed}, is now {}", seed + 1)), "{err}");
     assert!(err.contains("`loss.lpl.weight` was 1.0, is now 2.0"), "{err}");
     assert!(!err.contains("train.steps"), "{err}");
     // a directory without checkpoints is anybody's
-    run_checkpoint::check_same_run(&dir.join("empty"), &edited).unwrap();
+    run_checkpoint::check_same_run(&dir.join("empty"), &edited, 1).unwrap();
 }
 
 /// `metrics.jsonl` after a resume holds each step once (a run killed after logging past its
@@ -834,6 +851,15 @@ fn a_profiled_run_writes_a_chrome_trace() {
     let complete = events.iter().filter(|e| e["ph"] == "X").count();
     assert!(complete > 100, "{complete} complete events");
     assert!(events.iter().any(|e| e["ph"] == "X" && e["ts"].is_number() && e["dur"].is_number()));
+    // and the operator table beside it: self times that add up, the convolution among them
+    let summary = lpl_trainer::profile_summary::ProfileSummary::from_trace(&trace).unwrap();
+    let conv = summary.cpu_ops.iter().find(|o| o.name == "aten::convolution").unwrap();
+    assert!(conv.calls > 0 && conv.total_ms > 0.0 && conv.self_ms <= conv.total_ms);
+    let self_ms = summary.cpu_self_ms();
+    assert!(self_ms > 0.0 && summary.cpu_ops.iter().all(|o| o.self_ms <= self_ms));
+    let ops = std::fs::read_to_string(dir.join("p/profile/ops.md")).unwrap();
+    assert!(ops.contains("| name | calls | self ms | self % | total ms |"), "{ops}");
+    assert!(ops.contains(&format!("| `{}` |", summary.cpu_ops[0].name)), "{ops}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
