@@ -14,6 +14,7 @@ CUDA allocator's peak of a steady-state step, or the process's peak RSS on CPU},
 
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
@@ -82,10 +83,22 @@ warmup_s = time.perf_counter() - compile_start
 if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats()
 times = []
-for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append((time.perf_counter() - t0) * 1000)
+# LPL_BENCH_PROFILE=DIR (the bench's --profile): the measured steps under torch.profiler,
+# their Chrome trace written to DIR/pytorch-<mode>-<preset>.json
+profile_dir = os.environ.get("LPL_BENCH_PROFILE")
+profiler = (
+    torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
+                           + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else []))
+    if profile_dir
+    else contextlib.nullcontext()
+)
+with profiler:
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1000)
+if profile_dir:
+    profiler.export_chrome_trace(os.path.join(profile_dir, f"pytorch-{mode}-{config['_preset']}.json"))
 times.sort()
 ms = times[len(times) // 2]
 if device.startswith("cuda"):

@@ -68,7 +68,15 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16
     let classes = config.num_embeds_ada_norm.unwrap_or(1000);
     let mut times = Vec::new();
     let mut kept = Vec::new();
+    // `--profile DIR`: libtorch's profiler over the measured steps (not the warm-up)
+    let profile_to = std::env::var_os(PROFILE_ENV)
+        .map(|d| PathBuf::from(d).join(format!("ours-{preset}.json")))
+        .filter(|_| !lpl);
+    let mut profile = None;
     for step in 0..=steps {
+        if step == 1 && profile_to.is_some() {
+            profile = Some(lpl_torch_ext::profiler::Profile::start(device.is_cuda()).unwrap());
+        }
         // the same t for both arms at a step (the LPL gate keeps a comparable fraction)
         tch::manual_seed(step as i64);
         let z0 = Tensor::randn([batch, c, s, s], (Kind::Float, device));
@@ -111,6 +119,9 @@ fn child(preset: &str, lpl: bool, batch: i64, steps: usize, device: Device, bf16
             // the peak of a steady-state step (the warm-up step allocates AdamW's moments)
             lpl_torch_ext::memory::reset_peak(device).unwrap();
         }
+    }
+    if let (Some(p), Some(path)) = (profile, &profile_to) {
+        p.save(path).unwrap();
     }
     // The mean step: with the SNR gate the LPL's cost varies from step to step with how many
     // samples it keeps (often none at a small batch), so a median step would hide it. FLOPs
@@ -167,6 +178,62 @@ fn spread(values: &[f64], digits: usize) -> String {
         return format!("{m:.digits$}");
     }
     format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})")
+}
+
+/// The directory `--profile` writes the traces to, passed to each measured process.
+const PROFILE_ENV: &str = "LPL_BENCH_PROFILE";
+
+/// `--profile DIR`: one profiled run of each side per model (ours, PyTorch eager with fused
+/// AdamW, torch.compile), their Chrome traces in DIR, and where each side's step time goes:
+/// the operators by self time per step, side by side. Profiling slows every side, so no
+/// throughput is reported in this mode.
+fn profile_sides(
+    dir: &Path,
+    presets: &[&str],
+    steps: usize,
+    run_ours: &dyn Fn(&str),
+    run_torch: &dyn Fn(&str, &str) -> Result<serde_json::Value, String>,
+) {
+    use lpl_trainer::profile_summary::ProfileSummary;
+    for preset in presets {
+        run_ours(preset);
+        let mut sides = vec![("ours", dir.join(format!("ours-{preset}.json")))];
+        for mode in ["fused", "compile"] {
+            match run_torch(preset, mode) {
+                Ok(_) => sides.push((mode, dir.join(format!("pytorch-{mode}-{preset}.json")))),
+                Err(why) => println!("(PyTorch {mode} unavailable: {why})"),
+            }
+        }
+        let summaries: Vec<(&str, ProfileSummary)> = sides
+            .iter()
+            .map(|(side, path)| (*side, ProfileSummary::from_file(path).unwrap()))
+            .collect();
+        let per_step = |s: &ProfileSummary, name: &str| {
+            s.cpu_ops.iter().find(|o| o.name == name).map_or(0.0, |o| o.self_ms / steps as f64)
+        };
+        println!("\n{preset}: self ms per step of the operators (profiled, {steps} steps)\n");
+        let header: Vec<String> = summaries.iter().map(|(side, _)| side.to_string()).collect();
+        println!("| operator | {} |", header.join(" | "));
+        println!("|---|{}", "---:|".repeat(summaries.len()));
+        let mut names: Vec<String> = Vec::new();
+        for (_, s) in &summaries {
+            for o in s.cpu_ops.iter().take(12) {
+                if !names.contains(&o.name) {
+                    names.push(o.name.clone());
+                }
+            }
+        }
+        for name in names {
+            let cells: Vec<String> =
+                summaries.iter().map(|(_, s)| format!("{:.1}", per_step(s, &name))).collect();
+            println!("| `{name}` | {} |", cells.join(" | "));
+        }
+        let totals: Vec<String> = summaries
+            .iter()
+            .map(|(_, s)| format!("{:.1}", s.cpu_self_ms() / steps as f64))
+            .collect();
+        println!("| all operators | {} |", totals.join(" | "));
+    }
 }
 
 fn main() {
@@ -226,6 +293,10 @@ fn main() {
     };
     let python = torch_python();
     let script = pytorch_script();
+    let profile_dir = std::env::args()
+        .position(|a| a == "--profile")
+        .and_then(|i| std::env::args().nth(i + 1))
+        .map(PathBuf::from);
     let mut rows = Vec::new();
     let memory = if device.is_cuda() { "CUDA allocator peak" } else { "peak RSS" };
     let presets: Vec<&str> = models.split(',').collect();
@@ -243,9 +314,12 @@ fn main() {
         let torch_run = |preset: &str, mode: &str| -> Result<serde_json::Value, String> {
             let py = python.as_ref().ok_or("no Python next to our libtorch")?;
             let batch = if preset == "dit-mini" { small } else { large };
+            let mut config = serde_json::to_value(dit_config(preset)).unwrap();
+            config["_preset"] = preset.into();
             let out = Command::new(py)
                 .arg(&script)
-                .arg(serde_json::to_string(&dit_config(preset)).unwrap())
+                .arg(config.to_string())
+                .envs(profile_dir.iter().map(|d| (PROFILE_ENV, d)))
                 .args([batch.to_string(), steps.to_string(), device_name.clone()])
                 .args([precision, mode])
                 .output()
@@ -262,6 +336,20 @@ fn main() {
                     .to_string()),
             }
         };
+        if let Some(dir) = &profile_dir {
+            std::fs::create_dir_all(dir).unwrap();
+            let run_ours = |preset: &str| {
+                let out = Command::new(&exe)
+                    .args(["--case", &format!("{preset}:mse")])
+                    .args(common(precision))
+                    .env(PROFILE_ENV, dir)
+                    .output()
+                    .unwrap();
+                json_line(out, preset);
+            };
+            profile_sides(dir, &presets, steps, &run_ours, &torch_run);
+            continue;
+        }
         // measurements[preset][what] over rounds
         let mut m: std::collections::BTreeMap<(String, &str), Vec<f64>> = Default::default();
         let mut peaks = Vec::new();
