@@ -395,22 +395,11 @@ impl<'a> LatentPerceptualLoss<'a> {
         let z = self.codec.to_decoder(&pred.detach())?;
         // each stage's target features are dropped once its term is computed
         let mut target_f = self.target_features(target)?;
-        // forward: the input of every stage (and the last stage's output); the last stage is
-        // run piece by piece and its piece boundaries kept, since its backward comes first
-        // and needs them (recomputing them would run that stage, the largest, once more)
+        // forward: the input of every stage (and the last stage's output)
         let mut inputs = vec![z];
         let stages = self.plan.len();
-        let mut last_bounds = None;
         for stage in 0..stages {
-            let out = if stage + 1 == stages {
-                let bounds = self.stage_bounds(&inputs[stage], stage, true)?;
-                let Some(mut bounds) = bounds else { return Ok(None) };
-                let out = bounds.pop();
-                last_bounds = Some(bounds);
-                out
-            } else {
-                tch::no_grad(|| self.ae.decode_stage(&inputs[stage], stage, post))?
-            };
+            let out = tch::no_grad(|| self.ae.decode_stage(&inputs[stage], stage, post))?;
             let Some(out) = out else { return Ok(None) };
             inputs.push(out);
         }
@@ -431,13 +420,7 @@ impl<'a> LatentPerceptualLoss<'a> {
                 }
                 None => g_term,
             };
-            let bounds = match last_bounds.take() {
-                Some(b) => b,
-                None => self
-                    .stage_bounds(&inputs[stage], stage, false)?
-                    .ok_or_else(|| LplError::Compute("decoder stage pieces vanished".into()))?,
-            };
-            grad = Some(self.backward_through_stage(bounds, stage, g_out)?);
+            grad = Some(self.backward_through_stage(&inputs[stage], stage, g_out)?);
             columns.push(column);
             masked.push(m);
         }
@@ -496,40 +479,25 @@ impl<'a> LatentPerceptualLoss<'a> {
         Ok((column.ok_or_else(none)?, masked.ok_or_else(none)?, grad))
     }
 
-    /// Decoder stage `stage` run on `input` piece by piece without a graph: the input of each
-    /// piece, then, `with_output`, the stage's output. `Ok(None)` when the autoencoder does
-    /// not expose the stage.
-    fn stage_bounds(
-        &self,
-        input: &Tensor,
-        stage: usize,
-        with_output: bool,
-    ) -> Result<Option<Vec<Tensor>>> {
-        let post = self.config.post_quant_conv;
-        let parts = self.ae.decode_stage_parts(stage).max(1);
-        let run = if with_output { parts } else { parts - 1 };
-        let mut bounds = vec![input.shallow_clone()];
-        for part in 0..run {
-            let out = tch::no_grad(|| self.ae.decode_stage_part(&bounds[part], stage, part, post))?;
-            let Some(out) = out else { return Ok(None) };
-            bounds.push(out);
-        }
-        Ok(Some(bounds))
-    }
-
-    /// The gradient at the input of decoder stage `stage` given the gradient `g_out` at its
-    /// output, from `bounds`, the input of each of the stage's pieces
-    /// ([`Autoencoder::decode_stage_part`], from [`Self::stage_bounds`]): each piece, last
-    /// first, is run again with a graph, differentiated and freed.
+    /// The gradient at the input `input` of decoder stage `stage` given the gradient `g_out`
+    /// at its output: the stage's pieces ([`Autoencoder::decode_stage_part`]) are run once
+    /// without a graph to keep their boundaries, then each, last first, again with a graph,
+    /// differentiated and freed.
     fn backward_through_stage(
         &self,
-        mut bounds: Vec<Tensor>,
+        input: &Tensor,
         stage: usize,
         g_out: Tensor,
     ) -> Result<Tensor> {
         let post = self.config.post_quant_conv;
-        let parts = bounds.len();
+        let parts = self.ae.decode_stage_parts(stage).max(1);
         let vanished = || LplError::Compute("decoder stage pieces vanished".into());
+        let mut bounds = vec![input.shallow_clone()];
+        for part in 0..parts - 1 {
+            let out = tch::no_grad(|| self.ae.decode_stage_part(&bounds[part], stage, part, post))?
+                .ok_or_else(vanished)?;
+            bounds.push(out);
+        }
         let mut g = g_out;
         for part in (0..parts).rev() {
             bounds.truncate(part + 1);
