@@ -31,8 +31,10 @@ fn doctor_reports_required_libtorch_without_ld_library_path() {
     if lib.join("libtorch_cuda.so").exists() {
         assert_eq!(line("libtorch_cuda"), "linked");
     }
-    // CI builds with Gloo's headers (cargo xtask setup installs them)
-    assert_eq!(line("distributed"), "gloo");
+    // CI builds with Gloo's headers, and with NCCL's when libtorch is a CUDA build (cargo
+    // xtask setup installs both)
+    let backends = if lib.join("libtorch_cuda.so").exists() { "gloo, nccl" } else { "gloo" };
+    assert_eq!(line("distributed"), backends);
     let threads: i32 = line("CPU threads").parse().unwrap();
     assert!(threads >= 1);
 }
