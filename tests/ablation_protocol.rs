@@ -49,6 +49,11 @@ weight = 0.0
 [[variants]]
 name = "share"
 weight = {{ share = 0.2 }}
+
+[[variants]]
+name = "l2w0"
+norm = "target_channel_l2"
+weight = 0.0
 "#,
         out = out.display(),
         root = root.display()
@@ -71,8 +76,9 @@ weight = {{ share = 0.2 }}
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (arm, lpl, weight) = (col("arm"), col("control_lpl"), col("weight"));
+    let own = col("control_lpl_own");
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
-    assert_eq!(rows.len(), 2 * 4, "2 seeds x (mse, lpl0, share, pixel): {csv}");
+    assert_eq!(rows.len(), 2 * 5, "2 seeds x (mse, lpl0, share, l2w0, pixel): {csv}");
     for r in &rows {
         assert!(r[lpl].parse::<f64>().unwrap() > 0.0, "{r:?}");
     }
@@ -81,10 +87,23 @@ weight = {{ share = 0.2 }}
         rows.iter().find(|r| r[arm] == a && r[1] == seed).unwrap()[lpl].to_string()
     };
     assert_eq!(control("lpl0", "0"), control("mse", "0"));
+    // a variant that changes the measure (target_channel_l2) is measured with its own LPL as
+    // well: a different number from the paper preset's; the others' own value is the paper's
+    for r in &rows {
+        let (paper, mine) = (r[lpl].parse::<f64>().unwrap(), r[own].parse::<f64>().unwrap());
+        if r[arm] == "l2w0" {
+            assert!(mine > 0.0 && (mine - paper).abs() > 1e-3 * paper, "{r:?}");
+        } else {
+            assert_eq!(mine, paper, "{r:?}");
+        }
+    }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("FLAGGED"), "{report}");
     assert!(report.contains("the `lpl0` arm's held-out LPL"), "{report}");
     assert!(!report.contains("the `share` arm's held-out LPL"), "{report}");
+    // and judged by it: at weight 0 it equals the MSE arm's on that measure, so it is flagged
+    assert!(report.contains("(both measured with `l2w0`)"), "{report}");
+    assert!(report.contains("| l2w0 |"), "{report}");
     // the share arm's weight was calibrated at the fork and used
     let calibration: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("eps/calibration-share.json")).unwrap(),

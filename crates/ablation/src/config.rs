@@ -81,6 +81,13 @@ impl LplVariant {
         }
     }
 
+    /// Whether this variant measures something other than the base LPL: its depth, gate,
+    /// normalisation or mask is replaced (a weight scales the term, it does not change
+    /// what is measured). Its positive control is then taken with its own LPL as well.
+    pub fn changes_the_measure(&self) -> bool {
+        self.depth.is_some() || self.tau.is_some() || self.norm.is_some() || self.mask.is_some()
+    }
+
     /// `base` with this variant's fields (a `share` weight leaves the base weight: the
     /// calibrated one is set at the fork).
     pub fn apply(&self, base: &LplConfig) -> LplConfig {

@@ -8,6 +8,13 @@
 //! of the first test-split images the evaluation uses: never trained on. Timesteps are
 //! spread evenly over the gate's set (every sample inside it), the noise is drawn from a
 //! fixed seed, so every arm and seed sees the same triples.
+//!
+//! A variant that changes what LPL measures (its normalisation, depth, gate or mask) is
+//! judged by its own LPL: every arm's control also records the held-out value under each
+//! such variant's LPL (on a set inside that variant's gate), and the variant's arm must be
+//! below the MSE arm's on that measure.
+
+use std::collections::BTreeMap;
 
 use lpl_autoencoder::{Autoencoder, LatentCodec};
 use lpl_denoiser::Conditioning;
@@ -43,15 +50,27 @@ pub struct ControlSet {
 }
 
 /// The control values of one arm.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Control {
-    /// The configured LPL (weight 1, every sample inside the gate) of the EMA model's
-    /// clean-latent predictions, mean over the held-out set.
+    /// The configured LPL (the `[lpl]` table at weight 1, every sample inside the gate) of
+    /// the EMA model's clean-latent predictions, mean over the held-out set.
     pub lpl: f64,
     /// The MSE on the parameterisation's training target over the same set.
     pub mse: f64,
     /// Held-out triples.
     pub count: i64,
+    /// The held-out LPL under each variant's own LPL, for the variants that change what is
+    /// measured ([`crate::config::LplVariant::changes_the_measure`]), by variant name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_variant: BTreeMap<String, f64>,
+}
+
+impl Control {
+    /// The held-out LPL of this run measured as `arm` measures it (its own variant's LPL
+    /// when recorded, else the configured one).
+    pub fn measured_as(&self, arm: &str) -> f64 {
+        self.by_variant.get(arm).copied().unwrap_or(self.lpl)
+    }
 }
 
 /// The times inside `lpl`'s gate on `schedule`: every discrete timestep it keeps, or the
@@ -147,7 +166,12 @@ impl ControlSet {
             lpl_sum += l * rows as f64;
             mse_sum += m * rows as f64;
         }
-        Ok(Control { lpl: lpl_sum / n as f64, mse: mse_sum / n as f64, count: n })
+        Ok(Control {
+            lpl: lpl_sum / n as f64,
+            mse: mse_sum / n as f64,
+            count: n,
+            by_variant: BTreeMap::new(),
+        })
     }
 }
 
@@ -164,21 +188,24 @@ pub struct ControlFlag {
     pub lpl: f64,
     /// The MSE arm's.
     pub mse_arm_lpl: f64,
+    /// The LPL both were measured with: the arm's own variant, or `[lpl]`.
+    pub measure: String,
 }
 
 impl std::fmt::Display for ControlFlag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} seed {}: the `{}` arm's held-out LPL {:.5} is not below the MSE arm's {:.5}: this run cannot speak for LPL",
-            self.parameterization, self.seed, self.arm, self.lpl, self.mse_arm_lpl
+            "{} seed {}: the `{}` arm's held-out LPL {:.5} is not below the MSE arm's {:.5} (both measured with `{}`): this run cannot speak for LPL",
+            self.parameterization, self.seed, self.arm, self.lpl, self.mse_arm_lpl, self.measure
         )
     }
 }
 
 /// The flags of `rows` `(parameterization, seed, arm, control)`: every LPL-family arm (any
 /// arm but `mse` and `pixel`) whose held-out LPL is not strictly below the `mse` arm's of
-/// the same parameterisation and seed.
+/// the same parameterisation and seed, both measured with the arm's own LPL when both
+/// records have it, else with the configured one.
 pub fn control_flags(rows: &[(String, u64, String, Control)]) -> Vec<ControlFlag> {
     let mut flags = Vec::new();
     for (param, seed, arm, c) in rows {
@@ -186,15 +213,19 @@ pub fn control_flags(rows: &[(String, u64, String, Control)]) -> Vec<ControlFlag
             continue;
         }
         let mse = rows.iter().find(|(p, s, a, _)| p == param && s == seed && a == "mse");
-        if let Some((_, _, _, m)) = mse
-            && c.lpl.partial_cmp(&m.lpl) != Some(std::cmp::Ordering::Less)
-        {
+        let Some((_, _, _, m)) = mse else { continue };
+        let (lpl, mse_arm_lpl, measure) = match (c.by_variant.get(arm), m.by_variant.get(arm)) {
+            (Some(own), Some(theirs)) => (*own, *theirs, arm.clone()),
+            _ => (c.lpl, m.lpl, "[lpl]".to_string()),
+        };
+        if lpl.partial_cmp(&mse_arm_lpl) != Some(std::cmp::Ordering::Less) {
             flags.push(ControlFlag {
                 parameterization: param.clone(),
                 seed: *seed,
                 arm: arm.clone(),
-                lpl: c.lpl,
-                mse_arm_lpl: m.lpl,
+                lpl,
+                mse_arm_lpl,
+                measure,
             });
         }
     }
@@ -251,7 +282,12 @@ mod tests {
     }
 
     fn row(p: &str, seed: u64, arm: &str, lpl: f64) -> (String, u64, String, Control) {
-        (p.into(), seed, arm.into(), Control { lpl, mse: 0.1, count: 8 })
+        (
+            p.into(),
+            seed,
+            arm.into(),
+            Control { lpl, mse: 0.1, count: 8, by_variant: BTreeMap::new() },
+        )
     }
 
     #[test]
@@ -270,5 +306,33 @@ mod tests {
         assert_eq!((flags[0].parameterization.as_str(), flags[0].seed), ("eps", 1));
         assert!(flags[0].to_string().contains("not below the MSE arm's 0.50000"));
         assert_eq!(flags[1].parameterization, "v");
+    }
+
+    /// A variant that changes the measure is judged by its own LPL, on both sides: lower
+    /// on the configured LPL but not on its own is flagged, and the other way round is not.
+    #[test]
+    fn a_variant_is_judged_by_its_own_lpl() {
+        let with_own = |p: &str, seed: u64, arm: &str, lpl: f64, own: &[(&str, f64)]| {
+            let (p, seed, arm, mut c) = row(p, seed, arm, lpl);
+            c.by_variant = own.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            (p, seed, arm, c)
+        };
+        let rows = vec![
+            with_own("v", 0, "mse", 100.0, &[("l2", 0.30)]),
+            // far below on [lpl], but not below on its own measure: flagged
+            with_own("v", 0, "l2", 1.0, &[("l2", 0.31)]),
+            with_own("v", 1, "mse", 100.0, &[("l2", 0.30)]),
+            // above on [lpl], below on its own: passes
+            with_own("v", 1, "l2", 500.0, &[("l2", 0.29)]),
+            // the base variant is judged on [lpl]
+            with_own("v", 1, "lpl", 90.0, &[("l2", 0.99)]),
+        ];
+        let flags = control_flags(&rows);
+        assert_eq!(flags.len(), 1, "{flags:?}");
+        assert_eq!((flags[0].seed, flags[0].arm.as_str()), (0, "l2"));
+        assert_eq!((flags[0].lpl, flags[0].mse_arm_lpl), (0.31, 0.30));
+        assert!(flags[0].to_string().contains("both measured with `l2`"), "{}", flags[0]);
+        assert_eq!(rows[1].3.measured_as("l2"), 0.31);
+        assert_eq!(rows[1].3.measured_as("lpl"), 1.0);
     }
 }

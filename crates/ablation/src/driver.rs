@@ -28,7 +28,7 @@ use lpl_trainer::{progress, run_checkpoint};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
-use lpl_loss::LatentPerceptualLoss;
+use lpl_loss::{LatentPerceptualLoss, LplConfig};
 use lpl_trainer::calibration::{Calibration, calibrate};
 
 use crate::config::AblationConfig;
@@ -359,7 +359,8 @@ struct ArmEvaluator<'c> {
     real_labels: tch::Tensor,
     reference: Option<(lpl_metrics::EfficientNetLite0, RealReference)>,
     provenance: Provenance,
-    /// The positive control's held-out set per parameterisation (schedules differ).
+    /// The positive control's held-out sets per parameterisation and gate (schedules and
+    /// gates differ).
     controls: BTreeMap<String, ControlSet>,
 }
 
@@ -431,28 +432,54 @@ impl<'c> ArmEvaluator<'c> {
         Ok(c)
     }
 
-    /// The positive control of the trained run (its EMA weights).
+    /// The positive control of the trained run (its EMA weights): the configured LPL, and
+    /// each variant's own where it changes the measure.
     fn control(&mut self, trained: &TrainedRun, device: Device) -> Result<Control> {
-        let key = trained.parameterization.to_string();
+        let config = self.config;
+        let mut control = self.control_with(trained, &config.lpl, device)?;
+        for v in config.variants.iter().filter(|v| v.changes_the_measure()) {
+            let own = self.control_with(trained, &v.apply(&config.lpl), device)?;
+            control.by_variant.insert(v.name.clone(), own.lpl);
+        }
+        Ok(control)
+    }
+
+    /// The control values of `trained` under the LPL `lpl`, on the held-out set inside
+    /// its gate (one set per parameterisation and gate, made on first need).
+    fn control_with(
+        &mut self,
+        trained: &TrainedRun,
+        lpl: &LplConfig,
+        device: Device,
+    ) -> Result<Control> {
+        let key = format!("{} {:?}", trained.parameterization, lpl.gate);
         if !self.controls.contains_key(&key) {
-            let lpl = LatentPerceptualLoss::new(
-                trained.ae.as_ref(),
-                trained.codec.clone(),
-                self.config.lpl.clone(),
-            )?;
+            let loss =
+                LatentPerceptualLoss::new(trained.ae.as_ref(), trained.codec.clone(), lpl.clone())?;
             let set = ControlSet::new(
                 trained.ae.as_ref(),
                 &trained.codec,
                 &self.real,
                 Some(&self.real_labels),
-                &lpl,
+                &loss,
                 &trained.schedule,
                 device,
             )?;
             self.controls.insert(key.clone(), set);
         }
         let set = self.controls.get(&key).ok_or_else(|| invalid("eval", "no control set"))?;
-        set.evaluate(trained, &self.config.lpl, device)
+        set.evaluate(trained, lpl, device)
+    }
+
+    /// Whether `control` lacks a value this config asks for (absent, or without a
+    /// variant's own measure: records written before the variant existed).
+    fn control_incomplete(&self, control: Option<&Control>) -> bool {
+        control.is_none_or(|c| {
+            self.config
+                .variants
+                .iter()
+                .any(|v| v.changes_the_measure() && !c.by_variant.contains_key(&v.name))
+        })
     }
 
     /// The run's `eval.json` when it was made with these sampling settings from the final
@@ -470,8 +497,9 @@ impl<'c> ArmEvaluator<'c> {
                     && r.checkpoint_step == Some(c.continuation_steps)
             });
         if let Some(mut record) = cached {
-            if record.control.is_none() {
-                // a record from before the positive control: add it, keep the rest
+            if self.control_incomplete(record.control.as_ref()) {
+                // a record from before the positive control or before a variant that
+                // changes the measure: complete it, keep the rest
                 let trained = TrainedRun::open(&run.output_dir, device)?;
                 record.control = Some(self.control(&trained, device)?);
                 write_record(&eval_file, &record)?;

@@ -368,14 +368,14 @@ fn html_escape(s: &str) -> String {
 /// `results.csv`: one line per arm and seed.
 fn csv(results: &[ArmResult]) -> String {
     let mut csv = String::from(
-        "parameterization,seed,arm,metric,fd,precision,recall,density,coverage,spectrum_low,spectrum_high,control_lpl,control_mse,weight,run\n",
+        "parameterization,seed,arm,metric,fd,precision,recall,density,coverage,spectrum_low,spectrum_high,control_lpl,control_lpl_own,control_mse,weight,run\n",
     );
     let opt = |v: Option<f64>, digits: usize| v.map_or(String::new(), |x| format!("{x:.digits$}"));
     for r in results {
         let m = &r.metrics;
         let _ = writeln!(
             csv,
-            "{},{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{}",
+            "{},{},{},{},{:.6},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{}",
             r.parameterization,
             r.seed,
             r.arm,
@@ -387,8 +387,9 @@ fn csv(results: &[ArmResult]) -> String {
             m.coverage,
             m.spectrum_low,
             m.spectrum_high,
-            opt(r.control.map(|c| c.lpl), 6),
-            opt(r.control.map(|c| c.mse), 6),
+            opt(r.control.as_ref().map(|c| c.lpl), 6),
+            opt(r.control.as_ref().map(|c| c.measured_as(&r.arm)), 6),
+            opt(r.control.as_ref().map(|c| c.mse), 6),
             opt(r.weight, 6),
             r.run.display()
         );
@@ -409,7 +410,9 @@ pub fn write_report(
     let summary = ProvenanceSummary::new(provenance, results);
     let control_rows: Vec<(String, u64, String, Control)> = results
         .iter()
-        .filter_map(|r| r.control.map(|c| (r.parameterization.clone(), r.seed, r.arm.clone(), c)))
+        .filter_map(|r| {
+            r.control.clone().map(|c| (r.parameterization.clone(), r.seed, r.arm.clone(), c))
+        })
         .collect();
     let flags: Vec<String> = control_flags(&control_rows).iter().map(|f| f.to_string()).collect();
     let json = serde_json::json!({
@@ -550,36 +553,64 @@ fn sections(
         text: vec![protocol_text(config)],
         ..Section::default()
     }];
+    // every arm under the configured LPL, then under each variant's own where it has one
+    let measures: Vec<String> = std::iter::once("[lpl]".to_string())
+        .chain(config.variants.iter().filter(|v| v.changes_the_measure()).map(|v| v.name.clone()))
+        .collect();
     let mut control = Section {
         title: "Positive control: held-out LPL and MSE".into(),
-        header: ["parameterisation", "arm", "held-out LPL", "held-out MSE", "per-seed LPL"]
-            .map(String::from)
-            .to_vec(),
+        header: [
+            "parameterisation",
+            "arm",
+            "LPL measured with",
+            "held-out LPL",
+            "held-out MSE",
+            "per-seed LPL",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Section::default()
     };
     for p in &config.parameterizations {
         let name = p.to_string();
-        for arm in config.arms() {
-            let of: Vec<(u64, Control)> = results
-                .iter()
-                .filter(|r| r.parameterization == name && r.arm == arm)
-                .filter_map(|r| r.control.map(|c| (r.seed, c)))
-                .collect();
-            if of.is_empty() {
-                continue;
+        for measure in &measures {
+            for arm in config.arms() {
+                let of: Vec<(u64, f64, f64)> = results
+                    .iter()
+                    .filter(|r| r.parameterization == name && r.arm == arm)
+                    .filter_map(|r| {
+                        let c = r.control.as_ref()?;
+                        let lpl =
+                            if measure == "[lpl]" { c.lpl } else { *c.by_variant.get(measure)? };
+                        Some((r.seed, lpl, c.mse))
+                    })
+                    .collect();
+                if of.is_empty() {
+                    continue;
+                }
+                let lpl: Vec<f64> = of.iter().map(|o| o.1).collect();
+                let mse: Vec<f64> = of.iter().map(|o| o.2).collect();
+                let (l, ls) = mean_std(&lpl);
+                let (m, ms) = mean_std(&mse);
+                control.rows.push(vec![
+                    name.clone(),
+                    arm.clone(),
+                    measure.clone(),
+                    format!("{l:.5} +- {ls:.5}"),
+                    format!("{m:.5} +- {ms:.5}"),
+                    of.iter()
+                        .map(|(s, l, _)| format!("{s}: {l:.5}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ]);
             }
-            let lpl: Vec<f64> = of.iter().map(|(_, c)| c.lpl).collect();
-            let mse: Vec<f64> = of.iter().map(|(_, c)| c.mse).collect();
-            let (l, ls) = mean_std(&lpl);
-            let (m, ms) = mean_std(&mse);
-            control.rows.push(vec![
-                name.clone(),
-                arm.clone(),
-                format!("{l:.5} +- {ls:.5}"),
-                format!("{m:.5} +- {ms:.5}"),
-                of.iter().map(|(s, c)| format!("{s}: {:.5}", c.lpl)).collect::<Vec<_>>().join(", "),
-            ]);
         }
+    }
+    if measures.len() > 1 {
+        control.text.push(format!(
+            "`[lpl]` is the configured LPL; {} change what LPL measures, so every arm is also measured with theirs, on a held-out set inside their gate, and each is judged by its own.",
+            measures[1..].iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+        ));
     }
     control.text.push(if flags.is_empty() {
         "Every LPL arm ends with a lower held-out LPL than the MSE arm of its seed: the LPL arms optimised what LPL measures.".into()
