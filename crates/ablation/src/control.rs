@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, invalid};
+use crate::stats::significant;
 
 /// Held-out samples in the control set (fewer when the test split is smaller).
 pub const CONTROL_COUNT: i64 = 256;
@@ -196,8 +197,13 @@ impl std::fmt::Display for ControlFlag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} seed {}: the `{}` arm's held-out LPL {:.5} is not below the MSE arm's {:.5} (both measured with `{}`): this run cannot speak for LPL",
-            self.parameterization, self.seed, self.arm, self.lpl, self.mse_arm_lpl, self.measure
+            "{} seed {}: the `{}` arm's held-out LPL {} is not below the MSE arm's {} (both measured with `{}`): this run cannot speak for LPL",
+            self.parameterization,
+            self.seed,
+            self.arm,
+            significant(self.lpl),
+            significant(self.mse_arm_lpl),
+            self.measure
         )
     }
 }

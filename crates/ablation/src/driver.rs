@@ -329,7 +329,7 @@ fn arm_weight(
     }
     let c = calibrate(&probe, pre_ckpt, share, device)?;
     tracing::info!(
-        "{arm}: weight {:.4} gives a share of {share} (MSE {:.4}, term at weight 1 {:.5})",
+        "{arm}: weight {:.4e} gives a share of {share} (MSE {:.4}, term at weight 1 {:.4e})",
         c.weight,
         c.mse,
         c.term

@@ -19,7 +19,7 @@ use crate::control::{Control, control_flags};
 use crate::driver::{ArmResult, Ceiling};
 use crate::error::{AblationError, Result};
 use crate::provenance::Provenance;
-use crate::stats::{MDE_POWER, mean_std, power_statement, verdict_of};
+use crate::stats::{MDE_POWER, mean_std, power_statement, significant, verdict_of};
 
 /// What a report shows besides the arms' results: the autoencoder's ceiling and the weight
 /// calibrations `(parameterisation, arm, calibration)`.
@@ -596,10 +596,10 @@ fn sections(
                     name.clone(),
                     arm.clone(),
                     measure.clone(),
-                    format!("{l:.5} +- {ls:.5}"),
+                    format!("{} +- {}", significant(l), significant(ls)),
                     format!("{m:.5} +- {ms:.5}"),
                     of.iter()
-                        .map(|(s, l, _)| format!("{s}: {l:.5}"))
+                        .map(|(s, l, _)| format!("{s}: {}", significant(*l)))
                         .collect::<Vec<_>>()
                         .join(", "),
                 ]);
@@ -677,8 +677,8 @@ fn sections(
                         a.clone(),
                         format!("{}", c.share),
                         format!("{:.5}", c.mse),
-                        format!("{:.6}", c.term),
-                        format!("{:.4}", c.weight),
+                        significant(c.term),
+                        significant(c.weight),
                     ]
                 })
                 .collect(),

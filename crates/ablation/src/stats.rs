@@ -3,6 +3,20 @@
 
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
+/// `x` with 5 significant digits: fixed-point between 0.01 and 10^6, else scientific (an LPL
+/// term can be 1e-4 on one decoder and 6e4 on another).
+pub fn significant(x: f64) -> String {
+    let a = x.abs();
+    if x == 0.0 || !x.is_finite() {
+        format!("{x}")
+    } else if (0.01..1e6).contains(&a) {
+        let decimals = (4 - a.log10().floor() as i64).max(0) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.4e}")
+    }
+}
+
 /// Mean and sample standard deviation (0 for one value).
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -102,6 +116,19 @@ pub fn t_critical_95(df: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Five significant digits whatever the scale: an LPL term of 1.2e-4 (TAEF2, channel-L2
+    /// normalisation) and one of 58,296 (pred_stats) are both readable.
+    #[test]
+    fn significant_keeps_five_digits_at_every_scale() {
+        assert_eq!(significant(0.5), "0.50000");
+        assert_eq!(significant(58_296.516_81), "58297");
+        assert_eq!(significant(831.008_6), "831.01");
+        assert_eq!(significant(1.234_56e-4), "1.2346e-4");
+        assert_eq!(significant(-0.012_345_6), "-0.012346");
+        assert_eq!(significant(2.5e7), "2.5000e7");
+        assert_eq!(significant(0.0), "0");
+    }
 
     #[test]
     fn verdicts_state_sign_and_spread() {
