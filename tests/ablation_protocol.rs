@@ -100,6 +100,11 @@ weight = 0.0
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("FLAGGED"), "{report}");
     assert!(report.contains("the `lpl0` arm's held-out LPL"), "{report}");
+    // and the verdict of that arm says so where it is read
+    let verdict = report.lines().find(|l| l.starts_with("- **eps / lpl0**")).unwrap();
+    assert!(verdict.contains("positive control FAILED in seeds 0, 1"), "{verdict}");
+    let verdict = report.lines().find(|l| l.starts_with("- **eps / share**")).unwrap();
+    assert!(!verdict.contains("FAILED"), "{verdict}");
     assert!(!report.contains("the `share` arm's held-out LPL"), "{report}");
     // and judged by it: at weight 0 it equals the MSE arm's on that measure, so it is flagged
     assert!(report.contains("(both measured with `l2w0`)"), "{report}");

@@ -406,7 +406,7 @@ pub fn write_report(
     extras: &Extras,
 ) -> Result<()> {
     let out = &config.output_dir;
-    let rows = rows(config, command, results);
+    let mut rows = rows(config, command, results);
     let summary = ProvenanceSummary::new(provenance, results);
     let control_rows: Vec<(String, u64, String, Control)> = results
         .iter()
@@ -414,7 +414,23 @@ pub fn write_report(
             r.control.clone().map(|c| (r.parameterization.clone(), r.seed, r.arm.clone(), c))
         })
         .collect();
-    let flags: Vec<String> = control_flags(&control_rows).iter().map(|f| f.to_string()).collect();
+    let flagged = control_flags(&control_rows);
+    // a verdict whose arm failed the control says so where it is read, not only below
+    for r in &mut rows {
+        let seeds: Vec<String> = flagged
+            .iter()
+            .filter(|f| f.parameterization == r.parameterization && f.arm == r.arm)
+            .map(|f| f.seed.to_string())
+            .collect();
+        if !seeds.is_empty() {
+            r.verdict += &format!(
+                " (the positive control FAILED in seed{} {}: this arm cannot speak for LPL)",
+                if seeds.len() > 1 { "s" } else { "" },
+                seeds.join(", ")
+            );
+        }
+    }
+    let flags: Vec<String> = flagged.iter().map(|f| f.to_string()).collect();
     let json = serde_json::json!({
         "command": command,
         "provenance": provenance,
@@ -608,8 +624,11 @@ fn sections(
     }
     if measures.len() > 1 {
         control.text.push(format!(
-            "`[lpl]` is the configured LPL; {} change what LPL measures, so every arm is also measured with theirs, on a held-out set inside their gate, and each is judged by its own.",
-            measures[1..].iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+            "`[lpl]` is the configured LPL; {} {} what LPL measures, so every arm is also measured with {}, on a held-out set inside {} gate, and each LPL arm is judged by its own measure.",
+            measures[1..].iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+            if measures.len() > 2 { "change" } else { "changes" },
+            if measures.len() > 2 { "theirs" } else { "its" },
+            if measures.len() > 2 { "their" } else { "its" },
         ));
     }
     control.text.push(if flags.is_empty() {
