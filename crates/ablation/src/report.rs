@@ -383,7 +383,7 @@ fn ceiling_verdict(
     const MATCH: f64 = 0.05;
     let x = |r: f64| format!("{:.2}x", 10f64.powf(r));
     let numbers = format!(
-        "the samples carry {} the reconstructions' high-band power and {} the real images'; the reconstructions {} the real images' (high-band spectrum error against the real images: reconstructions {rec_error:.3}, samples {gen_error:.3}, mean over arms)",
+        "the samples carry {} the reconstructions' high-band power and {} the real images'; the reconstructions carry {} the real images' (high-band spectrum error against the real images: reconstructions {rec_error:.3}, samples {gen_error:.3}, mean over arms)",
         x(gen_vs_rec),
         x(gen_vs_real),
         x(rec_vs_real)
