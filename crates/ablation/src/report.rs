@@ -92,6 +92,32 @@ pub struct ProvenanceSummary {
     pub fields: Vec<(String, String)>,
     /// `"<parameterisation> seed <s> <arm>: <field>: ours vs theirs; ..."`, one per arm.
     pub warnings: Vec<String>,
+    /// The same, one line per distinct difference with the arms it concerns (`every arm
+    /// (N)` when it concerns all): what the report shows.
+    pub grouped: Vec<String>,
+}
+
+/// One line per distinct difference in `per_arm` `(arm, difference)`, naming its arms, or
+/// `every arm (N)` when it concerns all `total` of them: a report re-rendered at a later
+/// commit names the commit once, not once per arm.
+fn group_warnings(per_arm: &[(String, String)], total: usize) -> Vec<String> {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (what, difference) in per_arm {
+        match groups.iter_mut().find(|(d, _)| d == difference) {
+            Some((_, arms)) => arms.push(what),
+            None => groups.push((difference, vec![what])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(difference, arms)| {
+            if arms.len() == total && total > 1 {
+                format!("every arm ({total}): {difference}")
+            } else {
+                format!("{}: {difference}", arms.join(", "))
+            }
+        })
+        .collect()
 }
 
 impl ProvenanceSummary {
@@ -113,20 +139,22 @@ impl ProvenanceSummary {
             ("device".to_string(), current.device.clone()),
         ];
         fields.extend(current.inputs.iter().map(|(k, v)| (format!("sha256 {k}"), v.clone())));
-        let warnings = results
+        let per_arm: Vec<(String, String)> = results
             .iter()
             .filter_map(|r| {
                 let what = format!("{} seed {} {}", r.parameterization, r.seed, r.arm);
                 match &r.provenance {
-                    None => Some(format!("{what}: evaluated before provenance was recorded")),
+                    None => Some((what, "evaluated before provenance was recorded".to_string())),
                     Some(p) => {
                         let d = current.differences(p);
-                        (!d.is_empty()).then(|| format!("{what}: {} (now vs then)", d.join("; ")))
+                        (!d.is_empty()).then(|| (what, format!("{} (now vs then)", d.join("; "))))
                     }
                 }
             })
             .collect();
-        Self { fields, warnings }
+        let warnings = per_arm.iter().map(|(what, d)| format!("{what}: {d}")).collect();
+        let grouped = group_warnings(&per_arm, results.len());
+        Self { fields, warnings, grouped }
     }
 
     fn markdown(&self) -> (String, String) {
@@ -134,7 +162,7 @@ impl ProvenanceSummary {
         if !self.warnings.is_empty() {
             top += "> **Provenance differs**: these results were made differently from this \
                     invocation, so they may differ from a rerun here by more than seed noise:\n";
-            for w in &self.warnings {
+            for w in &self.grouped {
                 let _ = writeln!(top, "> - {w}");
             }
             top += "\n";
@@ -150,7 +178,7 @@ impl ProvenanceSummary {
         let mut top = String::new();
         if !self.warnings.is_empty() {
             top += "<div id=\"provenance-warning\" style=\"border:2px solid #a11;padding:8px\"><b>Provenance differs</b>: these results were made differently from this invocation, so they may differ from a rerun here by more than seed noise:<ul>";
-            for w in &self.warnings {
+            for w in &self.grouped {
                 let _ = write!(top, "<li>{}</li>", html_escape(w));
             }
             top += "</ul></div>\n";
@@ -878,6 +906,22 @@ mod tests {
         assert!((high_band_log_ratio(&half, &real) + 1.0).abs() < 1e-12);
         assert!((high_band_log_ratio(&real, &half) - 1.0).abs() < 1e-12);
         assert_eq!(high_band_log_ratio(&real, &real), 0.0);
+    }
+
+    /// Arms sharing a difference share a line; all of them are named as every arm.
+    #[test]
+    fn provenance_warnings_are_grouped_by_difference() {
+        let arm = |a: &str, d: &str| (a.to_string(), d.to_string());
+        let commit = "commit: b vs a (now vs then)";
+        let all = [arm("v seed 0 mse", commit), arm("v seed 0 lpl", commit)];
+        assert_eq!(group_warnings(&all, 2), vec![format!("every arm (2): {commit}")]);
+        let some = [arm("v seed 0 mse", commit), arm("v seed 1 lpl", "threads: 2 vs 97")];
+        assert_eq!(
+            group_warnings(&some, 3),
+            vec![format!("v seed 0 mse: {commit}"), "v seed 1 lpl: threads: 2 vs 97".to_string()]
+        );
+        assert_eq!(group_warnings(&[arm("eps seed 0 lpl", commit)], 1).len(), 1);
+        assert!(group_warnings(&[], 4).is_empty());
     }
 
     /// The verdict reads the samples' power against both the reconstructions and the real
