@@ -57,3 +57,19 @@ fn every_shipped_config_loads() {
     let default = AblationConfig::from_file(&root.join("configs/ablate-default.toml")).unwrap();
     assert_eq!(default.lpl, lpl::loss::LplConfig::preset("paper").unwrap());
 }
+
+/// `--quick` runs the first configured parameterisation and seed: eps for the default, v for
+/// the emoji config (which has no eps), and what `--only` left when it was given.
+#[test]
+fn quick_runs_the_first_parameterization() {
+    use lpl::schedulers::Parameterization;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = |name: &str| AblationConfig::from_file(&root.join("configs").join(name)).unwrap();
+    let default = load("ablate-default.toml").quick();
+    assert_eq!((default.parameterizations, default.seeds), (vec![Parameterization::Eps], vec![0]));
+    let emoji = load("ablate-emoji-taef2.toml").quick();
+    assert_eq!(emoji.parameterizations, vec![Parameterization::V]);
+    assert!(emoji.output_dir.ends_with("ablate-emoji-taef2-quick"));
+    let flow = load("ablate-default.toml").only(&[Parameterization::Flow]).unwrap().quick();
+    assert_eq!(flow.parameterizations, vec![Parameterization::Flow]);
+}

@@ -353,7 +353,8 @@ pub struct AblateArgs {
     /// The ablation config (TOML).
     #[arg(long, default_value = "configs/ablate-default.toml")]
     config: PathBuf,
-    /// The small smoke version (one seed, eps, 5000 images, a few hundred steps).
+    /// The small smoke version (one seed, the first parameterisation or the one `--only`
+    /// names, 5000 images, a few hundred steps).
     #[arg(long)]
     quick: bool,
     /// Only these parameterisations (e.g. `--only eps`; reproduces those rows).
@@ -455,12 +456,6 @@ fn run_arms_in_parallel(
 /// Runs (or resumes) an ablation and prints its table.
 pub fn ablate(args: AblateArgs) -> Result<()> {
     let mut config = lpl_ablation::AblationConfig::from_file(&args.config)?;
-    if args.quick {
-        config = config.quick();
-    }
-    if let Some(out) = &args.out {
-        config.output_dir = out.clone();
-    }
     if !args.only.is_empty() {
         let keep = args
             .only
@@ -472,6 +467,13 @@ pub fn ablate(args: AblateArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?;
         config = config.only(&keep)?;
+    }
+    // after `--only`, so that `--quick --only v` is the quick run of v
+    if args.quick {
+        config = config.quick();
+    }
+    if let Some(out) = &args.out {
+        config.output_dir = out.clone();
     }
     let command = format!(
         "cargo xtask ablate --config {}{}{}",

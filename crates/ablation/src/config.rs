@@ -285,7 +285,8 @@ impl AblationConfig {
             .collect()
     }
 
-    /// The small smoke version (minutes on 2 cores): one seed, eps only, 5000 training
+    /// The small smoke version (minutes on 2 cores): one seed, the first parameterisation
+    /// only (eps for the default; what `--only` left, when given first), 5000 training
     /// images, a few hundred steps, 100 evaluation images.
     pub fn quick(mut self) -> Self {
         self.output_dir = self.output_dir.with_file_name(format!(
@@ -295,8 +296,8 @@ impl AblationConfig {
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default()
         ));
-        self.parameterizations = vec![Parameterization::Eps];
-        self.seeds = vec![0];
+        self.parameterizations.truncate(1);
+        self.seeds.truncate(1);
         self.autoencoder_steps = self.autoencoder_steps.min(100);
         self.pretrain_steps = self.pretrain_steps.min(150);
         self.continuation_steps = self.continuation_steps.min(30);
